@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test lint bench deps
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+deps: $(VENV)/.installed
+	bash scripts/ensure-postgres.sh
+
+run: deps
+	$(VENV)/bin/iasql serve --local-cloud
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: deps lint
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: deps
+	bash scripts/ensure-postgres.sh pgbouncer
+	$(PY) bench/proxy_overhead.py

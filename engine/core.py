@@ -1,0 +1,151 @@
+"""The engine: the catalog of iasql functions and the state they run against."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import asyncpg
+
+from engine import admin
+from engine.functions import CallContext, EngineError, FunctionSpec, Param, Row
+from modules import available_modules
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("iasql")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    backend_dsn: str  # a role on the backing Postgres that may create databases and roles
+    address: admin.PublicAddress  # where clients reach the server, for URLs handed out
+    local_cloud_endpoint: str | None = None  # the sandbox's AWS endpoint, if one runs
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.functions: dict[str, FunctionSpec] = {f.name: f for f in self._builtin_functions()}
+        self._admin: asyncpg.Connection | None = None
+        self._admin_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Checks the backing Postgres and prepares the admin database."""
+        conn = await asyncpg.connect(self.config.backend_dsn)
+        try:
+            await admin.ensure_admin_database(conn)
+        finally:
+            await conn.close()
+        async with self._admin_lock:
+            await admin.prepare_registry(await self._admin_connection())
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+
+    async def call(
+        self, spec: FunctionSpec, ctx: CallContext, arguments: dict[str, Any]
+    ) -> list[Row]:
+        if spec.admin_only and ctx.database != admin.ADMIN_DATABASE:
+            raise EngineError(
+                "0A000",
+                f"{spec.name}() runs on the admin database {admin.ADMIN_DATABASE!r}",
+                hint=f"connect to the database {admin.ADMIN_DATABASE!r} as the server's admin",
+            )
+        return await spec.handler(ctx, arguments)
+
+    # --- built-in functions -------------------------------------------------------------
+
+    def _builtin_functions(self) -> list[FunctionSpec]:
+        return [
+            FunctionSpec(
+                "iasql_version",
+                (("version", "text"),),
+                (),
+                self._version,
+                "the iasql server version",
+            ),
+            FunctionSpec(
+                "iasql_modules_list",
+                (("module_name", "text"), ("module_version", "text"), ("dependencies", "json")),
+                (),
+                self._modules_list,
+                "every available module",
+            ),
+            FunctionSpec(
+                "iasql_connect",
+                (("database", "text"), ("user", "text"), ("password", "text"), ("url", "text")),
+                (Param("db_alias", "text"),),
+                self._connect,
+                "creates an environment database and its login role",
+                admin_only=True,
+            ),
+            FunctionSpec(
+                "iasql_disconnect",
+                (("message", "text"),),
+                (Param("db_alias", "text"),),
+                self._disconnect,
+                "drops an environment database and its role (the cloud is untouched)",
+                admin_only=True,
+            ),
+            FunctionSpec(
+                "iasql_db_list",
+                (
+                    ("alias", "text"),
+                    ("database", "text"),
+                    ("user", "text"),
+                    ("url", "text"),
+                    ("created_at", "timestamptz"),
+                ),
+                (),
+                self._db_list,
+                "the environment databases of this server",
+                admin_only=True,
+            ),
+        ]
+
+    async def _version(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        return [{"version": server_version()}]
+
+    async def _modules_list(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        return [
+            {
+                "module_name": m.name,
+                "module_version": m.version,
+                "dependencies": list(m.dependencies),
+            }
+            for m in available_modules().values()
+        ]
+
+    async def _connect(self, _ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        async with self._admin_lock:
+            conn = await self._admin_connection()
+            return [
+                await admin.connect_database(
+                    conn, self.config.backend_dsn, self.config.address, args["db_alias"]
+                )
+            ]
+
+    async def _disconnect(self, _ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        async with self._admin_lock:
+            return [
+                await admin.disconnect_database(await self._admin_connection(), args["db_alias"])
+            ]
+
+    async def _db_list(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        async with self._admin_lock:
+            return await admin.list_databases(await self._admin_connection(), self.config.address)
+
+    async def _admin_connection(self) -> asyncpg.Connection:
+        if self._admin is None or self._admin.is_closed():
+            self._admin = await asyncpg.connect(
+                self.config.backend_dsn, database=admin.ADMIN_DATABASE
+            )
+        return self._admin

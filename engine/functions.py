@@ -1,0 +1,119 @@
+"""What an iasql function is: its signature, its result columns and the code that runs it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+REQUIRED = object()
+
+Row = dict[str, Any]
+
+
+class EngineError(Exception):
+    """An error reported to the client as a Postgres ErrorResponse."""
+
+    def __init__(
+        self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # a Postgres type name: text, boolean, integer, timestamptz, text[] ...
+    default: Any = REQUIRED
+    variadic: bool = False
+
+    @property
+    def element_type(self) -> str:
+        """The type of one argument: a VARIADIC text[] parameter takes text arguments."""
+        return self.type.removesuffix("[]") if self.variadic else self.type
+
+
+@dataclass(frozen=True)
+class SqlArgument:
+    """One argument as written in SQL: positional (name None) or named (`name => value`)."""
+
+    name: str | None
+    value: Any
+
+
+@dataclass
+class CallContext:
+    """Who is calling, from which database; `notify` sends a NOTICE to the client."""
+
+    database: str
+    user: str
+    notify: Callable[[str], None] = field(default=lambda _text: None)
+
+
+Handler = Callable[[CallContext, dict[str, Any]], Awaitable[list[Row]]]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    columns: tuple[tuple[str, str], ...]  # (name, Postgres type)
+    params: tuple[Param, ...]
+    handler: Handler
+    description: str
+    admin_only: bool = False  # runs only on the server's admin database
+
+    def param_at(self, position: int) -> Param | None:
+        if position < len(self.params):
+            return self.params[position]
+        if self.params and self.params[-1].variadic:
+            return self.params[-1]
+        return None
+
+    def param_named(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def signature(self) -> str:
+        parts = []
+        for p in self.params:
+            text = f"{'VARIADIC ' if p.variadic else ''}{p.name} {p.type}"
+            parts.append(text if p.default is REQUIRED else f"{text} DEFAULT {p.default!r}")
+        return f"{self.name}({', '.join(parts)})"
+
+    def bind(self, arguments: list[SqlArgument]) -> dict[str, Any]:
+        """Matches arguments to parameters as Postgres would, with clear errors."""
+        bound: dict[str, Any] = {}
+        positional = [a.value for a in arguments if a.name is None]
+        for param in self.params:
+            if param.variadic:
+                bound[param.name], positional = positional, []
+            elif positional:
+                bound[param.name] = positional.pop(0)
+        if positional:
+            raise self._no_such_signature(
+                f"{self.name}() takes at most {len(self.params)} arguments"
+            )
+        for argument in arguments:
+            if argument.name is None:
+                continue
+            if self.param_named(argument.name) is None:
+                raise self._no_such_signature(f"{self.name}() has no parameter {argument.name!r}")
+            bound[argument.name] = argument.value
+        for param in self.params:
+            if param.name not in bound:
+                if param.default is REQUIRED:
+                    raise self._no_such_signature(f"{self.name}() needs the argument {param.name}")
+                bound[param.name] = param.default
+        return bound
+
+    def _no_such_signature(self, message: str) -> EngineError:
+        return EngineError("42883", message, hint=f"the signature is {self.signature()}")
+
+
+def did_you_mean(name: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f'did you mean "{close[0]}"?' if close else None

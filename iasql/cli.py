@@ -1,0 +1,311 @@
+"""The `iasql` command: `iasql serve` runs the server, `iasql db ...` manages environments."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from engine import Engine, EngineConfig
+from engine.admin import ADMIN_DATABASE, PublicAddress
+from engine.core import server_version
+from iasql.postgres import LocalPostgres, PostgresError
+from iasql.sandbox import MotoServer, SandboxError
+from proxy.server import BackendAddress, ProxyServer
+
+ADMIN_USER = "iasql"
+STATE_FILE = "server.json"
+
+
+class StartupError(Exception):
+    """A configuration problem reported as one line, without a traceback."""
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        # The embedded Postgres runs as an unprivileged user, which cannot enter /root.
+        return Path("/var/lib/iasql")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "iasql"
+
+
+def env_default(name: str, fallback: Any = None) -> Any:
+    return os.environ.get(f"IASQL_{name}", fallback)
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+def add_serve(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the iasql server")
+    serve.add_argument("--host", default=env_default("HOST", "127.0.0.1"), help="listen address")
+    serve.add_argument("--port", type=int, default=int(env_default("PORT", 5433)))
+    serve.add_argument(
+        "--backend-url",
+        default=env_default("BACKEND_URL"),
+        help="backing Postgres (a role that may create databases and roles); default: embedded",
+    )
+    serve.add_argument("--data-dir", type=Path, default=env_default("DATA_DIR"))
+    serve.add_argument(
+        "--local-cloud",
+        action="store_true",
+        default=env_default("LOCAL_CLOUD") in ("1", "true"),
+        help="also run a local AWS sandbox (moto) and make it the default endpoint",
+    )
+    serve.add_argument("--cloud-port", type=int, default=int(env_default("CLOUD_PORT", 0)))
+    serve.add_argument(
+        "--max-message-size",
+        type=int,
+        default=int(env_default("MAX_MESSAGE_SIZE", 128 * 1024 * 1024)),
+        help="largest client message accepted, in bytes",
+    )
+    serve.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), default=env_default("LOG_FORMAT", "text")
+    )
+    serve.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, args.log_format)
+    data_dir: Path = args.data_dir or default_data_dir()
+    check_port_free(args.host, args.port)
+    with contextlib.ExitStack() as stack:
+        if args.backend_url:
+            backend_dsn, backing = args.backend_url, "external"
+        else:
+            postgres = embedded_postgres(data_dir)
+            stack.callback(postgres.stop)
+            postgres.start()
+            backend_dsn = postgres.dsn()
+            backing = f"embedded Postgres {postgres.binaries.version}, data in {data_dir}"
+        cloud = None
+        if args.local_cloud:
+            cloud = MotoServer(args.cloud_port or None, data_dir / "moto.log")
+            stack.callback(cloud.stop)
+            cloud.start()
+        return run_loop(serve_forever(args, data_dir, backend_dsn, backing, cloud))
+
+
+async def serve_forever(
+    args: argparse.Namespace,
+    data_dir: Path,
+    backend_dsn: str,
+    backing: str,
+    cloud: MotoServer | None,
+) -> int:
+    address = PublicAddress(args.host, args.port)
+    engine = Engine(EngineConfig(backend_dsn, address, cloud.endpoint if cloud else None))
+    try:
+        await engine.start()
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise StartupError(
+            f"cannot use the backing Postgres at {describe_dsn(backend_dsn)}: {exc}"
+        ) from exc
+    server = ProxyServer(engine, backend_address(backend_dsn), max_message=args.max_message_size)
+    try:
+        await server.listen(args.host, args.port)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from exc
+    admin_url = address.url(*admin_login(backend_dsn), ADMIN_DATABASE)
+    state = write_state(data_dir, admin_url)
+    print(f"iasql {server_version()} listening on {args.host}:{args.port}")
+    print(f"  backing store: {backing}")
+    if cloud is not None:
+        print(f"  local AWS sandbox (moto): {cloud.endpoint}")
+    print(f"  admin database: {admin_url}")
+    print("  create an environment database with: iasql db create NAME", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("iasql: shutting down", flush=True)
+    await server.close()
+    await engine.close()
+    state.unlink(missing_ok=True)
+    return 0
+
+
+def embedded_postgres(data_dir: Path) -> LocalPostgres:
+    """The server's own Postgres in `data_dir/pgdata`, created on first start."""
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True)
+        data_dir.chmod(0o711)  # our own folder: the Postgres user must be able to enter it
+    password_file = data_dir / "admin_password"
+    if password_file.exists():
+        password = password_file.read_text().strip()
+    else:
+        password = secrets.token_urlsafe(24)
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+    postgres = LocalPostgres(
+        data_dir / "pgdata",
+        superuser=ADMIN_USER,
+        password=password,
+        settings={"password_encryption": "scram-sha-256"},
+    )
+    if not postgres.initialized():
+        postgres.init()
+    return postgres
+
+
+def admin_login(dsn: str) -> tuple[str, str | None]:
+    parts = urlsplit(dsn)
+    return parts.username or os.environ.get("PGUSER", "postgres"), parts.password
+
+
+def backend_address(dsn: str) -> BackendAddress:
+    parts = urlsplit(dsn)
+    return BackendAddress(parts.hostname or "localhost", parts.port or 5432)
+
+
+def describe_dsn(dsn: str) -> str:
+    """host:port/database, without the password."""
+    parts = urlsplit(dsn)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def write_state(data_dir: Path, admin_url: str) -> Path:
+    """Tells `iasql db` on this machine how to reach the running server (mode 0600)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / STATE_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"admin_url": admin_url, "pid": os.getpid()}, out)
+    return path
+
+
+# --- db -----------------------------------------------------------------------------------------
+
+
+def add_db(commands: Any) -> None:
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--url", default=env_default("URL"), help="the server's admin URL")
+    where.add_argument(
+        "--data-dir", type=Path, default=env_default("DATA_DIR"), help="a local server's data dir"
+    )
+    db = commands.add_parser("db", help="create, list and drop environment databases")
+    actions = db.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", parents=[where], help="create a database and its role")
+    create.add_argument("name")
+    actions.add_parser("list", parents=[where], help="list the environment databases")
+    drop = actions.add_parser("drop", parents=[where], help="drop a database and its role")
+    drop.add_argument("name")
+    db.set_defaults(run=lambda args: run_loop(run_db(args)))
+
+
+async def run_db(args: argparse.Namespace) -> int:
+    url = args.url or local_admin_url(args.data_dir or default_data_dir())
+    try:
+        conn = await asyncpg.connect(url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StartupError(f"cannot reach the iasql server at {describe_dsn(url)}: {exc}") from exc
+    try:
+        if args.action == "create":
+            row = await conn.fetchrow("SELECT * FROM iasql_connect($1)", args.name)
+            print(f"created database {row['database']} with login role {row['user']}")
+            print(row["url"])
+        elif args.action == "drop":
+            row = await conn.fetchrow("SELECT * FROM iasql_disconnect($1)", args.name)
+            print(row["message"])
+        else:
+            for row in await conn.fetch("SELECT alias, url FROM iasql_db_list()"):
+                print(f"{row['alias']}\t{row['url']}")
+    except asyncpg.PostgresError as exc:
+        hint = getattr(exc, "hint", None)
+        first_line = str(exc).splitlines()[0]
+        raise StartupError(f"{first_line} (hint: {hint})" if hint else first_line) from exc
+    finally:
+        await conn.close()
+    return 0
+
+
+def local_admin_url(data_dir: Path) -> str:
+    state = data_dir / STATE_FILE
+    try:
+        return str(json.loads(state.read_text())["admin_url"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise StartupError(
+            f"no running iasql server found ({state} is missing); start one with `iasql serve`,"
+            " or pass --url / set IASQL_URL"
+        ) from exc
+
+
+# --- plumbing -----------------------------------------------------------------------------------
+
+
+def run_loop(main: Any) -> int:
+    try:
+        import uvloop
+
+        return int(uvloop.run(main))
+    except ImportError:
+        return int(asyncio.run(main))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "ts": self.formatTime(record),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        )
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iasql", description="Infrastructure as SQL")
+    parser.add_argument("--version", action="version", version=f"iasql {server_version()}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_serve(commands)
+    add_db(commands)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (StartupError, PostgresError, SandboxError) as exc:
+        print(f"iasql: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Finding iasql function calls in SQL text and rewriting them into relations.
+
+A call such as `iasql_modules_list()` is replaced by
+`(SELECT * FROM jsonb_to_recordset(<rows>::jsonb) AS t(module_name text, ...))`, where
+`<rows>` is either a string literal holding the engine's rows as JSON (simple query) or an
+extra parameter filled in at Bind time (extended query). The backing Postgres then evaluates
+the whole statement, so WHERE, ORDER BY, joins and RowDescription are exactly Postgres's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import ast, parse_sql
+from pglast.parser import ParseError
+from pglast.stream import RawStream
+
+from engine.functions import FunctionSpec, SqlArgument
+
+# Postgres type OIDs the proxy needs to know, by the type names function specs use.
+TYPE_OIDS = {
+    "text": 25,
+    "boolean": 16,
+    "integer": 23,
+    "bigint": 20,
+    "timestamptz": 1184,
+    "json": 114,
+    "jsonb": 3802,
+    "text[]": 1009,
+}
+
+
+# A pglast.ast node. Its stubs declare every field optional, so the tree is handled as Any.
+SqlNode = Any
+
+
+class UnsupportedCall(Exception):
+    """A call the proxy cannot evaluate (e.g. a non-constant argument)."""
+
+
+@dataclass
+class Call:
+    """One iasql function call found in a statement."""
+
+    spec: FunctionSpec
+    args: list[SqlNode]
+    named: dict[str, SqlNode]
+    variadic: bool
+    source: SqlNode = field(init=False)  # where the rows come from, set by the rewrite
+
+    def arguments(self, params: list[Any] | None) -> list[SqlArgument]:
+        """The call's arguments as Python values; `params` are the Bind values ($1 = params[0])."""
+        positional = [_evaluate(node, params) for node in self.args]
+        if self.variadic and positional and isinstance(positional[-1], list):
+            positional[-1:] = positional[-1]  # f(VARIADIC ARRAY['a', 'b']) is f('a', 'b')
+        named = [SqlArgument(name, _evaluate(node, params)) for name, node in self.named.items()]
+        return [SqlArgument(None, value) for value in positional] + named
+
+    def param_types(self) -> dict[int, int]:
+        """Parameter number -> type OID, for parameters used as this call's arguments."""
+        found: dict[int, int] = {}
+        for position, node in enumerate(self.args):
+            param = self.spec.param_at(position)
+            _collect_params(node, TYPE_OIDS.get(param.element_type if param else "text", 25), found)
+        for name, node in self.named.items():
+            param = self.spec.param_named(name)
+            _collect_params(node, TYPE_OIDS.get(param.element_type if param else "text", 25), found)
+        return found
+
+
+@dataclass
+class Statement:
+    """One statement of a Query or Parse; `calls` is empty for ordinary SQL."""
+
+    text: str
+    tree: SqlNode | None
+    calls: list[Call]
+    max_param: int  # the highest $n the client's text uses
+
+    def render(self) -> str:
+        """The rewritten SQL, with each call's current `source` node in place."""
+        assert self.tree is not None
+        return str(RawStream()(self.tree))
+
+    def render_with_rows(self, rows: list[list[dict[str, Any]]]) -> str:
+        for call, call_rows in zip(self.calls, rows, strict=True):
+            _set_literal(call.source, json.dumps(call_rows, default=str))
+        return self.render()
+
+    def render_with_params(self, first: int) -> str:
+        """Rows come from parameters $first, $first+1, ... (one per call)."""
+        for offset, call in enumerate(self.calls):
+            _set_param(call.source, first + offset)
+        return self.render()
+
+
+def prefilter(names: Iterable[str]) -> re.Pattern[bytes]:
+    """A cheap byte-level test run before parsing: does the text mention any function name?"""
+    alternatives = sorted({"iasql_", *names}, key=len, reverse=True)
+    return re.compile(b"|".join(re.escape(n.encode()) for n in alternatives), re.IGNORECASE)
+
+
+def split_statements(sql: str, catalog: Mapping[str, FunctionSpec]) -> list[Statement] | None:
+    """The statements of `sql`, calls found and replaced; None when Postgres should see the
+    text unchanged (it does not parse, or it calls nothing of ours)."""
+    try:
+        raw = parse_sql(sql)
+    except ParseError:
+        return None
+    statements: list[Statement] = []
+    for stmt in raw:
+        end = stmt.stmt_location + stmt.stmt_len if stmt.stmt_len else len(sql)
+        text = sql[stmt.stmt_location : end]
+        numbers: dict[int, int] = {}
+        _collect_params(stmt.stmt, 0, numbers)
+        calls: list[Call] = []
+        tree = _Rewriter(catalog, calls).node(stmt.stmt)
+        statements.append(Statement(text, tree if calls else None, calls, max(numbers, default=0)))
+    if not any(s.calls for s in statements):
+        return None
+    return statements
+
+
+# --- the rewrite ----------------------------------------------------------------------------
+
+
+class _Rewriter:
+    """Walks a parse tree, replacing each call of a catalog function by a relation."""
+
+    def __init__(self, catalog: Mapping[str, FunctionSpec], calls: list[Call]) -> None:
+        self.catalog = catalog
+        self.calls = calls
+
+    def node(self, node: Any) -> Any:
+        if isinstance(node, tuple | list):
+            return tuple(self.node(item) for item in node)
+        if not isinstance(node, ast.Node):
+            return node
+        if isinstance(node, ast.RangeFunction):
+            replaced = self._range_function(node)
+            if replaced is not None:
+                return replaced
+        if isinstance(node, ast.SelectStmt) and node.targetList:
+            node.targetList = tuple(self._select_target(t) for t in node.targetList)
+        if isinstance(node, ast.FuncCall):
+            call = self._call(node)
+            if call is not None:
+                return _scalar_subquery(call)
+        for name in node.__slots__:
+            if name == "targetList" and isinstance(node, ast.SelectStmt):
+                continue  # done above
+            value = getattr(node, name)
+            if isinstance(value, ast.Node | tuple | list):
+                setattr(node, name, self.node(value))
+        return node
+
+    def _call(self, node: SqlNode) -> Call | None:
+        spec = self.catalog.get(node.funcname[-1].sval.lower())
+        if spec is None:
+            return None
+        if node.agg_star or node.agg_distinct or node.agg_order or node.over or node.agg_filter:
+            raise UnsupportedCall(f"{spec.name}() is not an aggregate or window function")
+        args: list[SqlNode] = []
+        named: dict[str, SqlNode] = {}
+        for arg in node.args or ():
+            if isinstance(arg, ast.NamedArgExpr):
+                named[arg.name] = arg.arg
+            elif named:
+                raise UnsupportedCall("positional argument cannot follow named argument")
+            else:
+                args.append(arg)
+        call = Call(spec, args, named, bool(node.func_variadic))
+        self.calls.append(call)
+        return call
+
+    def _range_function(self, node: SqlNode) -> SqlNode | None:
+        functions: list[Any] = list(node.functions or ())
+        if len(functions) != 1 or not isinstance(functions[0][0], ast.FuncCall):
+            return None
+        function, coldeflist = functions[0]
+        call = self._call(function)
+        if call is None:
+            return None
+        if node.ordinality or node.coldeflist or coldeflist:
+            raise UnsupportedCall(
+                f"{call.spec.name}() does not support WITH ORDINALITY or a column definition list"
+            )
+        alias = node.alias or ast.Alias(aliasname=call.spec.name)
+        return ast.RangeSubselect(lateral=node.lateral, subquery=_rows_select(call), alias=alias)
+
+    def _select_target(self, target: SqlNode) -> SqlNode:
+        """`SELECT f()` returns one row per function row, like a set-returning function."""
+        if isinstance(target.val, ast.FuncCall):
+            call = self._call(target.val)
+            if call is not None:
+                target.val = _set_returning(call)
+                target.name = target.name or call.spec.name
+                return target
+        target.val = self.node(target.val)
+        return target
+
+
+def _expression(call: Call, template: str) -> Any:
+    """Parses `template` (SQL with `{rows}` and `{value}` holes) and returns its first target's
+    expression, with `call.source` pointing at the TypeCast that receives the rows."""
+    names = [f't."{name}"' for name, _ in call.spec.columns]
+    value = names[0] if len(names) == 1 else f"ROW({', '.join(names)})"
+    coldefs = ", ".join(f'"{name}" {sqltype}' for name, sqltype in call.spec.columns)
+    rows = f"jsonb_to_recordset($1::jsonb) AS t({coldefs})"
+    stmt = parse_sql("SELECT " + template.format(rows=rows, value=value))[0].stmt
+    call.source = _find_rows_source(stmt)
+    return stmt.targetList[0].val
+
+
+def _rows_select(call: Call) -> SqlNode:
+    sublink = _expression(call, "(SELECT * FROM {rows})")
+    return sublink.subselect
+
+
+def _set_returning(call: Call) -> SqlNode:
+    return _expression(call, "unnest(ARRAY(SELECT {value} FROM {rows}))")
+
+
+def _scalar_subquery(call: Call) -> SqlNode:
+    return _expression(call, "(SELECT {value} FROM {rows})")
+
+
+def _find_rows_source(node: Any) -> Any:
+    if isinstance(node, ast.TypeCast) and isinstance(node.arg, ast.ParamRef):
+        return node
+    children = node if isinstance(node, tuple | list) else ()
+    if isinstance(node, ast.Node):
+        children = tuple(getattr(node, name) for name in node.__slots__)
+    for child in children:
+        found = _find_rows_source(child)
+        if found is not None:
+            return found
+    return None
+
+
+def _set_literal(source: SqlNode, text: str) -> None:
+    source.arg = ast.A_Const(val=ast.String(sval=text))
+
+
+def _set_param(source: SqlNode, number: int) -> None:
+    source.arg = ast.ParamRef(number=number)
+
+
+def _collect_params(node: Any, oid: int, found: dict[int, int]) -> None:
+    if isinstance(node, tuple | list):
+        for item in node:
+            _collect_params(item, oid, found)
+    elif isinstance(node, ast.ParamRef):
+        found.setdefault(node.number, oid)
+    elif isinstance(node, ast.Node):
+        for name in node.__slots__:
+            _collect_params(getattr(node, name), oid, found)
+
+
+# --- argument values ------------------------------------------------------------------------
+
+_CASTS: dict[str, Callable[[Any], Any]] = {
+    "text": str,
+    "varchar": str,
+    "int4": int,
+    "int8": int,
+    "int2": int,
+    "bool": lambda v: v if isinstance(v, bool) else str(v).lower() in ("t", "true", "1", "on"),
+}
+
+
+def _evaluate(node: SqlNode, params: list[Any] | None) -> Any:
+    if isinstance(node, ast.A_Const):
+        return None if node.isnull else _constant(node.val)
+    if isinstance(node, ast.ParamRef):
+        if params is None or not 0 < node.number <= len(params):
+            raise UnsupportedCall(f"there is no parameter ${node.number}")
+        return params[node.number - 1]
+    if isinstance(node, ast.TypeCast):
+        value = _evaluate(node.arg, params)
+        cast = _CASTS.get(node.typeName.names[-1].sval)
+        if value is None or cast is None or node.typeName.arrayBounds:
+            return value
+        return cast(value)
+    if isinstance(node, ast.A_ArrayExpr):
+        return [_evaluate(element, params) for element in node.elements or ()]
+    raise UnsupportedCall("arguments of iasql functions must be constants or parameters")
+
+
+def _constant(value: SqlNode) -> Any:
+    if isinstance(value, ast.Integer):
+        return value.ival
+    if isinstance(value, ast.Float):
+        return float(value.fval)
+    if isinstance(value, ast.Boolean):
+        return bool(value.boolval)
+    if isinstance(value, ast.String):
+        return value.sval
+    if isinstance(value, ast.BitString):
+        return value.bsval
+    raise UnsupportedCall(f"unsupported constant {value!r}")

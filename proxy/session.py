@@ -1,0 +1,554 @@
+"""One client connection as a sans-IO state machine.
+
+The session is fed bytes from the client and from the backing Postgres and answers with
+events: bytes to send each way, engine calls to run, keys to register. It never touches a
+socket, so every protocol path is testable with plain byte strings.
+
+Relaying is zero-copy on the hot path: frames are scanned by their 5-byte headers only, and a
+chunk whose frames need no attention is forwarded as the very bytes object that arrived. Only
+Query and Parse (and Bind/Describe/Close for statements the proxy rewrote) are looked into.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import struct
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.functions import EngineError, FunctionSpec, Row, SqlArgument
+from proxy import protocol as pg
+from proxy.intercept import Call, Statement, UnsupportedCall, split_statements
+from proxy.values import decode_param
+
+_HEADER = struct.Struct("!ci")
+_LENGTH = struct.Struct("!i")
+
+# --- events the session emits ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ToServer:
+    data: bytes
+
+
+@dataclass(slots=True)
+class ToClient:
+    data: bytes
+
+
+@dataclass(slots=True)
+class ConnectServer:
+    """Open the backend connection and send it the client's startup packet."""
+
+    startup_packet: bytes
+    params: dict[str, str]
+
+
+@dataclass(slots=True)
+class CancelTarget:
+    """A CancelRequest arrived on this connection: cancel that key, then close."""
+
+    process_id: int
+    secret_key: bytes
+    packet: bytes
+
+
+@dataclass(slots=True)
+class KeyAssigned:
+    """The backend gave the client this cancel key: map it to this session."""
+
+    process_id: int
+    secret_key: bytes
+
+
+@dataclass(slots=True)
+class RunEngine:
+    """Run these calls, in order, then call `Session.engine_done` with their rows."""
+
+    calls: list[tuple[FunctionSpec, list[SqlArgument]]]
+
+
+@dataclass(slots=True)
+class CloseConnection:
+    pass
+
+
+Event = (
+    ToServer | ToClient | ConnectServer | CancelTarget | KeyAssigned | RunEngine | CloseConnection
+)
+
+# --- what the session remembers about requests in flight -------------------------------------
+
+
+class _Sync:
+    """A Query or Sync sent to the server: answered by exactly one ReadyForQuery."""
+
+
+_SYNC = _Sync()
+
+
+@dataclass(slots=True)
+class _Describe:
+    """A Describe of a statement: `client_params` is set when the proxy added parameters the
+    client must not see in the ParameterDescription."""
+
+    client_params: int | None
+
+
+@dataclass(slots=True)
+class _Poison:
+    """A message sent in place of one whose engine call failed: the server's error for it is
+    replaced by the engine's error, so errors reach the client in protocol order."""
+
+    token: str
+    error: bytes
+
+
+@dataclass
+class _Prepared:
+    statement: Statement
+    client_params: int
+    param_types: list[int]
+
+
+@dataclass
+class _QueryPlan:
+    """A simple Query mixing iasql calls and ordinary SQL, run one piece at a time."""
+
+    pieces: list[Statement | str]
+    next: int = 0
+    failed: bool = False
+    running: Statement | None = None
+
+
+INSPECTED = frozenset(b"QPDCSB")
+_POISON_PREFIX = "__iasql_poison_"
+
+
+@dataclass
+class Session:
+    catalog: Mapping[str, FunctionSpec]
+    prefilter: re.Pattern[bytes]
+    max_message: int = 128 * 1024 * 1024
+    database: str = ""
+    user: str = ""
+    status: bytes = b"I"  # the last ReadyForQuery status: I, T or E
+
+    _started: bool = False
+    _backlog: bytearray = field(default_factory=bytearray)
+    _blocked: bool = False  # waiting for the engine or for the server to answer
+    _client_skip: int = 0  # bytes left of a client frame being relayed across chunks
+    _need: int = 0  # bytes the backlog must hold before it is worth scanning again
+    _server_skip: int = 0
+    _server_partial: bytes = b""
+    _inflight: deque[Any] = field(default_factory=deque)
+    _prepared: dict[str, _Prepared] = field(default_factory=dict)
+    _plan: _QueryPlan | None = None
+    _pending_bind: tuple[pg.Bind, _Prepared] | None = None
+    _notices: list[bytes] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        return self._blocked
+
+    # --- client -> server ---------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> list[Event]:
+        if self._blocked:
+            self._backlog += data
+            return []
+        if self._backlog:
+            self._backlog += data
+            if len(self._backlog) < self._need:
+                return []  # a frame still incomplete: don't rescan it on every chunk
+            data = bytes(self._backlog)
+            self._backlog.clear()
+            self._need = 0
+        if not self._started:
+            return self._startup(data)
+        return self._scan_client(data)
+
+    def _startup(self, data: bytes) -> list[Event]:
+        if len(data) < 8:
+            self._backlog += data
+            return []
+        length = _LENGTH.unpack_from(data)[0]
+        if not 8 <= length <= pg.MAX_STARTUP_LENGTH:
+            return self._violation("invalid length of startup packet")
+        if len(data) < length:
+            self._backlog += data
+            return []
+        packet, rest = data[:length], data[length:]
+        code = _LENGTH.unpack_from(packet, 4)[0]
+        if code in (pg.SSL_REQUEST, pg.GSSENC_REQUEST) and length == 8:
+            return [ToClient(b"N"), *self.client_data(rest)]
+        if code == pg.CANCEL_REQUEST and length == 16:
+            pid = _LENGTH.unpack_from(packet, 8)[0]
+            return [CancelTarget(pid, packet[12:16], packet), CloseConnection()]
+        if code >> 16 != 3:
+            return self._violation("unsupported frontend protocol")
+        try:
+            params = pg.decode_startup(b"\x00\x03\x00\x00" + packet[8:])
+        except pg.ProtocolViolation as exc:
+            return self._violation(str(exc))
+        self.user = params.get("user", "")
+        self.database = params.get("database", self.user)
+        if not self.user:
+            return self._violation("no PostgreSQL user name specified in startup packet", "28000")
+        self._started = True
+        events: list[Event] = [ConnectServer(packet, params)]
+        self._backlog += rest
+        return events
+
+    def _scan_client(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        size = len(data)
+        pos = 0
+        if self._client_skip:
+            if self._client_skip >= size:
+                self._client_skip -= size
+                return [ToServer(data)]
+            pos, self._client_skip = self._client_skip, 0
+        relay_from = 0
+        while pos < size:
+            if size - pos < 5:
+                break
+            kind, length = _HEADER.unpack_from(data, pos)
+            code = kind[0]
+            if code not in pg.FRONTEND_TYPES:
+                return events + self._violation(f"invalid frontend message type {code}")
+            if not 4 <= length <= self.max_message:
+                return events + self._violation(f"invalid message length {length}")
+            end = pos + 1 + length
+            if code in INSPECTED:
+                if end > size:
+                    self._need = end - pos
+                    break  # wait for the whole frame
+                handled = self._inspect(kind, data, pos, end)
+                if handled is not None:
+                    if pos > relay_from:
+                        events.append(ToServer(data[relay_from:pos]))
+                    events += handled
+                    relay_from = pos = end
+                    if self._blocked:
+                        self._backlog += data[end:]
+                        return events
+                    continue
+            elif end > size:
+                self._client_skip = end - size
+                pos = size
+                break
+            pos = end
+        if pos < size:  # a partial frame: keep it until the rest arrives
+            self._backlog += data[pos:]
+        if pos > relay_from:
+            events.append(
+                ToServer(data if relay_from == 0 and pos == size else data[relay_from:pos])
+            )
+        return events
+
+    def _inspect(self, kind: bytes, data: bytes, pos: int, end: int) -> list[Event] | None:
+        """Looks at one whole frame; returns None to relay it unchanged."""
+        if kind == b"S":
+            self._inflight.append(_SYNC)
+            return None
+        if kind == b"Q":
+            if self.prefilter.search(data, pos + 5, end) is None:
+                self._inflight.append(_SYNC)
+                return None
+            return self._query(data[pos + 5 : end])
+        if kind == b"P":
+            if self.prefilter.search(data, pos + 5, end) is None:
+                if self._prepared and data[pos + 5] == 0:
+                    self._prepared.pop("", None)  # a new unnamed statement replaces ours
+                return None
+            return self._parse(data[pos + 5 : end])
+        if kind == b"B":
+            if not self._prepared:
+                return None
+            return self._bind(data[pos + 5 : end])
+        body = data[pos + 5 : end]
+        try:
+            target, name = pg.decode_target(body)
+        except pg.ProtocolViolation as exc:
+            return self._violation(str(exc))
+        if target == b"S":
+            if kind == b"D":
+                prepared = self._prepared.get(name)
+                self._inflight.append(_Describe(prepared.client_params if prepared else None))
+            else:
+                self._prepared.pop(name, None)
+        return None
+
+    # --- simple query -------------------------------------------------------------------
+
+    def _query(self, body: bytes) -> list[Event]:
+        try:
+            sql = pg.decode_query(body)
+        except pg.ProtocolViolation as exc:
+            return self._violation(str(exc))
+        try:
+            statements = split_statements(sql, self.catalog)
+        except UnsupportedCall as exc:
+            return self._start_plan([], failure=EngineError("0A000", str(exc)))
+        if statements is None:
+            self._inflight.append(_SYNC)
+            return [ToServer(pg.query(sql))]
+        pieces: list[Statement | str] = []
+        for statement in statements:
+            if not statement.calls and pieces and isinstance(pieces[-1], str):
+                pieces[-1] = f"{pieces[-1]};\n{statement.text}"
+            else:
+                pieces.append(statement if statement.calls else statement.text)
+        return self._start_plan(pieces)
+
+    def _start_plan(
+        self, pieces: list[Statement | str], failure: EngineError | None = None
+    ) -> list[Event]:
+        self._plan = _QueryPlan(pieces)
+        self._blocked = True
+        if failure is not None:
+            self._plan.failed = True
+            return self._poison_query(failure)
+        return self._advance_plan() if not self._inflight else []
+
+    def _advance_plan(self) -> list[Event]:
+        """Sends the plan's next piece; called when the server is idle."""
+        plan = self._plan
+        assert plan is not None
+        piece = plan.pieces[plan.next]
+        plan.next += 1
+        if isinstance(piece, str):
+            self._inflight.append(_SYNC)
+            return [ToServer(pg.query(piece))]
+        plan.running = piece
+        return self._run_calls(piece.calls, None)
+
+    def _plan_ready(self) -> tuple[bool, list[Event]]:
+        """The server went idle: (relay its ReadyForQuery?, next events)."""
+        plan = self._plan
+        assert plan is not None
+        if plan.next == 0 and not plan.failed:  # that RFQ answered a request sent before the plan
+            return True, self._advance_plan()
+        if plan.failed or plan.next >= len(plan.pieces):
+            self._plan = None
+            return True, self._unblock()
+        return False, self._advance_plan()
+
+    def _poison_query(self, error: EngineError) -> list[Event]:
+        token = self._poison(error)
+        self._inflight.append(_SYNC)
+        return [ToServer(pg.query(f'SELECT * FROM "{token}"'))]
+
+    # --- extended query -----------------------------------------------------------------
+
+    def _parse(self, body: bytes) -> list[Event]:
+        try:
+            message = pg.decode_parse(body)
+        except pg.ProtocolViolation as exc:
+            return self._violation(str(exc))
+        try:
+            statements = split_statements(message.sql, self.catalog)
+        except UnsupportedCall as exc:
+            token = self._poison(EngineError("0A000", str(exc)))
+            return [ToServer(pg.parse(token, f'SELECT * FROM "{token}"', []))]
+        if statements is None or len(statements) != 1:
+            self._prepared.pop(message.name, None)
+            return [ToServer(pg.message(b"P", body))]
+        statement = statements[0]
+        client_params = max(statement.max_param, len(message.param_types))
+        types = message.param_types + [0] * (client_params - len(message.param_types))
+        for call in statement.calls:
+            for number, oid in call.param_types().items():
+                if types[number - 1] == 0:
+                    types[number - 1] = oid
+        sql = statement.render_with_params(client_params + 1)
+        types += [3802] * len(statement.calls)  # jsonb rows, one parameter per call
+        self._prepared[message.name] = _Prepared(statement, client_params, types)
+        return [ToServer(pg.parse(message.name, sql, types))]
+
+    def _bind(self, body: bytes) -> list[Event] | None:
+        try:
+            bind = pg.decode_bind(body)
+        except pg.ProtocolViolation as exc:
+            return self._violation(str(exc))
+        prepared = self._prepared.get(bind.statement)
+        if prepared is None:
+            return None
+        if len(bind.values) != prepared.client_params:
+            return None  # the server reports the count mismatch itself
+        try:
+            params = [
+                decode_param(value, bind.format_of(i), prepared.param_types[i])
+                for i, value in enumerate(bind.values)
+            ]
+        except ValueError as exc:
+            return [ToServer(self._poison_bind(EngineError("22P02", str(exc))))]
+        self._pending_bind = (bind, prepared)
+        self._blocked = True
+        return self._run_calls(prepared.statement.calls, params)
+
+    def _finish_bind(self, rows: list[list[Row]] | None, error: EngineError | None) -> list[Event]:
+        assert self._pending_bind is not None
+        bind, _prepared = self._pending_bind
+        self._pending_bind = None
+        if error is not None:
+            return [ToServer(self._poison_bind(error)), *self._unblock()]
+        assert rows is not None
+        formats = [bind.format_of(i) for i in range(len(bind.values))]
+        bind.param_formats = formats + [0] * len(rows)
+        bind.values += [json.dumps(r, default=str).encode() for r in rows]
+        return [ToServer(bind.encode()), *self._unblock()]
+
+    def _poison_bind(self, error: EngineError) -> bytes:
+        token = self._poison(error)
+        return pg.Bind("", token, [], [], []).encode()
+
+    # --- engine calls -------------------------------------------------------------------
+
+    def _run_calls(self, calls: list[Call], params: list[Any] | None) -> list[Event]:
+        try:
+            prepared = [(call.spec, call.arguments(params)) for call in calls]
+        except UnsupportedCall as exc:
+            return self.engine_done(None, EngineError("0A000", str(exc)))
+        return [RunEngine(prepared)]
+
+    def engine_done(self, rows: list[list[Row]] | None, error: EngineError | None) -> list[Event]:
+        """The result of the last RunEngine: one list of rows per call, or an error."""
+        if self._pending_bind is not None:
+            return self._finish_bind(rows, error)
+        plan = self._plan
+        assert plan is not None and plan.running is not None
+        statement, plan.running = plan.running, None
+        if error is not None:
+            plan.failed = True
+            return self._poison_query(error)
+        assert rows is not None
+        self._inflight.append(_SYNC)
+        return [ToServer(pg.query(statement.render_with_rows(rows)))]
+
+    def notice(self, text: str) -> list[Event]:
+        """A NOTICE from a running engine call, sent between two server frames."""
+        message = pg.notice_response(text)
+        if self._server_skip or self._server_partial:
+            self._notices.append(message)
+            return []
+        return [ToClient(message)]
+
+    def _unblock(self) -> list[Event]:
+        self._blocked = False
+        if not self._backlog:
+            return []
+        data = bytes(self._backlog)
+        self._backlog.clear()
+        return self._scan_client(data)
+
+    def _poison(self, error: EngineError) -> str:
+        token = _POISON_PREFIX + secrets.token_hex(8)
+        message = pg.error_response(
+            error.sqlstate, error.message, detail=error.detail, hint=error.hint
+        )
+        self._inflight.append(_Poison(token, message))
+        return token
+
+    def _violation(self, text: str, code: str = "08P01") -> list[Event]:
+        self._blocked = True  # nothing more is read from this client
+        self._backlog.clear()
+        return [ToClient(pg.error_response(code, text, fatal=True)), CloseConnection()]
+
+    # --- server -> client ---------------------------------------------------------------
+
+    def server_data(self, data: bytes) -> list[Event]:
+        if self._server_partial:
+            data = self._server_partial + data
+            self._server_partial = b""
+        size = len(data)
+        pos = 0
+        if self._server_skip:
+            if self._server_skip >= size:
+                self._server_skip -= size
+                return [ToClient(data)]
+            pos, self._server_skip = self._server_skip, 0
+        events: list[Event] = []
+        relay_from = 0
+        while pos < size:
+            if size - pos < 5:
+                self._server_partial = data[pos:]
+                break
+            kind, length = _HEADER.unpack_from(data, pos)
+            end = pos + 1 + length
+            if kind in b"ZEtK":
+                if end > size:
+                    self._server_partial = data[pos:]
+                    break
+                replacement, after = self._server_frame(kind, data, pos, end)
+                if replacement is not None:
+                    if pos > relay_from:
+                        events.append(ToClient(data[relay_from:pos]))
+                    if replacement:
+                        events.append(ToClient(replacement))
+                    relay_from = end
+                events += after
+            elif end > size:
+                self._server_skip = end - size
+                pos = size
+                break
+            pos = end
+        stop = size - len(self._server_partial)
+        if stop > relay_from:
+            events.append(
+                ToClient(data if relay_from == 0 and stop == size else data[relay_from:stop])
+            )
+        if self._notices and not self._server_skip and not self._server_partial:
+            events += [ToClient(n) for n in self._notices]
+            self._notices.clear()
+        return events
+
+    def _server_frame(
+        self, kind: bytes, data: bytes, pos: int, end: int
+    ) -> tuple[bytes | None, list[Event]]:
+        """One whole server frame of interest: (replacement bytes or None to relay, events)."""
+        if kind == b"Z":
+            self.status = data[pos + 5 : pos + 6]
+            while self._inflight and self._inflight.popleft() is not _SYNC:
+                pass
+            if self._plan is not None and not self._inflight:
+                relay, events = self._plan_ready()
+                return (None if relay else b""), events
+            return None, []
+        if kind == b"E":
+            return self._server_error(data[pos + 5 : end]), []
+        if kind == b"t":
+            return self._parameter_description(data[pos + 5 : end]), []
+        if end - pos >= 13:  # K: BackendKeyData
+            pid = _LENGTH.unpack_from(data, pos + 5)[0]
+            return None, [KeyAssigned(pid, data[pos + 9 : end])]
+        return None, []
+
+    def _server_error(self, body: bytes) -> bytes | None:
+        """After an error the server skips to the next Sync: forget what it will not answer."""
+        if self._plan is not None and self._plan.next > 0:
+            self._plan.failed = True
+        replacement = None
+        message = pg.decode_fields(body).get("M", "")
+        while self._inflight and self._inflight[0] is not _SYNC:
+            entry = self._inflight.popleft()
+            if isinstance(entry, _Poison) and entry.token in message:
+                replacement = entry.error
+        return replacement
+
+    def _parameter_description(self, body: bytes) -> bytes | None:
+        while self._inflight and not isinstance(self._inflight[0], _Describe | _Sync):
+            self._inflight.popleft()
+        if not self._inflight or self._inflight[0] is _SYNC:
+            return None
+        entry = self._inflight.popleft()
+        if entry.client_params is None:
+            return None
+        types = pg.decode_parameter_description(body)
+        return pg.parameter_description(types[: entry.client_params])
