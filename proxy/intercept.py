@@ -173,6 +173,8 @@ class _Rewriter:
                 raise UnsupportedCall("positional argument cannot follow named argument")
             else:
                 args.append(arg)
+        for arg in (*args, *named.values()):
+            _check_argument(arg)
         call = Call(spec, args, named, bool(node.func_variadic))
         self.calls.append(call)
         return call
@@ -271,6 +273,17 @@ _CASTS: dict[str, Callable[[Any], Any]] = {
     "int2": int,
     "bool": lambda v: v if isinstance(v, bool) else str(v).lower() in ("t", "true", "1", "on"),
 }
+
+
+def _check_argument(node: SqlNode) -> None:
+    """Arguments are evaluated by the proxy, so only constants and parameters are allowed."""
+    if isinstance(node, ast.TypeCast):
+        _check_argument(node.arg)
+    elif isinstance(node, ast.A_ArrayExpr):
+        for element in node.elements or ():
+            _check_argument(element)
+    elif not isinstance(node, ast.A_Const | ast.ParamRef):
+        raise UnsupportedCall("arguments of iasql functions must be constants or parameters")
 
 
 def _evaluate(node: SqlNode, params: list[Any] | None) -> Any:

@@ -121,9 +121,9 @@ class _QueryPlan:
     """A simple Query mixing iasql calls and ordinary SQL, run one piece at a time."""
 
     pieces: list[Statement | str]
-    next: int = 0
-    failed: bool = False
-    running: Statement | None = None
+    next: int = 0  # index of the next piece to send
+    failed: bool = False  # the server reported an error for a piece: run no more
+    running: Statement | None = None  # the piece whose engine calls are running
 
 
 INSPECTED = frozenset(b"QPDCSB")
@@ -174,7 +174,7 @@ class Session:
         return self._scan_client(data)
 
     def _startup(self, data: bytes) -> list[Event]:
-        if len(data) < 8:
+        if len(data) < 4:
             self._backlog += data
             return []
         length = _LENGTH.unpack_from(data)[0]
@@ -295,7 +295,8 @@ class Session:
         try:
             statements = split_statements(sql, self.catalog)
         except UnsupportedCall as exc:
-            return self._start_plan([], failure=EngineError("0A000", str(exc)))
+            self._inflight.append(_SYNC)
+            return [ToServer(self._poison_query(EngineError("0A000", str(exc))))]
         if statements is None:
             self._inflight.append(_SYNC)
             return [ToServer(pg.query(sql))]
@@ -307,15 +308,10 @@ class Session:
                 pieces.append(statement if statement.calls else statement.text)
         return self._start_plan(pieces)
 
-    def _start_plan(
-        self, pieces: list[Statement | str], failure: EngineError | None = None
-    ) -> list[Event]:
+    def _start_plan(self, pieces: list[Statement | str]) -> list[Event]:
         self._plan = _QueryPlan(pieces)
         self._blocked = True
-        if failure is not None:
-            self._plan.failed = True
-            return self._poison_query(failure)
-        return self._advance_plan() if not self._inflight else []
+        return [] if self._inflight else self._advance_plan()
 
     def _advance_plan(self) -> list[Event]:
         """Sends the plan's next piece; called when the server is idle."""
@@ -323,27 +319,36 @@ class Session:
         assert plan is not None
         piece = plan.pieces[plan.next]
         plan.next += 1
-        if isinstance(piece, str):
-            self._inflight.append(_SYNC)
-            return [ToServer(pg.query(piece))]
-        plan.running = piece
-        return self._run_calls(piece.calls, None)
+        if isinstance(piece, Statement):
+            plan.running = piece
+            return self._run_calls(piece.calls, None)
+        return self._send_piece(pg.query(piece))
 
-    def _plan_ready(self) -> tuple[bool, list[Event]]:
-        """The server went idle: (relay its ReadyForQuery?, next events)."""
+    def _send_piece(self, message: bytes) -> list[Event]:
+        """Sending the last piece ends the plan: its answer, ReadyForQuery included, then
+        goes straight to the client, and the client's next requests may follow it at once."""
         plan = self._plan
         assert plan is not None
-        if plan.next == 0 and not plan.failed:  # that RFQ answered a request sent before the plan
+        self._inflight.append(_SYNC)
+        events: list[Event] = [ToServer(message)]
+        if plan.next >= len(plan.pieces):
+            self._plan = None
+            events += self._unblock()
+        return events
+
+    def _plan_ready(self) -> tuple[bool, list[Event]]:
+        """The server went idle while a plan runs: (relay its ReadyForQuery?, next events)."""
+        plan = self._plan
+        assert plan is not None
+        if plan.next == 0:  # that ReadyForQuery answered a request sent before the plan
             return True, self._advance_plan()
-        if plan.failed or plan.next >= len(plan.pieces):
+        if plan.failed:
             self._plan = None
             return True, self._unblock()
         return False, self._advance_plan()
 
-    def _poison_query(self, error: EngineError) -> list[Event]:
-        token = self._poison(error)
-        self._inflight.append(_SYNC)
-        return [ToServer(pg.query(f'SELECT * FROM "{token}"'))]
+    def _poison_query(self, error: EngineError) -> bytes:
+        return pg.query(f'SELECT * FROM "{self._poison(error)}"')
 
     # --- extended query -----------------------------------------------------------------
 
@@ -426,11 +431,10 @@ class Session:
         assert plan is not None and plan.running is not None
         statement, plan.running = plan.running, None
         if error is not None:
-            plan.failed = True
-            return self._poison_query(error)
+            plan.next = len(plan.pieces)  # nothing after a failed call runs
+            return self._send_piece(self._poison_query(error))
         assert rows is not None
-        self._inflight.append(_SYNC)
-        return [ToServer(pg.query(statement.render_with_rows(rows)))]
+        return self._send_piece(pg.query(statement.render_with_rows(rows)))
 
     def notice(self, text: str) -> list[Event]:
         """A NOTICE from a running engine call, sent between two server frames."""
@@ -472,7 +476,7 @@ class Session:
         if self._server_skip:
             if self._server_skip >= size:
                 self._server_skip -= size
-                return [ToClient(data)]
+                return [ToClient(data), *self._flush_notices()]
             pos, self._server_skip = self._server_skip, 0
         events: list[Event] = []
         relay_from = 0
@@ -504,9 +508,13 @@ class Session:
             events.append(
                 ToClient(data if relay_from == 0 and stop == size else data[relay_from:stop])
             )
-        if self._notices and not self._server_skip and not self._server_partial:
-            events += [ToClient(n) for n in self._notices]
-            self._notices.clear()
+        return events + self._flush_notices()
+
+    def _flush_notices(self) -> list[Event]:
+        if not self._notices or self._server_skip or self._server_partial:
+            return []
+        events: list[Event] = [ToClient(n) for n in self._notices]
+        self._notices.clear()
         return events
 
     def _server_frame(

@@ -1,0 +1,127 @@
+"""Real parts for every test: a throwaway Postgres cluster, moto servers, the iasql server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import uvloop
+
+from engine import Engine, EngineConfig
+from engine.admin import PublicAddress
+from iasql.postgres import LocalPostgres, free_port
+from iasql.sandbox import MotoServer
+from proxy.server import BackendAddress, ProxyServer
+
+SUPERUSER = "iasql_test"
+PASSWORD = "test-pw-'\"-é"
+
+
+def reachable_tempdir(prefix: str) -> Path:
+    """A folder the unprivileged Postgres user can enter (pytest's own tmp is 0700 root)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    folder = reachable_tempdir("iasql-test-pg-")
+    cluster = LocalPostgres(
+        folder / "pgdata",
+        superuser=SUPERUSER,
+        password=PASSWORD,
+        settings={"max_connections": "200", "fsync": "off", "synchronous_commit": "off"},
+    )
+    cluster.init()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class RunningServer:
+    """An iasql server in this process, on its own event loop thread."""
+
+    host: str
+    port: int
+    loop: asyncio.AbstractEventLoop
+    proxy: ProxyServer
+
+    def dsn(
+        self, database: str = "postgres", user: str = SUPERUSER, password: str = PASSWORD
+    ) -> str:
+        return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.port}/{database}"
+
+    def run(self, coro: object) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def iasql(postgres: LocalPostgres) -> Iterator[RunningServer]:
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="iasql-server", daemon=True)
+    thread.start()
+    port = free_port()
+    address = PublicAddress("127.0.0.1", port)
+    engine = Engine(EngineConfig(postgres.dsn(), address))
+
+    async def start() -> ProxyServer:
+        await engine.start()
+        proxy = ProxyServer(engine, BackendAddress("127.0.0.1", postgres.port), max_message=1 << 20)
+        await proxy.listen("127.0.0.1", port)
+        return proxy
+
+    proxy = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    server = RunningServer("127.0.0.1", port, loop, proxy)
+    yield server
+    asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(30)
+    asyncio.run_coroutine_threadsafe(engine.close(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def moto_accounts() -> Iterator[Callable[[], MotoServer]]:
+    """Starts moto servers on demand; each one is a separate AWS account."""
+    started: list[MotoServer] = []
+
+    def start() -> MotoServer:
+        server = MotoServer()
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto(moto_accounts: Callable[[], MotoServer]) -> MotoServer:
+    return moto_accounts()
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials so that no test can reach real AWS by accident."""
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def psql_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGCONNECT_TIMEOUT"] = "10"
+    return env

@@ -1,0 +1,263 @@
+"""The sans-IO protocol layer, byte string in, events out: no sockets."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from engine import EngineConfig
+from engine.admin import PublicAddress
+from engine.core import Engine
+from engine.functions import EngineError
+from proxy import protocol as pg
+from proxy.intercept import prefilter
+from proxy.session import (
+    CancelTarget,
+    CloseConnection,
+    ConnectServer,
+    KeyAssigned,
+    RunEngine,
+    Session,
+    ToClient,
+    ToServer,
+)
+
+CATALOG = Engine(EngineConfig("postgresql://unused", PublicAddress("127.0.0.1", 1))).functions
+
+
+def startup(user: str = "alice", database: str = "db") -> bytes:
+    body = (
+        struct.pack("!i", pg.PROTOCOL_V3)
+        + b"".join(pg.cstring(x) for x in ("user", user, "database", database))
+        + b"\x00"
+    )
+    return struct.pack("!i", len(body) + 4) + body
+
+
+def started_session() -> Session:
+    session = Session(CATALOG, prefilter(CATALOG), max_message=4096)
+    events = session.client_data(startup())
+    assert isinstance(events[0], ConnectServer)
+    assert session.server_data(pg.ready_for_query(b"I")) == [ToClient(pg.ready_for_query(b"I"))]
+    return session
+
+
+def to_server(events: list[Any]) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, ToServer))
+
+
+def to_client(events: list[Any]) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, ToClient))
+
+
+def frames(data: bytes) -> list[tuple[bytes, bytes]]:
+    found, pos = [], 0
+    while pos < len(data):
+        length = struct.unpack_from("!i", data, pos + 1)[0]
+        found.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
+        pos += 1 + length
+    return found
+
+
+def test_ssl_and_gssenc_requests_are_declined_then_startup_goes_through() -> None:
+    session = Session(CATALOG, prefilter(CATALOG))
+    ssl = struct.pack("!ii", 8, pg.SSL_REQUEST)
+    gss = struct.pack("!ii", 8, pg.GSSENC_REQUEST)
+    assert session.client_data(ssl) == [ToClient(b"N")]
+    assert session.client_data(gss) == [ToClient(b"N")]
+    events = session.client_data(startup("bob", "staging"))
+    assert isinstance(events[0], ConnectServer)
+    assert events[0].params == {"user": "bob", "database": "staging"}
+    assert (session.user, session.database) == ("bob", "staging")
+
+
+def test_startup_split_over_many_chunks() -> None:
+    session = Session(CATALOG, prefilter(CATALOG))
+    packet = startup()
+    events: list[Any] = []
+    for i in range(len(packet)):
+        events += session.client_data(packet[i : i + 1])
+    assert [type(e) for e in events] == [ConnectServer]
+
+
+def test_cancel_request_names_its_target() -> None:
+    session = Session(CATALOG, prefilter(CATALOG))
+    packet = struct.pack("!iiii", 16, pg.CANCEL_REQUEST, 4242, 99)
+    events = session.client_data(packet)
+    assert events == [CancelTarget(4242, struct.pack("!i", 99), packet), CloseConnection()]
+
+
+def test_backend_key_data_is_reported() -> None:
+    session = started_session()
+    key = pg.message(b"K", struct.pack("!ii", 77, 1234))
+    events = session.server_data(key)
+    assert KeyAssigned(77, struct.pack("!i", 1234)) in events
+    assert to_client(events) == key
+
+
+def test_ordinary_query_is_relayed_as_the_same_bytes_object() -> None:
+    session = started_session()
+    data = pg.query("SELECT 1") + pg.query("SELECT 2")
+    events = session.client_data(data)
+    assert len(events) == 1 and events[0].data is data  # zero-copy
+
+
+def test_server_chunks_are_relayed_unchanged_even_when_split_mid_frame() -> None:
+    session = started_session()
+    session.client_data(pg.query("SELECT 1"))
+    reply = (
+        pg.message(b"T", b"x" * 40)
+        + pg.message(b"D", b"y" * 1000)
+        + pg.message(b"C", b"SELECT 1\x00")
+    )
+    reply += pg.ready_for_query(b"T")
+    out = b""
+    for i in range(0, len(reply), 7):
+        out += to_client(session.server_data(reply[i : i + 7]))
+    assert out == reply
+    assert session.status == b"T"
+
+
+def test_frames_split_across_client_chunks_keep_their_order() -> None:
+    session = started_session()
+    data = (
+        pg.query("SELECT 1") + pg.message(b"H", b"") + pg.query("select x from t where a = 'iasql'")
+    )
+    out = b""
+    for i in range(0, len(data), 3):
+        out += to_server(session.client_data(data[i : i + 3]))
+    assert out == data
+
+
+@pytest.mark.parametrize(
+    "garbage, reason",
+    [
+        (b"\x01\x00\x00\x00\x08abcd", "invalid frontend message type"),
+        (b"Q\x00\x00\x00\x02", "invalid message length"),
+        (b"Q\x7f\xff\xff\xff", "invalid message length"),
+        (b"Q" + struct.pack("!i", 5000) + b"x" * 10, "invalid message length"),  # over max_message
+    ],
+)
+def test_malformed_frames_end_the_connection_with_08P01(garbage: bytes, reason: str) -> None:
+    session = started_session()
+    events = session.client_data(garbage)
+    assert isinstance(events[-1], CloseConnection)
+    fields = pg.decode_fields(events[-2].data[5:])
+    assert fields["C"] == "08P01" and reason in fields["M"]
+    assert session.client_data(pg.query("SELECT 1")) == []  # nothing more is read
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        struct.pack("!i", 4),
+        struct.pack("!i", 1_000_000) + b"x" * 8,
+        struct.pack("!ii", 8, 12345),
+        struct.pack("!ii", 12, pg.PROTOCOL_V3) + b"user",  # not terminated
+    ],
+)
+def test_malformed_startup_packets_end_the_connection(packet: bytes) -> None:
+    session = Session(CATALOG, prefilter(CATALOG))
+    events = session.client_data(packet)
+    assert isinstance(events[-1], CloseConnection)
+    assert pg.decode_fields(events[-2].data[5:])["C"] == "08P01"
+
+
+def test_intercepted_query_runs_the_engine_then_sends_the_rewritten_statement() -> None:
+    session = started_session()
+    events = session.client_data(pg.query("SELECT * FROM IASQL_VERSION()") + pg.query("SELECT 2"))
+    assert len(events) == 1 and isinstance(events[0], RunEngine)
+    assert session.blocked
+    spec, arguments = events[0].calls[0]
+    assert spec.name == "iasql_version" and arguments == []
+    events = session.engine_done([[{"version": "9.9"}]], None)
+    (_, rewritten), (_, second) = frames(to_server(events))
+    sql = pg.decode_query(rewritten)
+    assert "jsonb_to_recordset" in sql and '"version"' in sql and "9.9" in sql
+    assert not session.blocked
+    # the pipelined second query waited behind the engine call, and went out right after
+    assert pg.decode_query(second) == "SELECT 2"
+
+
+def test_engine_error_is_delivered_in_order_through_a_poisoned_statement() -> None:
+    session = started_session()
+    [run] = session.client_data(pg.query("SELECT * FROM iasql_version()"))
+    assert isinstance(run, RunEngine)
+    events = session.engine_done(None, EngineError("22023", "bad thing", hint="try again"))
+    poison_sql = pg.decode_query(to_server(events)[5:])
+    token = poison_sql.split('"')[1]
+    server_error = pg.error_response("42P01", f'relation "{token}" does not exist')
+    events = session.server_data(server_error + pg.ready_for_query(b"I"))
+    fields = pg.decode_fields(to_client(events)[5:])
+    assert fields["C"] == "22023" and fields["M"] == "bad thing" and fields["H"] == "try again"
+    assert to_client(events).endswith(pg.ready_for_query(b"I"))
+
+
+def test_multi_statement_query_runs_pieces_in_order_with_one_ready_for_query() -> None:
+    session = started_session()
+    sql = "CREATE TABLE t (a int); SELECT * FROM iasql_version(); INSERT INTO t VALUES (1)"
+    events = session.client_data(pg.query(sql))
+    assert pg.decode_query(to_server(events)[5:]) == "CREATE TABLE t (a int)"
+    events = session.server_data(pg.message(b"C", b"CREATE TABLE\x00") + pg.ready_for_query(b"I"))
+    assert to_client(events) == pg.message(b"C", b"CREATE TABLE\x00")  # RFQ held back
+    assert isinstance(events[-1], RunEngine)
+    events = session.engine_done([[{"version": "1"}]], None)
+    assert "jsonb_to_recordset" in pg.decode_query(to_server(events)[5:])
+    events = session.server_data(pg.message(b"C", b"SELECT 1\x00") + pg.ready_for_query(b"I"))
+    assert pg.decode_query(to_server(events)[5:]) == "INSERT INTO t VALUES (1)"
+    events = session.server_data(pg.message(b"C", b"INSERT 0 1\x00") + pg.ready_for_query(b"I"))
+    assert to_client(events).endswith(pg.ready_for_query(b"I"))
+    assert not session.blocked
+
+
+def test_error_in_a_piece_stops_the_rest() -> None:
+    session = started_session()
+    events = session.client_data(pg.query("SELECT 1/0; SELECT * FROM iasql_version()"))
+    assert pg.decode_query(to_server(events)[5:]) == "SELECT 1/0"
+    error = pg.error_response("22012", "division by zero")
+    events = session.server_data(error + pg.ready_for_query(b"I"))
+    assert to_client(events) == error + pg.ready_for_query(b"I")
+    assert not any(isinstance(e, RunEngine) for e in events)
+    assert not session.blocked
+
+
+def test_extended_protocol_parse_adds_a_rows_parameter_hidden_from_describe() -> None:
+    session = started_session()
+    parse = pg.parse("s1", "SELECT * FROM iasql_modules_list() WHERE module_name = $1", [])
+    describe = pg.message(b"D", b"Ss1\x00")
+    events = session.client_data(parse + describe + pg.message(b"H", b""))
+    sent = to_server(events)
+    rewritten = pg.decode_parse(sent[5 : 1 + struct.unpack_from("!i", sent, 1)[0]])
+    assert rewritten.param_types == [0, 3802] and "$2" in rewritten.sql
+    reply = pg.message(b"1", b"") + pg.parameter_description([25, 3802])
+    assert to_client(session.server_data(reply)) == pg.message(
+        b"1", b""
+    ) + pg.parameter_description([25])
+    bind = pg.Bind("", "s1", [], [b"iasql_platform"], []).encode()
+    [run] = session.client_data(
+        bind + pg.message(b"E", b"\x00\x00\x00\x00\x00") + pg.message(b"S", b"")
+    )
+    assert isinstance(run, RunEngine)
+    events = session.engine_done([[{"module_name": "x"}]], None)
+    sent = to_server(events)
+    bound = pg.decode_bind(sent[5 : 1 + struct.unpack_from("!i", sent, 1)[0]])
+    assert bound.values == [b"iasql_platform", b'[{"module_name": "x"}]']
+    assert bound.param_formats == [0, 0]
+
+
+def test_intercepted_statement_with_unsupported_argument_errors_at_parse() -> None:
+    session = started_session()
+    events = session.client_data(pg.parse("", "SELECT iasql_version(random())", []))
+    assert b"__iasql_poison_" in to_server(events)
+
+
+def test_notice_waits_for_a_frame_boundary() -> None:
+    session = started_session()
+    session.client_data(pg.query("SELECT 1"))
+    row = pg.message(b"D", b"z" * 100)
+    first = session.server_data(row[:50])
+    assert session.notice("working") == []
+    events = session.server_data(row[50:])
+    assert to_client(first + events) == row + pg.notice_response("working")
