@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
@@ -67,6 +67,16 @@ def add_serve(commands: Any) -> None:
     )
     serve.add_argument("--cloud-port", type=int, default=int(env_default("CLOUD_PORT", 0)))
     serve.add_argument(
+        "--cloud-endpoint",
+        default=env_default("CLOUD_ENDPOINT"),
+        help="an AWS endpoint you run (e.g. a moto server) to use as the default, like --local-cloud",
+    )
+    serve.add_argument(
+        "--advertise",
+        default=env_default("ADVERTISE"),
+        help="HOST[:PORT] written into the URLs iasql hands out (default: the listen address)",
+    )
+    serve.add_argument(
         "--max-message-size",
         type=int,
         default=int(env_default("MAX_MESSAGE_SIZE", 128 * 1024 * 1024)),
@@ -81,6 +91,9 @@ def add_serve(commands: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
+    # Until the event loop takes over, SIGTERM unwinds like Ctrl-C so that the ExitStack
+    # stops the children already started (the embedded Postgres runs in its own session).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     data_dir: Path = args.data_dir or default_data_dir()
     check_port_free(args.host, args.port)
     with contextlib.ExitStack() as stack:
@@ -94,10 +107,29 @@ def run_serve(args: argparse.Namespace) -> int:
             backing = f"embedded Postgres {postgres.binaries.version}, data in {data_dir}"
         cloud = None
         if args.local_cloud:
+            if args.cloud_port:
+                check_port_free("127.0.0.1", args.cloud_port, what="the local cloud")
+            # moto.log goes there; with --backend-url nothing has created the folder yet.
+            data_dir.mkdir(parents=True, exist_ok=True)
             cloud = MotoServer(args.cloud_port or None, data_dir / "moto.log")
             stack.callback(cloud.stop)
             cloud.start()
         return run_loop(serve_forever(args, data_dir, backend_dsn, backing, cloud))
+
+
+def public_address(args: argparse.Namespace) -> PublicAddress:
+    """Where clients reach this server: --advertise, else the listen address (a wildcard
+    listen address is no place to connect to, so URLs then say localhost)."""
+    if args.advertise:
+        host, colon, port = args.advertise.partition(":")
+        try:
+            return PublicAddress(host, int(port) if colon else args.port)
+        except ValueError as exc:
+            raise StartupError(
+                f"--advertise {args.advertise!r}: expected HOST or HOST:PORT"
+            ) from exc
+    host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
+    return PublicAddress(host, args.port)
 
 
 async def serve_forever(
@@ -107,8 +139,9 @@ async def serve_forever(
     backing: str,
     cloud: MotoServer | None,
 ) -> int:
-    address = PublicAddress(args.host, args.port)
-    engine = Engine(EngineConfig(backend_dsn, address, cloud.endpoint if cloud else None))
+    address = public_address(args)
+    endpoint = cloud.endpoint if cloud else args.cloud_endpoint
+    engine = Engine(EngineConfig(backend_dsn, address, endpoint))
     try:
         await engine.start()
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
@@ -128,6 +161,8 @@ async def serve_forever(
     print(f"  backing store: {backing}")
     if cloud is not None:
         print(f"  local AWS sandbox (moto): {cloud.endpoint}")
+    elif args.cloud_endpoint:
+        print(f"  default AWS endpoint: {args.cloud_endpoint}")
     print(f"  admin database: {admin_url}")
     print("  create an environment database with: iasql db create NAME", flush=True)
     stop = asyncio.Event()
@@ -167,8 +202,9 @@ def embedded_postgres(data_dir: Path) -> LocalPostgres:
 
 
 def admin_login(dsn: str) -> tuple[str, str | None]:
-    parts = urlsplit(dsn)
-    return parts.username or os.environ.get("PGUSER", "postgres"), parts.password
+    parts = urlsplit(dsn)  # username/password come back still percent-encoded
+    user = unquote(parts.username) if parts.username else os.environ.get("PGUSER", "postgres")
+    return user, unquote(parts.password) if parts.password else None
 
 
 def backend_address(dsn: str) -> BackendAddress:
@@ -182,13 +218,14 @@ def describe_dsn(dsn: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, what: str = "iasql") -> None:
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            reason = exc.strerror or exc
+            raise StartupError(f"{what} cannot listen on {host}:{port}: {reason}") from exc
 
 
 def write_state(data_dir: Path, admin_url: str) -> Path:
@@ -302,6 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except (StartupError, PostgresError, SandboxError) as exc:
         print(f"iasql: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. a data directory that cannot be created
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"iasql: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

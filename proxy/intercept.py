@@ -41,6 +41,14 @@ SqlNode = Any
 class UnsupportedCall(Exception):
     """A call the proxy cannot evaluate (e.g. a non-constant argument)."""
 
+    sqlstate = "0A000"
+
+
+class InvalidArgument(UnsupportedCall):
+    """An argument whose cast fails, as `'abc'::int` does in Postgres."""
+
+    sqlstate = "22P02"
+
 
 @dataclass
 class Call:
@@ -298,7 +306,11 @@ def _evaluate(node: SqlNode, params: list[Any] | None) -> Any:
         cast = _CASTS.get(node.typeName.names[-1].sval)
         if value is None or cast is None or node.typeName.arrayBounds:
             return value
-        return cast(value)
+        try:
+            return cast(value)
+        except (ValueError, TypeError) as exc:
+            type_name = node.typeName.names[-1].sval
+            raise InvalidArgument(f"invalid input syntax for type {type_name}: {value!r}") from exc
     if isinstance(node, ast.A_ArrayExpr):
         return [_evaluate(element, params) for element in node.elements or ()]
     raise UnsupportedCall("arguments of iasql functions must be constants or parameters")

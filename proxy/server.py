@@ -123,12 +123,13 @@ class ClientConnection(asyncio.Protocol):
 
     def apply(self, events: list[Event]) -> None:
         for event in events:
-            if isinstance(event, ToServer):
+            # Exact type checks, the two relay events first: this loop runs for every chunk.
+            if type(event) is ToServer:
                 if self.backend is not None:
                     self.backend.write(event.data)
                 else:
                     self.to_backend.append(event.data)
-            elif isinstance(event, ToClient):
+            elif type(event) is ToClient:
                 if self.client is not None and not self.closed:
                     self.client.write(event.data)
             elif isinstance(event, RunEngine):
@@ -142,7 +143,8 @@ class ClientConnection(asyncio.Protocol):
                 asyncio.get_running_loop().create_task(self.server.cancel(event))
             elif isinstance(event, CloseConnection):
                 self.close()
-        self._flow_control()
+        if self.reading_paused or self.backend is None or self.backend_full or self.session.blocked:
+            self._flow_control()
 
     def _flow_control(self) -> None:
         if self.client is None or self.closed:

@@ -16,7 +16,7 @@ import re
 import secrets
 import struct
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +25,8 @@ from proxy import protocol as pg
 from proxy.intercept import Call, Statement, UnsupportedCall, split_statements
 from proxy.values import decode_param
 
-_HEADER = struct.Struct("!ci")
 _LENGTH = struct.Struct("!i")
+_unpack_length = _LENGTH.unpack_from
 
 # --- events the session emits ---------------------------------------------------------------
 
@@ -81,6 +81,7 @@ class CloseConnection:
 Event = (
     ToServer | ToClient | ConnectServer | CancelTarget | KeyAssigned | RunEngine | CloseConnection
 )
+_NO_EVENTS: tuple[Event, ...] = ()
 
 # --- what the session remembers about requests in flight -------------------------------------
 
@@ -98,6 +99,9 @@ class _Describe:
     client must not see in the ParameterDescription."""
 
     client_params: int | None
+
+
+_PLAIN_DESCRIBE = _Describe(None)
 
 
 @dataclass(slots=True)
@@ -126,7 +130,12 @@ class _QueryPlan:
     running: Statement | None = None  # the piece whose engine calls are running
 
 
-INSPECTED = frozenset(b"QPDCSB")
+# Frame type bytes as ints: `data[pos]` is cheaper than slicing a one-byte string.
+_QUERY, _PARSE, _BIND, _DESCRIBE, _CLOSE, _SYNC_MSG, _FUNCTION_CALL = b"QPBDCSF"
+_CLIENT_INSPECTED = frozenset(b"QPDCSBF")
+_READY, _ERROR, _PARAMS, _KEY = b"ZEtK"
+_SERVER_INSPECTED = frozenset(b"ZEtK")
+_STATEMENT = ord("S")  # Describe/Close of a prepared statement (not a portal)
 _POISON_PREFIX = "__iasql_poison_"
 
 
@@ -140,8 +149,13 @@ class Session:
     status: bytes = b"I"  # the last ReadyForQuery status: I, T or E
 
     _started: bool = False
+    _negotiated: set[int] = field(default_factory=set)  # SSL/GSS requests answered 'N'
+    # Set at the server's first ReadyForQuery: before it, bytes are relayed uninspected, so
+    # nothing reaches the engine until Postgres has authenticated the client.
+    _authenticated: bool = False
     _backlog: bytearray = field(default_factory=bytearray)
-    _blocked: bool = False  # waiting for the engine or for the server to answer
+    # Waiting for the engine or for the server: client bytes are held back. Read-only outside.
+    blocked: bool = False
     _client_skip: int = 0  # bytes left of a client frame being relayed across chunks
     _need: int = 0  # bytes the backlog must hold before it is worth scanning again
     _server_skip: int = 0
@@ -152,14 +166,10 @@ class Session:
     _pending_bind: tuple[pg.Bind, _Prepared] | None = None
     _notices: list[bytes] = field(default_factory=list)
 
-    @property
-    def blocked(self) -> bool:
-        return self._blocked
-
     # --- client -> server ---------------------------------------------------------------
 
     def client_data(self, data: bytes) -> list[Event]:
-        if self._blocked:
+        if self.blocked:
             self._backlog += data
             return []
         if self._backlog:
@@ -174,19 +184,30 @@ class Session:
         return self._scan_client(data)
 
     def _startup(self, data: bytes) -> list[Event]:
-        if len(data) < 4:
-            self._backlog += data
-            return []
-        length = _LENGTH.unpack_from(data)[0]
-        if not 8 <= length <= pg.MAX_STARTUP_LENGTH:
-            return self._violation("invalid length of startup packet")
-        if len(data) < length:
-            self._backlog += data
-            return []
-        packet, rest = data[:length], data[length:]
+        events: list[Event] = []
+        while True:
+            if len(data) < 4:
+                self._backlog += data
+                return events
+            length = _LENGTH.unpack_from(data)[0]
+            if not 8 <= length <= pg.MAX_STARTUP_LENGTH:
+                return events + self._violation("invalid length of startup packet")
+            if len(data) < length:
+                self._backlog += data
+                return events
+            code = _LENGTH.unpack_from(data, 4)[0]
+            if code not in (pg.SSL_REQUEST, pg.GSSENC_REQUEST) or length != 8:
+                break
+            if code in self._negotiated:  # Postgres too allows each request once
+                return events + self._violation("unsupported frontend protocol")
+            self._negotiated.add(code)
+            events.append(ToClient(b"N"))
+            data = data[8:]
+        return events + self._startup_packet(data[:length], data[length:])
+
+    def _startup_packet(self, packet: bytes, rest: bytes) -> list[Event]:
         code = _LENGTH.unpack_from(packet, 4)[0]
-        if code in (pg.SSL_REQUEST, pg.GSSENC_REQUEST) and length == 8:
-            return [ToClient(b"N"), *self.client_data(rest)]
+        length = len(packet)
         if code == pg.CANCEL_REQUEST and length == 16:
             pid = _LENGTH.unpack_from(packet, 8)[0]
             return [CancelTarget(pid, packet[12:16], packet), CloseConnection()]
@@ -215,27 +236,27 @@ class Session:
                 return [ToServer(data)]
             pos, self._client_skip = self._client_skip, 0
         relay_from = 0
-        while pos < size:
-            if size - pos < 5:
-                break
-            kind, length = _HEADER.unpack_from(data, pos)
-            code = kind[0]
-            if code not in pg.FRONTEND_TYPES:
+        frontend_types = pg.FRONTEND_TYPES
+        limit = self.max_message
+        while size - pos >= 5:
+            code = data[pos]
+            length = _unpack_length(data, pos + 1)[0]
+            if code not in frontend_types:
                 return events + self._violation(f"invalid frontend message type {code}")
-            if not 4 <= length <= self.max_message:
+            if not 4 <= length <= limit:
                 return events + self._violation(f"invalid message length {length}")
             end = pos + 1 + length
-            if code in INSPECTED:
+            if code in _CLIENT_INSPECTED and self._authenticated:
                 if end > size:
                     self._need = end - pos
                     break  # wait for the whole frame
-                handled = self._inspect(kind, data, pos, end)
+                handled = self._inspect(code, data, pos, end)
                 if handled is not None:
                     if pos > relay_from:
                         events.append(ToServer(data[relay_from:pos]))
                     events += handled
                     relay_from = pos = end
-                    if self._blocked:
+                    if self.blocked:
                         self._backlog += data[end:]
                         return events
                     continue
@@ -252,33 +273,41 @@ class Session:
             )
         return events
 
-    def _inspect(self, kind: bytes, data: bytes, pos: int, end: int) -> list[Event] | None:
+    def _inspect(self, code: int, data: bytes, pos: int, end: int) -> list[Event] | None:
         """Looks at one whole frame; returns None to relay it unchanged."""
-        if kind == b"S":
+        if code in (_SYNC_MSG, _FUNCTION_CALL):  # each answered by one ReadyForQuery
             self._inflight.append(_SYNC)
             return None
-        if kind == b"Q":
+        if code == _QUERY:
             if self.prefilter.search(data, pos + 5, end) is None:
                 self._inflight.append(_SYNC)
                 return None
             return self._query(data[pos + 5 : end])
-        if kind == b"P":
+        if code == _PARSE:
             if self.prefilter.search(data, pos + 5, end) is None:
-                if self._prepared and data[pos + 5] == 0:
+                if self._prepared and end > pos + 5 and data[pos + 5] == 0:
                     self._prepared.pop("", None)  # a new unnamed statement replaces ours
                 return None
             return self._parse(data[pos + 5 : end])
-        if kind == b"B":
+        if code == _BIND:
             if not self._prepared:
                 return None
             return self._bind(data[pos + 5 : end])
+        # Describe or Close. Portals need no bookkeeping, and while no statement is rewritten
+        # a statement's ParameterDescription is relayed as is: skip decoding the name.
+        if end - pos < 6 or data[pos + 5] != _STATEMENT:
+            return None
+        if not self._prepared:
+            if code == _DESCRIBE:
+                self._inflight.append(_PLAIN_DESCRIBE)
+            return None
         body = data[pos + 5 : end]
         try:
             target, name = pg.decode_target(body)
         except pg.ProtocolViolation as exc:
             return self._violation(str(exc))
         if target == b"S":
-            if kind == b"D":
+            if code == _DESCRIBE:
                 prepared = self._prepared.get(name)
                 self._inflight.append(_Describe(prepared.client_params if prepared else None))
             else:
@@ -296,7 +325,7 @@ class Session:
             statements = split_statements(sql, self.catalog)
         except UnsupportedCall as exc:
             self._inflight.append(_SYNC)
-            return [ToServer(self._poison_query(EngineError("0A000", str(exc))))]
+            return [ToServer(self._poison_query(EngineError(exc.sqlstate, str(exc))))]
         if statements is None:
             self._inflight.append(_SYNC)
             return [ToServer(pg.query(sql))]
@@ -310,7 +339,7 @@ class Session:
 
     def _start_plan(self, pieces: list[Statement | str]) -> list[Event]:
         self._plan = _QueryPlan(pieces)
-        self._blocked = True
+        self.blocked = True
         return [] if self._inflight else self._advance_plan()
 
     def _advance_plan(self) -> list[Event]:
@@ -360,7 +389,7 @@ class Session:
         try:
             statements = split_statements(message.sql, self.catalog)
         except UnsupportedCall as exc:
-            token = self._poison(EngineError("0A000", str(exc)))
+            token = self._poison(EngineError(exc.sqlstate, str(exc)))
             return [ToServer(pg.parse(token, f'SELECT * FROM "{token}"', []))]
         if statements is None or len(statements) != 1:
             self._prepared.pop(message.name, None)
@@ -395,7 +424,7 @@ class Session:
         except ValueError as exc:
             return [ToServer(self._poison_bind(EngineError("22P02", str(exc))))]
         self._pending_bind = (bind, prepared)
-        self._blocked = True
+        self.blocked = True
         return self._run_calls(prepared.statement.calls, params)
 
     def _finish_bind(self, rows: list[list[Row]] | None, error: EngineError | None) -> list[Event]:
@@ -420,7 +449,7 @@ class Session:
         try:
             prepared = [(call.spec, call.arguments(params)) for call in calls]
         except UnsupportedCall as exc:
-            return self.engine_done(None, EngineError("0A000", str(exc)))
+            return self.engine_done(None, EngineError(exc.sqlstate, str(exc)))
         return [RunEngine(prepared)]
 
     def engine_done(self, rows: list[list[Row]] | None, error: EngineError | None) -> list[Event]:
@@ -445,7 +474,7 @@ class Session:
         return [ToClient(message)]
 
     def _unblock(self) -> list[Event]:
-        self._blocked = False
+        self.blocked = False
         if not self._backlog:
             return []
         data = bytes(self._backlog)
@@ -461,7 +490,7 @@ class Session:
         return token
 
     def _violation(self, text: str, code: str = "08P01") -> list[Event]:
-        self._blocked = True  # nothing more is read from this client
+        self.blocked = True  # nothing more is read from this client
         self._backlog.clear()
         return [ToClient(pg.error_response(code, text, fatal=True)), CloseConnection()]
 
@@ -484,13 +513,13 @@ class Session:
             if size - pos < 5:
                 self._server_partial = data[pos:]
                 break
-            kind, length = _HEADER.unpack_from(data, pos)
-            end = pos + 1 + length
-            if kind in b"ZEtK":
+            code = data[pos]
+            end = pos + 1 + _unpack_length(data, pos + 1)[0]
+            if code in _SERVER_INSPECTED:
                 if end > size:
                     self._server_partial = data[pos:]
                     break
-                replacement, after = self._server_frame(kind, data, pos, end)
+                replacement, after = self._server_frame(code, data, pos, end)
                 if replacement is not None:
                     if pos > relay_from:
                         events.append(ToClient(data[relay_from:pos]))
@@ -508,7 +537,9 @@ class Session:
             events.append(
                 ToClient(data if relay_from == 0 and stop == size else data[relay_from:stop])
             )
-        return events + self._flush_notices()
+        if self._notices:
+            events += self._flush_notices()
+        return events
 
     def _flush_notices(self) -> list[Event]:
         if not self._notices or self._server_skip or self._server_partial:
@@ -518,25 +549,26 @@ class Session:
         return events
 
     def _server_frame(
-        self, kind: bytes, data: bytes, pos: int, end: int
-    ) -> tuple[bytes | None, list[Event]]:
+        self, code: int, data: bytes, pos: int, end: int
+    ) -> tuple[bytes | None, Sequence[Event]]:
         """One whole server frame of interest: (replacement bytes or None to relay, events)."""
-        if kind == b"Z":
+        if code == _READY:
             self.status = data[pos + 5 : pos + 6]
+            self._authenticated = True
             while self._inflight and self._inflight.popleft() is not _SYNC:
                 pass
             if self._plan is not None and not self._inflight:
                 relay, events = self._plan_ready()
                 return (None if relay else b""), events
-            return None, []
-        if kind == b"E":
+            return None, _NO_EVENTS
+        if code == _ERROR:
             return self._server_error(data[pos + 5 : end]), []
-        if kind == b"t":
+        if code == _PARAMS:
             return self._parameter_description(data[pos + 5 : end]), []
         if end - pos >= 13:  # K: BackendKeyData
             pid = _LENGTH.unpack_from(data, pos + 5)[0]
             return None, [KeyAssigned(pid, data[pos + 9 : end])]
-        return None, []
+        return None, _NO_EVENTS
 
     def _server_error(self, body: bytes) -> bytes | None:
         """After an error the server skips to the next Sync: forget what it will not answer."""

@@ -12,6 +12,13 @@ _TEXT_OIDS = {25, 1043, 19, 0, 705}  # text, varchar, name, unknown/unspecified
 
 def decode_param(value: bytes | None, fmt: int, oid: int) -> Any:
     """One parameter's value; raises ValueError for a format the proxy can't decode."""
+    try:
+        return _decode(value, fmt, oid)
+    except struct.error as exc:
+        raise ValueError(f"malformed binary value for a parameter of type oid {oid}") from exc
+
+
+def _decode(value: bytes | None, fmt: int, oid: int) -> Any:
     if value is None:
         return None
     if fmt == 0 or oid in _TEXT_OIDS:
@@ -53,6 +60,8 @@ def _text_array(value: bytes) -> list[str | None]:
         if size < 0:
             items.append(None)
             continue
+        if pos + size > len(value):
+            raise ValueError("a binary text[] parameter is cut short")
         items.append(_text(value[pos : pos + size]))
         pos += size
     return items

@@ -1,0 +1,618 @@
+"""The real `iasql` command as a subprocess: serve, db create/list/drop, signals, restarts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import boto3
+import pytest
+
+from engine.core import server_version
+from iasql.postgres import LocalPostgres, free_port
+from iasql.sandbox import MotoServer
+from modules import available_modules
+from tests.conftest import PASSWORD, SUPERUSER, psql_env, reachable_tempdir
+
+_SCRIPT = Path(sys.executable).with_name("iasql")  # the console script of this venv
+IASQL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "iasql.cli"]
+START_DEADLINE = 90.0  # generous: initdb plus moto's imports on a slow, busy machine
+STOP_DEADLINE = 30.0
+
+LISTEN = re.compile(r"iasql (\S+) listening on ([\d.]+):(\d+)")
+BACKING = re.compile(r"  backing store: (.+)")
+MOTO = re.compile(r"  local AWS sandbox \(moto\): (http://[\d.]+:\d+)")
+ADMIN = re.compile(r"  admin database: (postgres://\S+)")
+_RUNS = itertools.count()
+LAST_BANNER_LINE = "  create an environment database with: iasql db create NAME"
+
+
+def cli_env() -> dict[str, str]:
+    """No IASQL_* or PG* variables from the developer's shell may change what is tested."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("IASQL_", "PG"))}
+
+
+def iasql(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*IASQL, *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def psql(url: str, sql: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["psql", url, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        capture_output=True,
+        text=True,
+        env=psql_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+
+
+def accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+# --- processes, from /proc --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pid:
+    """A process, told apart from a later one reusing its pid by its start time."""
+
+    pid: int
+    started: str
+
+    def alive(self) -> bool:
+        fields = _stat(self.pid)
+        return fields is not None and fields[19] == self.started and fields[0] != "Z"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, ..., starttime at 19]."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def children(pid: int) -> list[Pid]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None and fields[1] == str(pid):
+                found.append(Pid(int(entry.name), fields[19]))
+    return found
+
+
+def cmdline(pid: Pid) -> str:
+    try:
+        return Path(f"/proc/{pid.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+# --- one `iasql serve` ------------------------------------------------------------------
+
+
+@dataclass
+class Banner:
+    version: str
+    host: str
+    port: int
+    backing: str
+    admin_url: str
+    moto_endpoint: str | None
+    lines: list[str]
+
+
+class Server:
+    """`iasql serve` as a child process; `close()` leaves nothing of it running, whatever happened."""
+
+    def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.argv = [*IASQL, "serve", "--data-dir", str(data_dir), "--port", str(port), *extra]
+        self.stderr_path = data_dir.with_name(f"{data_dir.name}-stderr-{next(_RUNS)}.log")
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.reader: threading.Thread | None = None
+        self.seen: set[Pid] = set()  # every child seen, to clean up after a crash
+
+    def start(self) -> Banner:
+        with self.stderr_path.open("w") as stderr:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=cli_env(),
+            )
+        self.reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self.reader.start()
+        banner = self._banner()
+        self.seen |= set(children(self.proc.pid))
+        return banner
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _banner(self) -> Banner:
+        deadline = time.monotonic() + START_DEADLINE
+        lines: list[str] = []
+        while LAST_BANNER_LINE not in lines:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no banner within {START_DEADLINE:g} s; stdout {lines}{self.stderr()}")
+            if line is None:
+                pytest.fail(f"iasql serve exited before its banner; stdout {lines}{self.stderr()}")
+            lines.append(line)
+        listen = next(m for m in map(LISTEN.fullmatch, lines) if m)
+        backing = next(m for m in map(BACKING.fullmatch, lines) if m)
+        admin = next(m for m in map(ADMIN.fullmatch, lines) if m)
+        moto = next((m for m in map(MOTO.fullmatch, lines) if m), None)
+        return Banner(
+            version=listen[1],
+            host=listen[2],
+            port=int(listen[3]),
+            backing=backing[1],
+            admin_url=admin[1],
+            moto_endpoint=moto[1] if moto else None,
+            lines=lines,
+        )
+
+    def stderr(self) -> str:
+        try:
+            return f"\nstderr:\n{self.stderr_path.read_text()}"
+        except OSError:
+            return ""
+
+    def stop(self, sig: signal.Signals) -> tuple[int, list[str]]:
+        """Sends `sig`; returns the exit code and what was printed after the banner."""
+        assert self.proc is not None and self.reader is not None
+        self.seen |= set(children(self.proc.pid))
+        self.proc.send_signal(sig)
+        code = self.proc.wait(STOP_DEADLINE)
+        self.reader.join(STOP_DEADLINE)
+        rest: list[str] = []
+        while (line := self.lines.get_nowait()) is not None:
+            rest.append(line)
+        return code, rest
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.seen |= set(children(self.proc.pid))
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for child in self.seen:  # only after a failure: an orphaned Postgres or moto
+            if child.alive():
+                os.kill(child.pid, signal.SIGKILL)
+        if self.reader is not None:
+            self.reader.join(STOP_DEADLINE)
+
+
+@dataclass
+class Running:
+    server: Server
+    banner: Banner
+    postmaster_pid: int
+    postmaster_port: int
+    moto: Pid | None
+
+
+def observe(server: Server, banner: Banner) -> Running:
+    """What a running embedded-Postgres server owns: its postmaster and its moto child."""
+    pidfile = (server.data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()
+    moto = [c for c in server.seen if "moto.server" in cmdline(c)]
+    assert len(moto) == (1 if banner.moto_endpoint else 0), moto
+    return Running(server, banner, int(pidfile[0]), int(pidfile[3]), moto[0] if moto else None)
+
+
+def assert_stops_cleanly(running: Running, sig: signal.Signals) -> None:
+    server, banner = running.server, running.banner
+    assert accepting(running.postmaster_port) and accepting(banner.port)
+    code, rest = server.stop(sig)
+    assert code == 0, server.stderr()
+    assert rest == ["iasql: shutting down"]
+    assert "Traceback" not in server.stderr()
+    # The embedded Postgres shut down (a clean shutdown removes its lock file) ...
+    [postmaster] = [c for c in server.seen if c.pid == running.postmaster_pid]
+    assert not postmaster.alive()
+    assert not (server.data_dir / "pgdata" / "postmaster.pid").exists()
+    assert not accepting(running.postmaster_port)
+    # ... so did moto, and nothing else is left listening or running.
+    if running.moto is not None:
+        assert banner.moto_endpoint is not None
+        assert not running.moto.alive()
+        assert not accepting(urlsplit(banner.moto_endpoint).port or 0)
+    assert not accepting(banner.port)
+    assert not any(child.alive() for child in server.seen)
+    assert not (server.data_dir / "server.json").exists()
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    path = reachable_tempdir("iasql-cli-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def serve(workdir: Path) -> Iterator[Callable[..., Server]]:
+    """Makes Server objects that are closed when the test ends, however it ends."""
+    made: list[Server] = []
+
+    def make(name: str, *extra: str, port: int | None = None) -> Server:
+        made.append(Server(workdir / name, port or free_port(), *extra))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def shared(workdir: Path) -> Iterator[Running]:
+    """One `iasql serve --local-cloud` with its embedded Postgres, for the read-mostly tests."""
+    server = Server(workdir / "shared", free_port(), "--local-cloud")
+    try:
+        banner = server.start()
+        yield observe(server, banner)
+    finally:
+        server.close()
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+def test_banner_names_address_admin_url_and_sandbox(shared: Running) -> None:
+    banner, data_dir = shared.banner, shared.server.data_dir
+    assert (
+        banner.lines[0] == f"iasql {server_version()} listening on 127.0.0.1:{shared.server.port}"
+    )
+    assert (banner.host, banner.port) == ("127.0.0.1", shared.server.port)
+    assert banner.backing == f"embedded Postgres 15, data in {data_dir}"
+    assert banner.moto_endpoint is not None
+    assert shared.moto is not None and shared.moto.alive()
+    admin = urlsplit(banner.admin_url)
+    assert (admin.scheme, admin.hostname, admin.port) == ("postgres", "127.0.0.1", banner.port)
+    assert (admin.username, admin.path) == ("iasql", "/iasql")
+    assert admin.password is not None
+    assert unquote(admin.password) == (data_dir / "admin_password").read_text().strip()
+    version = psql(banner.admin_url, "SELECT * FROM iasql_version()")
+    assert (version.returncode, version.stdout) == (0, f"{banner.version}\n"), version.stderr
+
+
+def test_secret_files_are_private(shared: Running) -> None:
+    data_dir = shared.server.data_dir
+    for name in ("admin_password", "server.json"):
+        mode = (data_dir / name).stat().st_mode
+        assert stat.S_IMODE(mode) == 0o600, f"{name}: {oct(mode)}"
+    state = json.loads((data_dir / "server.json").read_text())
+    assert shared.server.proc is not None
+    assert state == {"admin_url": shared.banner.admin_url, "pid": shared.server.proc.pid}
+
+
+def test_local_cloud_answers_boto3(shared: Running) -> None:
+    options = {
+        "endpoint_url": shared.banner.moto_endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+    s3 = boto3.client("s3", **options)
+    s3.create_bucket(Bucket="iasql-cli-bucket")
+    assert "iasql-cli-bucket" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    sqs = boto3.client("sqs", **options)
+    url = sqs.create_queue(QueueName="iasql-cli-queue")["QueueUrl"]
+    assert sqs.list_queues()["QueueUrls"] == [url]
+
+
+def test_moto_servers_are_separate_accounts(moto_accounts: Callable[[], MotoServer]) -> None:
+    first, second = moto_accounts(), moto_accounts()
+    s3 = {
+        m: boto3.client("s3", endpoint_url=m.endpoint, region_name="us-east-1")
+        for m in (first, second)
+    }
+    s3[first].create_bucket(Bucket="only-in-first")
+    s3[second].create_bucket(Bucket="only-in-second")
+    names = {m: {b["Name"] for b in s3[m].list_buckets()["Buckets"]} for m in (first, second)}
+    assert "only-in-first" in names[first] and "only-in-first" not in names[second]
+    assert "only-in-second" in names[second] and "only-in-second" not in names[first]
+
+
+# --- iasql db ---------------------------------------------------------------------------
+
+
+def created_url(out: subprocess.CompletedProcess[str], name: str, banner: Banner) -> str:
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    first, url = out.stdout.splitlines()
+    assert first == f"created database {name} with login role {name}"
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.username, parts.hostname) == ("postgres", name, banner.host)
+    assert (parts.port, parts.path) == (banner.port, f"/{name}")
+    assert parts.password
+    return url
+
+
+def test_db_create_connect_list_drop(shared: Running) -> None:
+    banner, data_dir = shared.banner, str(shared.server.data_dir)
+    staging = created_url(
+        iasql("db", "create", "staging", "--data-dir", data_dir), "staging", banner
+    )
+    prod = created_url(iasql("db", "create", "prod", "--url", banner.admin_url), "prod", banner)
+
+    version = psql(staging, "SELECT * FROM iasql_version()")
+    assert (version.returncode, version.stdout) == (0, f"{server_version()}\n"), version.stderr
+    builtin = [name for name in available_modules() if name.startswith("iasql")]
+    assert builtin
+    count = psql(
+        staging, "SELECT count(*) FROM iasql_modules_list() WHERE module_name LIKE 'iasql%'"
+    )
+    assert (count.returncode, count.stdout) == (0, f"{len(builtin)}\n"), count.stderr
+    who = psql(prod, "SELECT current_user, current_database()")
+    assert who.stdout == "prod|prod\n", who.stderr
+
+    listed = iasql("db", "list", "--data-dir", data_dir)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        f"prod\tpostgres://prod@127.0.0.1:{banner.port}/prod",
+        f"staging\tpostgres://staging@127.0.0.1:{banner.port}/staging",
+    ]
+
+    # Each role reaches its own database only: not the other one, not the admin database.
+    for url, other in ((staging, "prod"), (prod, "staging"), (staging, "iasql")):
+        denied = psql(urlsplit(url)._replace(path=f"/{other}").geturl(), "SELECT 1")
+        assert denied.returncode != 0
+        assert f'permission denied for database "{other}"' in denied.stderr
+
+    again = iasql("db", "create", "staging", "--data-dir", data_dir)
+    assert again.returncode == 1 and again.stdout == ""
+    assert again.stderr.splitlines() == [
+        "iasql: database 'staging' already exists"
+        " (hint: list them with SELECT * FROM iasql_db_list())"
+    ]
+
+    dropped = iasql("db", "drop", "staging", "--data-dir", data_dir)
+    assert (dropped.returncode, dropped.stdout) == (
+        0,
+        "database staging and its role were dropped\n",
+    )
+    listed = iasql("db", "list", "--url", banner.admin_url)
+    assert listed.stdout.splitlines() == [f"prod\tpostgres://prod@127.0.0.1:{banner.port}/prod"]
+    gone = psql(staging, "SELECT 1")
+    assert gone.returncode != 0 and 'authentication failed for user "staging"' in gone.stderr
+    assert psql(prod, "SELECT 1").stdout == "1\n"
+
+    assert iasql("db", "drop", "prod", "--url", banner.admin_url).returncode == 0
+    assert iasql("db", "list", "--data-dir", data_dir).stdout == ""
+
+
+def test_db_without_a_running_server_says_so(workdir: Path) -> None:
+    out = iasql("db", "list", "--data-dir", str(workdir / "never-served"))
+    assert out.returncode == 1 and out.stdout == ""
+    [line] = out.stderr.splitlines()
+    assert line.startswith("iasql: no running iasql server found") and "server.json" in line
+
+
+# --- wrong configuration ------------------------------------------------------------------
+
+
+def assert_one_line_failure(out: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert out.returncode == 1, out
+    assert out.stdout == ""
+    assert "Traceback" not in out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith("iasql: ")
+    for text in expected:
+        assert text in line
+
+
+def test_port_in_use_fails_at_start(workdir: Path) -> None:
+    data_dir = workdir / "port-in-use"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = iasql("serve", "--data-dir", str(data_dir), "--port", str(port), "--local-cloud")
+    assert_one_line_failure(out, f"127.0.0.1:{port}", "in use")
+    assert not data_dir.exists()  # refused before creating or starting anything
+
+
+def test_unreachable_backend_fails_at_start(workdir: Path) -> None:
+    backend_port = free_port()
+    out = iasql(
+        "serve",
+        "--data-dir",
+        str(workdir / "unreachable"),
+        "--port",
+        str(free_port()),
+        "--backend-url",
+        f"postgres://someone:hush-hush-pw@127.0.0.1:{backend_port}/postgres",
+    )
+    assert_one_line_failure(out, "backing Postgres", f"127.0.0.1:{backend_port}/postgres")
+    assert "hush-hush-pw" not in out.stderr
+
+
+def wait_for_connection(listener: socket.socket, server: Server) -> socket.socket:
+    assert server.proc is not None
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            pytest.fail(f"iasql serve exited with {server.proc.returncode}{server.stderr()}")
+        try:
+            return listener.accept()[0]
+        except TimeoutError:
+            continue
+    pytest.fail(f"iasql serve never connected to its backend{server.stderr()}")
+
+
+def test_sigterm_during_startup_stops_the_children_already_started(
+    serve: Callable[..., Server],
+) -> None:
+    # A backend that accepts the connection but never answers holds the server in its
+    # startup, after the moto child has been started and found ready.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(0.2)
+        backend = f"postgres://x:y@127.0.0.1:{silent.getsockname()[1]}/postgres"
+        cloud_port = free_port()
+        server = serve("startup-sigterm", "--local-cloud", "--cloud-port", str(cloud_port))
+        server.argv += ["--backend-url", backend]
+        with server.stderr_path.open("w") as stderr:
+            server.proc = subprocess.Popen(
+                server.argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=cli_env()
+            )
+        connection = wait_for_connection(silent, server)
+        with connection:
+            server.seen |= set(children(server.proc.pid))
+            [moto] = [c for c in server.seen if "moto.server" in cmdline(c)]
+            assert accepting(cloud_port)
+            server.proc.send_signal(signal.SIGTERM)
+            code = server.proc.wait(STOP_DEADLINE)
+    assert code != 0 and "Traceback" not in server.stderr()
+    assert not moto.alive() and not accepting(cloud_port)
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+def test_restart_keeps_data_and_signals_stop_everything(serve: Callable[..., Server]) -> None:
+    port = free_port()
+    first = serve("restart", "--local-cloud", port=port)
+    running = observe(first, first.start())
+    data_dir = first.data_dir
+    url = created_url(
+        iasql("db", "create", "keep", "--data-dir", str(data_dir)), "keep", running.banner
+    )
+    made = psql(
+        url,
+        "CREATE TABLE kept (id int PRIMARY KEY, note text);"
+        " INSERT INTO kept VALUES (1, 'survives a restart')",
+    )
+    assert made.returncode == 0, made.stderr
+    password = (data_dir / "admin_password").read_text()
+    assert_stops_cleanly(running, signal.SIGTERM)
+
+    second = serve("restart", "--local-cloud", port=port)
+    again = observe(second, second.start())
+    assert again.banner.admin_url == running.banner.admin_url
+    assert (data_dir / "admin_password").read_text() == password
+    row = psql(url, "SELECT id, note FROM kept")
+    assert (row.returncode, row.stdout) == (0, "1|survives a restart\n"), row.stderr
+    listed = iasql("db", "list", "--url", again.banner.admin_url)
+    assert listed.stdout == f"keep\tpostgres://keep@127.0.0.1:{port}/keep\n", listed.stderr
+    assert_stops_cleanly(again, signal.SIGINT)
+
+
+def test_backend_url_uses_an_external_postgres(
+    postgres: LocalPostgres, serve: Callable[..., Server]
+) -> None:
+    server = serve("external", "--backend-url", postgres.dsn())
+    banner = server.start()
+    assert banner.backing == "external" and banner.moto_endpoint is None
+    assert server.seen == set()  # neither an embedded Postgres nor moto
+    assert not (server.data_dir / "pgdata").exists()
+    assert not (server.data_dir / "admin_password").exists()
+    # The admin URL carries the external role's own login (its password needs URL quoting).
+    admin = urlsplit(banner.admin_url)
+    assert (admin.username, unquote(admin.password or "")) == (SUPERUSER, PASSWORD)
+    version = psql(banner.admin_url, "SELECT * FROM iasql_version()")
+    assert (version.returncode, version.stdout) == (0, f"{server_version()}\n"), version.stderr
+
+    url = created_url(
+        iasql("db", "create", "cli_external", "--data-dir", str(server.data_dir)),
+        "cli_external",
+        banner,
+    )
+    try:
+        version = psql(url, "SELECT * FROM iasql_version()")
+        assert (version.returncode, version.stdout) == (0, f"{server_version()}\n"), version.stderr
+        who = psql(url, "SELECT current_user, current_database(), inet_server_port()")
+        assert who.stdout == f"cli_external|cli_external|{postgres.port}\n", who.stderr
+    finally:
+        dropped = iasql("db", "drop", "cli_external", "--url", banner.admin_url)
+    assert dropped.returncode == 0, dropped.stderr
+    code, rest = server.stop(signal.SIGTERM)
+    assert (code, rest) == (0, ["iasql: shutting down"]), server.stderr()
+    assert accepting(postgres.port)  # an external Postgres is not ours to stop
+
+
+def test_cloud_port_in_use_and_bad_data_dir_fail_in_one_line(workdir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cloud_port = taken.getsockname()[1]
+        out = iasql(
+            "serve",
+            *("--data-dir", str(workdir / "cloud-port"), "--port", str(free_port())),
+            *("--local-cloud", "--cloud-port", str(cloud_port)),
+        )
+    assert_one_line_failure(out, "local cloud", f"127.0.0.1:{cloud_port}", "in use")
+    out = iasql("serve", "--data-dir", "/proc/no-such/iasql", "--port", str(free_port()))
+    assert_one_line_failure(out, "/proc/no-such")
+
+
+def test_advertised_address_and_external_cloud_endpoint(
+    postgres: LocalPostgres, serve: Callable[..., Server]
+) -> None:
+    """Behind Docker or a load balancer, URLs must name the address clients use."""
+    server = serve(
+        "advertise",
+        *("--backend-url", postgres.dsn(), "--host", "0.0.0.0"),
+        *("--advertise", "iasql.example.test:6000", "--cloud-endpoint", "http://moto.test:5000"),
+    )
+    banner = server.start()
+    assert "  default AWS endpoint: http://moto.test:5000" in banner.lines
+    admin = urlsplit(banner.admin_url)
+    assert (admin.hostname, admin.port, admin.path) == ("iasql.example.test", 6000, "/iasql")
+    # The URL's own port is the advertised one; connect through the real port instead.
+    direct = banner.admin_url.replace("iasql.example.test:6000", f"127.0.0.1:{server.port}")
+    created = iasql("db", "create", "cli_advertise", "--url", direct)
+    try:
+        assert created.returncode == 0, created.stderr
+        assert "@iasql.example.test:6000/cli_advertise" in created.stdout
+    finally:
+        iasql("db", "drop", "cli_advertise", "--url", direct)
+    code, _rest = server.stop(signal.SIGTERM)
+    assert code == 0, server.stderr()
