@@ -19,7 +19,7 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
-from engine.functions import FunctionSpec, SqlArgument
+from engine.functions import EngineError, FunctionSpec, SqlArgument, did_you_mean
 
 # Postgres type OIDs the proxy needs to know, by the type names function specs use.
 TYPE_OIDS = {
@@ -42,6 +42,19 @@ class UnsupportedCall(Exception):
     """A call the proxy cannot evaluate (e.g. a non-constant argument)."""
 
     sqlstate = "0A000"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def as_engine_error(self) -> EngineError:
+        return EngineError(self.sqlstate, str(self), hint=self.hint)
+
+
+class UnknownFunction(UnsupportedCall):
+    """An iasql_* name that no module provides: the prefix is ours, so say so here."""
+
+    sqlstate = "42883"
 
 
 class InvalidArgument(UnsupportedCall):
@@ -167,8 +180,12 @@ class _Rewriter:
         return node
 
     def _call(self, node: SqlNode) -> Call | None:
-        spec = self.catalog.get(node.funcname[-1].sval.lower())
+        name = node.funcname[-1].sval.lower()
+        spec = self.catalog.get(name)
         if spec is None:
+            if name.startswith("iasql_"):
+                hint = did_you_mean(name, list(self.catalog))
+                raise UnknownFunction(f"function {name}() does not exist", hint)
             return None
         if node.agg_star or node.agg_distinct or node.agg_order or node.over or node.agg_filter:
             raise UnsupportedCall(f"{spec.name}() is not an aggregate or window function")

@@ -324,8 +324,9 @@ class Session:
         try:
             statements = split_statements(sql, self.catalog)
         except UnsupportedCall as exc:
+            poisoned = self._poison_query(exc.as_engine_error())  # queues the poison first
             self._inflight.append(_SYNC)
-            return [ToServer(self._poison_query(EngineError(exc.sqlstate, str(exc))))]
+            return [ToServer(poisoned)]
         if statements is None:
             self._inflight.append(_SYNC)
             return [ToServer(pg.query(sql))]
@@ -389,7 +390,7 @@ class Session:
         try:
             statements = split_statements(message.sql, self.catalog)
         except UnsupportedCall as exc:
-            token = self._poison(EngineError(exc.sqlstate, str(exc)))
+            token = self._poison(exc.as_engine_error())
             return [ToServer(pg.parse(token, f'SELECT * FROM "{token}"', []))]
         if statements is None or len(statements) != 1:
             self._prepared.pop(message.name, None)
@@ -449,7 +450,7 @@ class Session:
         try:
             prepared = [(call.spec, call.arguments(params)) for call in calls]
         except UnsupportedCall as exc:
-            return self.engine_done(None, EngineError(exc.sqlstate, str(exc)))
+            return self.engine_done(None, exc.as_engine_error())
         return [RunEngine(prepared)]
 
     def engine_done(self, rows: list[list[Row]] | None, error: EngineError | None) -> list[Event]:

@@ -176,6 +176,14 @@ async def test_engine_error_has_sqlstate_and_hint_and_the_session_continues(
         with pytest.raises(asyncpg.PostgresError) as error:
             await conn.fetch("SELECT * FROM iasql_version(now()::text)")
         assert error.value.sqlstate == "0A000"
+        with pytest.raises(asyncpg.PostgresError) as error:
+            await conn.fetch("SELECT * FROM iasql_modules_lst() WHERE true")
+        assert error.value.sqlstate == "42883"
+        assert error.value.args[0] == "function iasql_modules_lst() does not exist"
+        assert error.value.hint == 'did you mean "iasql_modules_list"?'
+        with pytest.raises(asyncpg.PostgresError) as error:
+            await conn.fetch("SELECT iasql_version('abc'::int)")
+        assert error.value.sqlstate == "22P02"
         assert await conn.fetchval("SELECT 41 + 1") == 42
     finally:
         await conn.close()
