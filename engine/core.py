@@ -9,7 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from engine import admin
+from engine import admin, install
+from engine.database import Database
 from engine.functions import CallContext, EngineError, FunctionSpec, Param, Row
 from modules import available_modules
 
@@ -34,6 +35,8 @@ class Engine:
         self.functions: dict[str, FunctionSpec] = {f.name: f for f in self._builtin_functions()}
         self._admin: asyncpg.Connection | None = None
         self._admin_lock = asyncio.Lock()
+        self._databases: dict[str, Database] = {}
+        self._databases_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Checks the backing Postgres and prepares the admin database."""
@@ -45,7 +48,30 @@ class Engine:
         async with self._admin_lock:
             await admin.prepare_registry(await self._admin_connection())
 
+    async def database(self, name: str) -> Database:
+        """The environment database `name`, its platform schema ensured on first use."""
+        if name == admin.ADMIN_DATABASE:
+            raise EngineError(
+                "0A000",
+                "the admin database has no modules",
+                hint="connect to an environment database (SELECT * FROM iasql_db_list())",
+            )
+        async with self._databases_lock:
+            db = self._databases.get(name)
+            if db is None:
+                db = await Database.open(
+                    self.config.backend_dsn,
+                    name,
+                    list(self.functions.values()),
+                    self.config.local_cloud_endpoint,
+                )
+                self._databases[name] = db
+            return db
+
     async def close(self) -> None:
+        for db in self._databases.values():
+            await db.close()
+        self._databases.clear()
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
@@ -78,6 +104,27 @@ class Engine:
                 (),
                 self._modules_list,
                 "every available module",
+            ),
+            FunctionSpec(
+                "iasql_modules_installed",
+                (("module_name", "text"), ("module_version", "text"), ("dependencies", "text[]")),
+                (),
+                self._modules_installed,
+                "the modules installed in this database",
+            ),
+            FunctionSpec(
+                "iasql_install",
+                (("module_name", "text"), ("created_table_name", "text"), ("record_count", "int")),
+                (Param("module_names", "text[]", variadic=True),),
+                self._install,
+                "installs modules (and what they need) and imports their cloud resources",
+            ),
+            FunctionSpec(
+                "iasql_uninstall",
+                (("module_name", "text"), ("dropped_table_name", "text"), ("record_count", "int")),
+                (Param("module_names", "text[]", variadic=True),),
+                self._uninstall,
+                "drops the modules' tables; the cloud is untouched",
             ),
             FunctionSpec(
                 "iasql_connect",
@@ -123,6 +170,16 @@ class Engine:
             }
             for m in available_modules().values()
         ]
+
+    async def _modules_installed(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        return await install.modules_installed(await self.database(ctx.database))
+
+    async def _install(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        return await install.install(await self.database(ctx.database), ctx, args["module_names"])
+
+    async def _uninstall(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        return await install.uninstall(db, ctx, args["module_names"])
 
     async def _connect(self, _ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         async with self._admin_lock:

@@ -1,8 +1,105 @@
-"""How a module describes itself. Modules import nothing from the engine or the proxy."""
+"""How a module describes itself: its tables, like a Terraform provider's resource schemas, and
+one mapper per table that reads and writes that resource in the cloud.
+
+Modules import nothing from the engine or the proxy. The engine hands mappers a `Cloud` (AWS
+clients for one environment database) and speaks to them in *records*: dicts keyed by column
+name, holding the cloud's view of one resource. A foreign-key column holds the referenced
+resource's cloud id (e.g. a subnet's `vpc_id` is "vpc-0abc"), never a serial id: the engine
+translates between the two, so a mapper never sees the database.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Record = dict[str, Any]
+
+
+class CloudError(Exception):
+    """A cloud operation that failed for good; the message is the cloud's own."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A foreign key: this column holds `table.key`. In records it holds the referenced row's
+    `cloud` column instead (the cloud's own name for it); when `cloud` is None the key itself
+    is what the cloud uses (e.g. a bucket name or a region)."""
+
+    table: str
+    key: str = "id"
+    cloud: str | None = None
+    on_delete: str = "RESTRICT"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # Postgres type, e.g. "varchar", "integer", "json", "boolean", "cidr"
+    nullable: bool = True
+    default: str | None = None  # an SQL expression
+    check: str | None = None  # an SQL boolean expression
+    ref: Ref | None = None
+    # Set by the cloud (ids, arns, states, creation times): written back by the engine,
+    # ignored in comparisons, never emitted in generated SQL.
+    cloud_assigned: bool = False
+    replaces: bool = False  # changing it needs a delete and a create
+    local: bool = False  # a setting of this database only: never compared with the cloud
+    secret: bool = False  # never written to the audit log, never emitted
+    # The canonical form used to compare this column (policy JSON, tag order, CIDR forms).
+    normalize: Callable[[Any], Any] | None = None
+
+
+class Cloud(Protocol):
+    """AWS access for one environment database (credentials, endpoint, retries)."""
+
+    def client(self, service: str, region: str | None) -> AbstractAsyncContextManager[Any]:
+        """An aiobotocore client for `service` in `region` (None: the global endpoint)."""
+        ...
+
+
+class Mapper(Protocol):
+    """Reads and writes one kind of cloud resource."""
+
+    async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
+        """Every resource of this kind (in `region`, for a regional table)."""
+        ...
+
+    async def create(self, cloud: Cloud, record: Record) -> Record:
+        """Creates the resource; returns it as the cloud now has it (assigned values included)."""
+        ...
+
+    async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
+        """Changes `current` in place to match `record`; returns the new cloud state."""
+        ...
+
+    async def delete(self, cloud: Cloud, current: Record) -> None: ...
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    mapper: Mapper | None  # None: a table of this database only (e.g. credentials)
+    # What identifies the resource in another environment, for generated SQL.
+    natural_key: tuple[str, ...]
+    # What identifies it in the cloud; matched between rows and records.
+    cloud_id: tuple[str, ...] = ()
+    primary_key: tuple[str, ...] = ("id",)
+    unique: tuple[tuple[str, ...], ...] = ()
+    regional: bool = True  # has a `region` column; reads fan out over enabled regions
+    # AWS-created resources (a default VPC) that a user's DELETE must not remove.
+    protected: Callable[[Record], bool] | None = None
+    extra_ddl: tuple[str, ...] = ()  # statements run after CREATE TABLE (indexes, triggers)
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    @property
+    def references(self) -> list[Column]:
+        return [c for c in self.columns if c.ref is not None]
 
 
 @dataclass(frozen=True)
@@ -11,3 +108,19 @@ class ModuleSpec:
     version: str
     dependencies: tuple[str, ...] = ()
     description: str = ""
+    tables: tuple[Table, ...] = ()
+    # SQL run once at install, before the tables (types, functions the tables use).
+    setup_sql: tuple[str, ...] = ()
+    teardown_sql: tuple[str, ...] = ()
+    # Module functions the proxy hands to the engine, e.g. `key_pair_request`.
+    functions: Sequence[ModuleFunction] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ModuleFunction:
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    params: tuple[tuple[str, str], ...]  # (name, Postgres type)
+    run: Callable[..., Any]  # async (cloud, **arguments) -> list[Record]
+    description: str
+    changes_cloud: bool = True

@@ -94,7 +94,8 @@ async def test_named_prepared_statement_reused_many_times(iasql: RunningServer) 
         assert [p.name for p in statement.get_parameters()] == ["text"]
         assert [a.name for a in statement.get_attributes()] == ["module_name"]
         for _ in range(20):
-            assert [r[0] for r in await statement.fetch("iasql%")] == MODULES
+            found = [r[0] for r in await statement.fetch("iasql%")]
+            assert found == [m for m in MODULES if m.startswith("iasql")]
         assert await statement.fetch("zzz%") == []
     finally:
         await conn.close()
@@ -107,7 +108,7 @@ def test_psycopg_prepares_after_five_runs_and_keeps_working(iasql: RunningServer
                 "SELECT module_name FROM iasql_modules_list() WHERE length(module_name) > %s",
                 (i,),
             ).fetchall()
-            assert sorted(r[0] for r in rows) == MODULES
+            assert sorted(r[0] for r in rows) == [m for m in MODULES if len(m) > i]
         # binary parameters and results too
         cur = conn.cursor(binary=True)
         cur.execute("SELECT version FROM iasql_version() WHERE %s", (True,))

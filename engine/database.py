@@ -1,0 +1,128 @@
+"""One environment database as the engine sees it: a connection pool (as the engine's role),
+the platform schema, the installed modules and the AWS account behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from engine import platform
+from engine.cloud import AwsCloud, load_credentials
+from engine.functions import FunctionSpec
+from modules import available_modules
+from modules.spec import ModuleSpec, Table
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+class Database:
+    def __init__(self, name: str, pool: asyncpg.Pool) -> None:
+        self.name = name
+        self.pool = pool
+        self._cloud: AwsCloud | None = None
+        self._cloud_key: object = None
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        name: str,
+        functions: list[FunctionSpec],
+        default_endpoint: str | None,
+    ) -> Database:
+        pool = await asyncpg.create_pool(
+            dsn, database=name, min_size=1, max_size=8, init=_init_connection
+        )
+        async with pool.acquire() as conn:
+            await platform.ensure(conn, functions)
+            if default_endpoint is None:
+                await conn.execute("DELETE FROM iasql_settings WHERE key = 'default_endpoint_url'")
+            else:
+                await conn.execute(
+                    "INSERT INTO iasql_settings VALUES ('default_endpoint_url', $1)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    default_endpoint,
+                )
+        return cls(name, pool)
+
+    async def close(self) -> None:
+        if self._cloud is not None:
+            await self._cloud.close()
+        await self.pool.close()
+
+    async def cloud(self) -> AwsCloud:
+        """The account's AWS clients, rebuilt when the credentials row changes."""
+        async with self.pool.acquire() as conn:
+            credentials = await load_credentials(conn)
+        if self._cloud is None or self._cloud.credentials != credentials:
+            if self._cloud is not None:
+                await self._cloud.close()
+            self._cloud = AwsCloud(credentials)
+        return self._cloud
+
+    async def installed(self, conn: asyncpg.Connection | None = None) -> dict[str, ModuleSpec]:
+        """Installed modules that this server knows, in install (dependency) order."""
+        query = "SELECT name FROM iasql_module ORDER BY installed_at, name"
+        if conn is None:
+            names = [r["name"] for r in await self.pool.fetch(query)]
+        else:
+            names = [r["name"] for r in await conn.fetch(query)]
+        known = available_modules()
+        return {n: known[n] for n in names if n in known}
+
+    async def installed_tables(self, conn: asyncpg.Connection | None = None) -> list[Table]:
+        """Every installed table, parents before the tables that reference them."""
+        tables = [t for m in (await self.installed(conn)).values() for t in m.tables]
+        return dependency_order(tables)
+
+    async def enabled_regions(self, conn: asyncpg.Connection) -> list[str]:
+        if not await conn.fetchval("SELECT to_regclass('aws_regions') IS NOT NULL"):
+            return []
+        return [
+            r["region"]
+            for r in await conn.fetch(
+                "SELECT region FROM aws_regions WHERE is_enabled ORDER BY region"
+            )
+        ]
+
+
+def dependency_order(tables: list[Table]) -> list[Table]:
+    """Tables sorted so that a referenced table comes before the tables referencing it."""
+    by_name = {t.name: t for t in tables}
+    ordered: list[Table] = []
+    seen: set[str] = set()
+
+    def visit(table: Table) -> None:
+        if table.name in seen:
+            return
+        seen.add(table.name)
+        for column in table.references:
+            assert column.ref is not None
+            parent = by_name.get(column.ref.table)
+            if parent is not None and parent is not table:
+                visit(parent)
+        ordered.append(table)
+
+    for table in tables:
+        visit(table)
+    return ordered
+
+
+async def gather_limited(limit: int, jobs: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Runs the jobs concurrently, at most `limit` at a time, results in order."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(job: Callable[[], Awaitable[Any]]) -> Any:
+        async with semaphore:
+            return await job()
+
+    return list(await asyncio.gather(*(run(job) for job in jobs)))

@@ -1,0 +1,58 @@
+"""SQL for a module's tables, generated from their specs."""
+
+from __future__ import annotations
+
+from modules.spec import Column, Table
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _column_sql(column: Column) -> str:
+    parts = [quote_ident(column.name), column.type]
+    if not column.nullable:
+        parts.append("NOT NULL")
+    if column.default is not None:
+        parts.append(f"DEFAULT {column.default}")
+    if column.check is not None:
+        parts.append(f"CHECK ({column.check})")
+    return " ".join(parts)
+
+
+def _keys(columns: tuple[str, ...]) -> str:
+    return ", ".join(quote_ident(c) for c in columns)
+
+
+def create_table(table: Table) -> list[str]:
+    """CREATE TABLE, its foreign keys and uniques, the audit trigger and the grants."""
+    name = quote_ident(table.name)
+    lines = [_column_sql(c) for c in table.columns]
+    if table.primary_key:
+        lines.append(f"PRIMARY KEY ({_keys(table.primary_key)})")
+    for unique in table.unique:
+        lines.append(f"UNIQUE ({_keys(unique)})")
+    for column in table.references:
+        assert column.ref is not None
+        lines.append(
+            f"FOREIGN KEY ({quote_ident(column.name)}) REFERENCES"
+            f" {quote_ident(column.ref.table)} ({quote_ident(column.ref.key)})"
+            f" ON DELETE {column.ref.on_delete}"
+        )
+    secrets = ", ".join(f"'{c.name}'" for c in table.columns if c.secret)
+    statements = [
+        f"CREATE TABLE {name} (\n    " + ",\n    ".join(lines) + "\n)",
+        f"CREATE TRIGGER {quote_ident(table.name + '_audit')}"
+        f" AFTER INSERT OR UPDATE OR DELETE ON {name}"
+        f" FOR EACH ROW EXECUTE FUNCTION iasql_audit({secrets})",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO PUBLIC",
+    ]
+    for column in table.columns:
+        if column.type == "serial":
+            sequence = f"{table.name}_{column.name}_seq"
+            statements.append(f"GRANT USAGE, SELECT ON SEQUENCE {quote_ident(sequence)} TO PUBLIC")
+    return [*statements, *table.extra_ddl]
+
+
+def drop_table(table: Table) -> str:
+    return f"DROP TABLE IF EXISTS {quote_ident(table.name)} CASCADE"

@@ -1,0 +1,206 @@
+"""Installing and uninstalling modules in an environment database."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from engine import ddl
+from engine.database import Database
+from engine.functions import CallContext, EngineError, Row, did_you_mean
+from engine.sync import sync_tables
+from modules import available_modules
+from modules.spec import ModuleSpec
+
+_INSTALL_LOCK = 0x1A5C2  # one install or uninstall at a time per database
+
+
+def _known(names: list[str]) -> list[ModuleSpec]:
+    modules = available_modules()
+    found = []
+    for name in names:
+        if name not in modules:
+            suggestion = did_you_mean(name, list(modules))
+            raise EngineError(
+                "42704",
+                f"module {name!r} does not exist",
+                hint=suggestion or "SELECT * FROM iasql_modules_list() lists them",
+            )
+        found.append(modules[name])
+    return found
+
+
+def with_dependencies(requested: list[ModuleSpec]) -> list[ModuleSpec]:
+    """The modules and every module they need, dependencies first."""
+    modules = available_modules()
+    ordered: list[ModuleSpec] = []
+
+    def visit(module: ModuleSpec) -> None:
+        if module in ordered:
+            return
+        for dependency in module.dependencies:
+            visit(modules[dependency])
+        ordered.append(module)
+
+    for module in requested:
+        visit(module)
+    return ordered
+
+
+async def install(db: Database, ctx: CallContext, names: list[str]) -> list[Row]:
+    if not names:
+        raise EngineError("22023", "name at least one module", hint="iasql_install('aws_s3')")
+    wanted = with_dependencies(_known(names))
+    async with db.pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _INSTALL_LOCK)
+        try:
+            installed = await db.installed(conn)
+            new = [m for m in wanted if m.name not in installed]
+            if new:
+                await _check_collisions(conn, new)
+                async with conn.transaction():
+                    for module in new:
+                        await _create(conn, module)
+                ctx.notify(f"installed {', '.join(m.name for m in new)}")
+            counts = await _import(db, conn, ctx, new)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _INSTALL_LOCK)
+    return [
+        {"module_name": m.name, "created_table_name": t.name, "record_count": counts.get(t.name, 0)}
+        for m in new
+        for t in m.tables
+    ]
+
+
+async def _check_collisions(conn: asyncpg.Connection, modules: list[ModuleSpec]) -> None:
+    names = [t.name for m in modules for t in m.tables]
+    taken = await conn.fetch(
+        "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'public' AND relname = ANY($1::text[]) ORDER BY relname",
+        names,
+    )
+    if taken:
+        tables = ", ".join(r["relname"] for r in taken)
+        raise EngineError(
+            "42P07",
+            f"cannot install: these tables already exist and are not iasql's: {tables}",
+            hint="rename or drop them first",
+        )
+
+
+async def _create(conn: asyncpg.Connection, module: ModuleSpec) -> None:
+    for statement in module.setup_sql:
+        await conn.execute(statement)
+    for table in module.tables:
+        for statement in ddl.create_table(table):
+            await conn.execute(statement)
+    await conn.execute(
+        "INSERT INTO iasql_module (name, version, installed_at) VALUES ($1, $2, clock_timestamp())",
+        module.name,
+        module.version,
+    )
+    for dependency in module.dependencies:
+        await conn.execute(
+            "INSERT INTO iasql_dependencies VALUES ($1, $2)", module.name, dependency
+        )
+    for table in module.tables:
+        await conn.execute("INSERT INTO iasql_tables VALUES ($1, $2)", table.name, module.name)
+
+
+async def _import(
+    db: Database, conn: asyncpg.Connection, ctx: CallContext, modules: list[ModuleSpec]
+) -> dict[str, int]:
+    """Imports every existing cloud resource of the new tables (when there are credentials)."""
+    tables = [t for m in modules for t in m.tables if t.mapper is not None]
+    if not tables or not await conn.fetchval(
+        "SELECT to_regclass('aws_credentials') IS NOT NULL"
+        " AND EXISTS (SELECT 1 FROM aws_credentials)"
+    ):
+        return {}
+    cloud = await db.cloud()
+    counts: dict[str, int] = {}
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM aws_regions)"):
+            counts.update(await ensure_regions(db, conn))
+        regions = await db.enabled_regions(conn)
+        rest = [t for t in tables if t.name != "aws_regions"]
+        ctx.notify(f"importing {', '.join(t.name for t in rest)} from {len(regions)} regions")
+        counts.update(await sync_tables(conn, cloud, rest, regions))
+    return counts
+
+
+async def ensure_regions(db: Database, conn: asyncpg.Connection) -> dict[str, int]:
+    """Fills aws_regions from the account and picks a default when there is none."""
+    table = available_modules()["aws_account"].tables[1]
+    counts = await sync_tables(conn, await db.cloud(), [table], [])
+    await conn.execute(
+        "UPDATE aws_regions SET is_default = true WHERE region = ("
+        " SELECT region FROM aws_regions ORDER BY region <> 'us-east-1', region LIMIT 1)"
+        " AND NOT EXISTS (SELECT 1 FROM aws_regions WHERE is_default)"
+    )
+    return counts
+
+
+async def uninstall(db: Database, ctx: CallContext, names: list[str]) -> list[Row]:
+    if not names:
+        raise EngineError("22023", "name at least one module", hint="iasql_uninstall('aws_s3')")
+    modules = _known(names)
+    async with db.pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _INSTALL_LOCK)
+        try:
+            return await _uninstall(db, conn, ctx, modules)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _INSTALL_LOCK)
+
+
+async def _uninstall(
+    db: Database, conn: asyncpg.Connection, ctx: CallContext, modules: list[ModuleSpec]
+) -> list[Row]:
+    installed = await db.installed(conn)
+    missing = [m.name for m in modules if m.name not in installed]
+    if missing:
+        raise EngineError("55000", f"module {', '.join(missing)} is not installed")
+    leaving = {m.name for m in modules}
+    dependents = await conn.fetch(
+        "SELECT module, dependency FROM iasql_dependencies"
+        " WHERE dependency = ANY($1::text[]) AND NOT module = ANY($1::text[]) ORDER BY module",
+        list(leaving),
+    )
+    if dependents:
+        needs = ", ".join(f"{r['module']} needs {r['dependency']}" for r in dependents)
+        raise EngineError(
+            "2BP01",
+            f"cannot uninstall: {needs}",
+            hint="uninstall the dependent modules first, or name them too",
+        )
+    result: list[Row] = []
+    ordered = [m for m in reversed(list(installed.values())) if m.name in leaving]
+    async with conn.transaction():
+        for module in ordered:
+            for table in reversed(module.tables):
+                count = await conn.fetchval(f"SELECT count(*) FROM {ddl.quote_ident(table.name)}")
+                await conn.execute(ddl.drop_table(table))
+                result.append(
+                    {
+                        "module_name": module.name,
+                        "dropped_table_name": table.name,
+                        "record_count": count,
+                    }
+                )
+            for statement in module.teardown_sql:
+                await conn.execute(statement)
+            await conn.execute("DELETE FROM iasql_module WHERE name = $1", module.name)
+    ctx.notify(f"uninstalled {', '.join(m.name for m in ordered)}; the cloud is untouched")
+    return result
+
+
+async def modules_installed(db: Database) -> list[Row]:
+    rows = await db.pool.fetch(
+        "SELECT m.name, m.version, coalesce(array_agg(d.dependency ORDER BY d.dependency)"
+        " FILTER (WHERE d.dependency IS NOT NULL), '{}') AS deps"
+        " FROM iasql_module m LEFT JOIN iasql_dependencies d ON d.module = m.name"
+        " GROUP BY m.name, m.version ORDER BY m.name"
+    )
+    return [
+        {"module_name": r["name"], "module_version": r["version"], "dependencies": list(r["deps"])}
+        for r in rows
+    ]

@@ -1,0 +1,188 @@
+"""The platform schema every environment database gets: module registry, audit log, the open
+infrastructure transaction, the commit journal, the audit trigger and the function stubs.
+
+Platform tables belong to the engine's role; users may read them, never write them. The
+audit trigger runs as its owner (SECURITY DEFINER) so that it can write the log on behalf of
+a user who cannot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import asyncpg
+
+from engine.functions import REQUIRED, FunctionSpec
+
+_SETUP_LOCK = 0x1A5C1  # advisory lock key: one engine at a time sets a database up
+
+CHANGE_TYPES = (
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "START_COMMIT",
+    "PREVIEW_START_COMMIT",
+    "END_COMMIT",
+    "PREVIEW_END_COMMIT",
+    "OPEN_TRANSACTION",
+    "CLOSE_TRANSACTION",
+    "ERROR",
+    "START_REVERT",
+    "END_REVERT",
+    "SET_COMMIT_MESSAGE",
+)
+
+_TABLES = f"""
+DO $$ BEGIN
+    CREATE TYPE iasql_change_type AS ENUM ({", ".join(f"'{t}'" for t in CHANGE_TYPES)});
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+CREATE TABLE IF NOT EXISTS iasql_module (
+    name text PRIMARY KEY,
+    version text NOT NULL,
+    installed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS iasql_dependencies (
+    module text NOT NULL REFERENCES iasql_module (name) ON DELETE CASCADE,
+    dependency text NOT NULL REFERENCES iasql_module (name),
+    PRIMARY KEY (module, dependency)
+);
+CREATE TABLE IF NOT EXISTS iasql_tables (
+    table_name text PRIMARY KEY,
+    module text NOT NULL REFERENCES iasql_module (name) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS iasql_audit_log (
+    id bigserial PRIMARY KEY,
+    ts timestamptz NOT NULL DEFAULT clock_timestamp(),
+    "user" text NOT NULL,
+    table_name text NOT NULL,
+    change_type iasql_change_type NOT NULL,
+    change jsonb NOT NULL,
+    message text,
+    transaction_id text
+);
+CREATE INDEX IF NOT EXISTS iasql_audit_log_ts ON iasql_audit_log (ts);
+CREATE INDEX IF NOT EXISTS iasql_audit_log_transaction ON iasql_audit_log (transaction_id);
+
+-- The database's infrastructure transaction: at most one open (closed_at IS NULL).
+CREATE TABLE IF NOT EXISTS iasql_transaction (
+    transaction_id text PRIMARY KEY,
+    opened_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    opened_by text NOT NULL,
+    closed_at timestamptz,
+    outcome text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS iasql_transaction_one_open
+    ON iasql_transaction ((true)) WHERE closed_at IS NULL;
+
+-- Every cloud operation of a commit, written before and after it runs, so that a commit cut
+-- short by a crash can be finished or undone by the next engine.
+CREATE TABLE IF NOT EXISTS iasql_commit_journal (
+    id bigserial PRIMARY KEY,
+    commit_id text NOT NULL,
+    table_name text NOT NULL,
+    action text NOT NULL,
+    token text NOT NULL,
+    before jsonb,
+    after jsonb,
+    state text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS iasql_commit_journal_commit ON iasql_commit_journal (commit_id);
+
+CREATE TABLE IF NOT EXISTS iasql_settings (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- Records each row change, with the transaction open at write time. TG_ARGV names secret
+-- columns, which are left out of the log.
+CREATE OR REPLACE FUNCTION iasql_audit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+DECLARE
+    tx text;
+    secrets text[] := TG_ARGV;
+    entry jsonb;
+BEGIN
+    SELECT transaction_id INTO tx FROM iasql_transaction WHERE closed_at IS NULL;
+    IF TG_OP = 'INSERT' THEN
+        entry := jsonb_build_object('change', to_jsonb(NEW) - secrets);
+    ELSIF TG_OP = 'DELETE' THEN
+        entry := jsonb_build_object('original', to_jsonb(OLD) - secrets);
+    ELSE
+        IF to_jsonb(NEW) = to_jsonb(OLD) THEN
+            RETURN NULL;
+        END IF;
+        entry := jsonb_build_object('original', to_jsonb(OLD) - secrets,
+                                    'change', to_jsonb(NEW) - secrets);
+    END IF;
+    INSERT INTO iasql_audit_log ("user", table_name, change_type, change, transaction_id)
+    VALUES (session_user, TG_TABLE_NAME, TG_OP::iasql_change_type, entry, tx);
+    RETURN NULL;
+END $$;
+"""
+
+_PLATFORM_TABLES = (
+    "iasql_module",
+    "iasql_dependencies",
+    "iasql_tables",
+    "iasql_audit_log",
+    "iasql_transaction",
+    "iasql_commit_journal",
+    "iasql_settings",
+)
+
+
+def _stub_sql(spec: FunctionSpec) -> str:
+    """A real function with the right signature that explains it must go through iasql."""
+    params = ", ".join(
+        f"{'VARIADIC ' if p.variadic else ''}{p.name} {p.type}"
+        + ("" if p.default is REQUIRED else f" DEFAULT {_sql_literal(p.default)}")
+        for p in spec.params
+    )
+    columns = ", ".join(f'"{name}" {type_}' for name, type_ in spec.columns)
+    message = f"{spec.name}() runs only through the iasql server: connect to its port"
+    return (
+        f"CREATE OR REPLACE FUNCTION {spec.name}({params}) RETURNS TABLE ({columns})"
+        f" LANGUAGE plpgsql AS $stub$ BEGIN RAISE EXCEPTION '{message}'"
+        " USING ERRCODE = '0A000'; END $stub$"
+    )
+
+
+def _sql_literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def function_stubs(functions: list[FunctionSpec]) -> list[str]:
+    return [_stub_sql(spec) for spec in functions if not spec.admin_only]
+
+
+async def ensure(conn: asyncpg.Connection, functions: list[FunctionSpec]) -> None:
+    """Creates or upgrades the platform schema in the connected database (idempotent)."""
+    stubs = function_stubs(functions)
+    version = hashlib.sha256("\n".join([_TABLES, *stubs]).encode()).hexdigest()[:16]
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SETUP_LOCK)
+        current = await conn.fetchval(
+            "SELECT value FROM iasql_settings WHERE key = 'schema_version'"
+            if await conn.fetchval("SELECT to_regclass('iasql_settings') IS NOT NULL")
+            else "SELECT NULL"
+        )
+        if current == version:
+            return
+        await conn.execute(_TABLES)
+        for stub in stubs:
+            await conn.execute(stub)
+        await conn.execute(f"REVOKE ALL ON {', '.join(_PLATFORM_TABLES)} FROM PUBLIC")
+        await conn.execute(f"GRANT SELECT ON {', '.join(_PLATFORM_TABLES)} TO PUBLIC")
+        await conn.execute(
+            "INSERT INTO iasql_settings VALUES ('schema_version', $1)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            version,
+        )

@@ -1,0 +1,184 @@
+"""Cloud → database: read what the cloud has and write it into the module tables.
+
+Rows and records meet on the table's cloud id. Foreign keys are translated here: a record
+names a referenced resource by its cloud id, a row by the referenced row's key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import asyncpg
+
+from engine.database import gather_limited
+from engine.ddl import quote_ident
+from modules.spec import Cloud, Column, Record, Table
+
+READ_CONCURRENCY = 16
+
+
+async def read_cloud(cloud: Cloud, table: Table, regions: list[str]) -> list[Record]:
+    """Every resource of the table, over all enabled regions at once for a regional table."""
+    assert table.mapper is not None
+    mapper = table.mapper
+    if not table.regional:
+        return await mapper.read(cloud, None)
+
+    async def read_region(region: str) -> list[Record]:
+        records = await mapper.read(cloud, region)
+        for record in records:
+            record["region"] = region
+        return records
+
+    jobs = [functools.partial(read_region, region) for region in regions]
+    found = await gather_limited(READ_CONCURRENCY, jobs)
+    return [record for records in found for record in records]
+
+
+class References:
+    """Translates foreign-key values between rows (keys) and records (cloud ids)."""
+
+    def __init__(self) -> None:
+        self._to_cloud: dict[tuple[str, str], dict[Any, Any]] = {}
+
+    async def load(self, conn: asyncpg.Connection, table: Table) -> None:
+        for column in table.references:
+            ref = column.ref
+            assert ref is not None
+            if ref.cloud is None:
+                continue
+            rows = await conn.fetch(
+                f"SELECT {quote_ident(ref.key)} AS key, {quote_ident(ref.cloud)} AS cloud"
+                f" FROM {quote_ident(ref.table)}"
+            )
+            self._to_cloud[(ref.table, ref.cloud)] = {r["key"]: r["cloud"] for r in rows}
+
+    def to_cloud(self, column: Column, value: Any) -> Any:
+        ref = column.ref
+        if ref is None or ref.cloud is None or value is None:
+            return value
+        return self._to_cloud.get((ref.table, ref.cloud), {}).get(value)
+
+    def to_key(self, column: Column, value: Any) -> Any:
+        ref = column.ref
+        if ref is None or ref.cloud is None or value is None:
+            return value
+        for key, cloud_value in self._to_cloud.get((ref.table, ref.cloud), {}).items():
+            if cloud_value == value:
+                return key
+        return None
+
+
+def cloud_key(table: Table, values: Record) -> tuple[Any, ...] | None:
+    """The resource's identity in the cloud; None while part of it is not assigned yet."""
+    key = tuple(values.get(c) for c in table.cloud_id)
+    return None if any(v is None for v in key) else key
+
+
+def row_as_record(table: Table, row: Record, refs: References) -> Record:
+    return {c.name: refs.to_cloud(c, row.get(c.name)) for c in table.columns}
+
+
+def _stored_columns(table: Table) -> list[Column]:
+    """Columns a sync writes: everything but serial keys and this database's own settings."""
+    return [c for c in table.columns if c.type != "serial" and not c.local]
+
+
+async def store(
+    conn: asyncpg.Connection,
+    table: Table,
+    records: list[Record],
+    *,
+    delete_missing: bool,
+    keep: set[Any] | None = None,
+) -> tuple[list[Record], int]:
+    """Writes `records` into the table. Rows without a record are deleted when
+    `delete_missing`, except rows whose primary key is in `keep`. Returns (rows left to
+    delete, because of references, for the caller's second pass; records written)."""
+    refs = References()
+    await refs.load(conn, table)
+    rows = [dict(r) for r in await conn.fetch(f"SELECT * FROM {quote_ident(table.name)}")]
+    by_key: dict[tuple[Any, ...], Record] = {}
+    for row in rows:
+        key = cloud_key(table, row_as_record(table, row, refs))
+        if key is not None:
+            by_key[key] = row
+    columns = _stored_columns(table)
+    written = 0
+    matched: set[int] = set()
+    for record in records:
+        values = {c.name: refs.to_key(c, record.get(c.name)) for c in columns if c.name in record}
+        key = cloud_key(table, record)
+        match = by_key.get(key) if key is not None else None
+        if match is None:
+            await _insert(conn, table, values)
+        else:
+            matched.add(id(match))
+            changed = {n: v for n, v in values.items() if match.get(n) != v}
+            if changed:
+                await _update(conn, table, match, changed)
+        written += 1
+    missing = [
+        r for r in rows if id(r) not in matched and _primary(table, r) not in (keep or set())
+    ]
+    return (missing if delete_missing else []), written
+
+
+def _primary(table: Table, row: Record) -> Any:
+    return tuple(row[c] for c in table.primary_key)
+
+
+async def _insert(conn: asyncpg.Connection, table: Table, values: Record) -> None:
+    names = list(values)
+    await conn.execute(
+        f"INSERT INTO {quote_ident(table.name)} ({', '.join(map(quote_ident, names))})"
+        f" VALUES ({', '.join(f'${i + 1}' for i in range(len(names)))})",
+        *values.values(),
+    )
+
+
+async def _update(conn: asyncpg.Connection, table: Table, row: Record, values: Record) -> None:
+    names = list(values)
+    sets = ", ".join(f"{quote_ident(n)} = ${i + 1}" for i, n in enumerate(names))
+    where = " AND ".join(
+        f"{quote_ident(c)} = ${len(names) + i + 1}" for i, c in enumerate(table.primary_key)
+    )
+    await conn.execute(
+        f"UPDATE {quote_ident(table.name)} SET {sets} WHERE {where}",
+        *values.values(),
+        *_primary(table, row),
+    )
+
+
+async def delete_rows(conn: asyncpg.Connection, table: Table, rows: list[Record]) -> None:
+    where = " AND ".join(f"{quote_ident(c)} = ${i + 1}" for i, c in enumerate(table.primary_key))
+    for row in rows:
+        await conn.execute(
+            f"DELETE FROM {quote_ident(table.name)} WHERE {where}", *_primary(table, row)
+        )
+
+
+async def sync_tables(
+    conn: asyncpg.Connection,
+    cloud: Cloud,
+    tables: list[Table],
+    regions: list[str],
+    *,
+    keep: dict[str, set[Any]] | None = None,
+) -> dict[str, int]:
+    """Makes the tables equal to the cloud: upserts parents first, deletes children first.
+    Tables without a mapper are left alone. Returns records written per table."""
+    with_mapper = [t for t in tables if t.mapper is not None]
+    reads = await asyncio.gather(*(read_cloud(cloud, t, regions) for t in with_mapper))
+    counts: dict[str, int] = {}
+    leftovers: list[tuple[Table, list[Record]]] = []
+    for table, records in zip(with_mapper, reads, strict=True):
+        missing, counts[table.name] = await store(
+            conn, table, records, delete_missing=True, keep=(keep or {}).get(table.name)
+        )
+        leftovers.append((table, missing))
+    for table, missing in reversed(leftovers):
+        await delete_rows(conn, table, missing)
+    return counts

@@ -1,0 +1,120 @@
+"""aws_account: the credentials of this database's AWS account and its regions."""
+
+from __future__ import annotations
+
+from modules import VERSION
+from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
+
+# Functions the tables use. `default_aws_region()` is the default of every region column.
+_SETUP = (
+    """CREATE OR REPLACE FUNCTION aws_default_endpoint() RETURNS varchar
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
+        SELECT value FROM iasql_settings WHERE key = 'default_endpoint_url'
+    $$""",
+)
+
+_REGION_FUNCTIONS = (
+    """CREATE OR REPLACE FUNCTION default_aws_region() RETURNS varchar
+    LANGUAGE sql STABLE AS $$ SELECT region FROM aws_regions WHERE is_default $$""",
+    """CREATE OR REPLACE FUNCTION default_aws_region(new_region text) RETURNS varchar
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM aws_regions WHERE region = new_region) THEN
+            RAISE EXCEPTION 'unknown region %', new_region USING ERRCODE = '22023',
+                HINT = 'SELECT region FROM aws_regions lists them';
+        END IF;
+        UPDATE aws_regions SET is_default = false WHERE is_default AND region <> new_region;
+        UPDATE aws_regions SET is_default = true WHERE region = new_region;
+        RETURN new_region;
+    END $$""",
+    # Exactly one default region, checked at the end of each Postgres transaction.
+    """CREATE OR REPLACE FUNCTION aws_regions_check_default() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM aws_regions)
+           AND (SELECT count(*) FROM aws_regions WHERE is_default) <> 1 THEN
+            RAISE EXCEPTION 'exactly one region must be the default' USING ERRCODE = '23514',
+                HINT = 'change it with SELECT default_aws_region(''eu-west-1'')';
+        END IF;
+        RETURN NULL;
+    END $$""",
+    """CREATE CONSTRAINT TRIGGER aws_regions_one_default
+        AFTER INSERT OR UPDATE OR DELETE ON aws_regions
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION aws_regions_check_default()""",
+)
+
+
+def region_column() -> Column:
+    """The `region` column of every regional table."""
+    return Column(
+        "region",
+        "varchar",
+        nullable=False,
+        default="default_aws_region()",
+        ref=Ref("aws_regions", key="region"),
+        replaces=True,
+    )
+
+
+class RegionsMapper:
+    """The account's regions. Which one is the default and which are enabled is this
+    database's own setting, so only the set of regions comes from the cloud."""
+
+    async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
+        async with cloud.client("ec2", None) as ec2:
+            answer = await ec2.describe_regions()
+        return [{"region": r["RegionName"]} for r in answer["Regions"]]
+
+    async def create(self, cloud: Cloud, record: Record) -> Record:
+        raise CloudError(f"{record['region']} is not a region of this account")
+
+    async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
+        return current
+
+    async def delete(self, cloud: Cloud, current: Record) -> None:
+        raise CloudError("the regions of an account cannot be deleted; set is_enabled = false")
+
+
+CREDENTIALS = Table(
+    name="aws_credentials",
+    columns=(
+        Column("id", "serial", nullable=False),
+        Column("access_key_id", "varchar", nullable=False),
+        Column("secret_access_key", "varchar", nullable=False, secret=True),
+        Column("session_token", "varchar", secret=True),
+        # Ours: NULL means real AWS; otherwise every AWS call of this database goes there.
+        Column("endpoint_url", "varchar", default="aws_default_endpoint()"),
+    ),
+    mapper=None,
+    natural_key=("access_key_id",),
+    regional=False,
+)
+
+REGIONS = Table(
+    name="aws_regions",
+    columns=(
+        Column("region", "varchar", nullable=False),
+        Column("is_default", "boolean", nullable=False, default="false", local=True),
+        Column("is_enabled", "boolean", nullable=False, default="true", local=True),
+    ),
+    mapper=RegionsMapper(),
+    natural_key=("region",),
+    cloud_id=("region",),
+    primary_key=("region",),
+    regional=False,
+    extra_ddl=_REGION_FUNCTIONS,
+)
+
+MODULE = ModuleSpec(
+    name="aws_account",
+    version=VERSION,
+    description="AWS credentials and regions of this database's account",
+    tables=(CREDENTIALS, REGIONS),
+    setup_sql=_SETUP,
+    teardown_sql=(
+        "DROP FUNCTION IF EXISTS default_aws_region()",
+        "DROP FUNCTION IF EXISTS default_aws_region(text)",
+        "DROP FUNCTION IF EXISTS aws_regions_check_default()",
+        "DROP FUNCTION IF EXISTS aws_default_endpoint()",
+    ),
+)

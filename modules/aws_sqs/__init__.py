@@ -1,0 +1,114 @@
+"""aws_sqs: SQS queues."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from modules import VERSION
+from modules.aws_account import region_column
+from modules.spec import Cloud, Column, ModuleSpec, Record, Table
+
+# column -> SQS attribute, for the attributes a user sets
+_ATTRIBUTES = {
+    "visibility_timeout": "VisibilityTimeout",
+    "delay_seconds": "DelaySeconds",
+    "receive_message_wait_time_seconds": "ReceiveMessageWaitTimeSeconds",
+    "message_retention_period": "MessageRetentionPeriod",
+    "maximum_message_size": "MaximumMessageSize",
+}
+
+
+def canonical_json(value: Any) -> Any:
+    """Policy documents compare by content: key order and a JSON string vs object don't count."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _record(url: str, attributes: dict[str, str]) -> Record:
+    record: Record = {
+        "url": url,
+        "name": url.rsplit("/", 1)[-1],
+        "arn": attributes.get("QueueArn"),
+        "fifo_queue": attributes.get("FifoQueue") == "true",
+        "policy": json.loads(attributes["Policy"]) if attributes.get("Policy") else None,
+    }
+    for column, attribute in _ATTRIBUTES.items():
+        record[column] = int(attributes[attribute])
+    return record
+
+
+def _attributes(record: Record) -> dict[str, str]:
+    attributes = {a: str(record[c]) for c, a in _ATTRIBUTES.items() if record.get(c) is not None}
+    policy = record.get("policy")
+    attributes["Policy"] = "" if policy is None else canonical_json(policy)
+    return attributes
+
+
+class QueueMapper:
+    async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
+        records = []
+        async with cloud.client("sqs", region) as sqs:
+            async for page in sqs.get_paginator("list_queues").paginate():
+                for url in page.get("QueueUrls", []):
+                    records.append(await self._read_one(sqs, url))
+        return records
+
+    async def _read_one(self, sqs: Any, url: str) -> Record:
+        answer = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+        return _record(url, answer["Attributes"])
+
+    async def create(self, cloud: Cloud, record: Record) -> Record:
+        attributes = _attributes(record)
+        if not attributes["Policy"]:
+            del attributes["Policy"]
+        if record.get("fifo_queue"):
+            attributes["FifoQueue"] = "true"
+        async with cloud.client("sqs", record["region"]) as sqs:
+            answer = await sqs.create_queue(QueueName=record["name"], Attributes=attributes)
+            return await self._read_one(sqs, answer["QueueUrl"])
+
+    async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
+        async with cloud.client("sqs", record["region"]) as sqs:
+            await sqs.set_queue_attributes(QueueUrl=current["url"], Attributes=_attributes(record))
+            return await self._read_one(sqs, current["url"])
+
+    async def delete(self, cloud: Cloud, current: Record) -> None:
+        async with cloud.client("sqs", current["region"]) as sqs:
+            with contextlib.suppress(sqs.exceptions.QueueDoesNotExist):
+                await sqs.delete_queue(QueueUrl=current["url"])
+
+
+QUEUE = Table(
+    name="queue",
+    columns=(
+        Column("id", "serial", nullable=False),
+        Column("url", "varchar", cloud_assigned=True),
+        Column("name", "varchar", nullable=False),
+        Column("fifo_queue", "boolean", nullable=False, default="false", replaces=True),
+        Column("visibility_timeout", "integer", nullable=False, default="30"),
+        Column("delay_seconds", "integer", nullable=False, default="0"),
+        Column("receive_message_wait_time_seconds", "integer", nullable=False, default="0"),
+        Column("message_retention_period", "integer", nullable=False, default="345600"),
+        Column("maximum_message_size", "integer", nullable=False, default="262144"),
+        Column("policy", "json", normalize=canonical_json),
+        Column("arn", "varchar", cloud_assigned=True),
+        region_column(),
+    ),
+    mapper=QueueMapper(),
+    natural_key=("name", "region"),
+    cloud_id=("name", "region"),
+    unique=(("name", "region"),),
+)
+
+MODULE = ModuleSpec(
+    name="aws_sqs",
+    version=VERSION,
+    dependencies=("aws_account",),
+    description="SQS queues",
+    tables=(QUEUE,),
+)

@@ -1,0 +1,105 @@
+"""Module install / uninstall / import, through the proxy, against a moto server."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import boto3
+import psycopg
+import pytest
+
+from iasql.postgres import LocalPostgres
+from iasql.sandbox import MotoServer
+from tests.conftest import RunningServer
+
+
+@pytest.fixture
+def envdb(postgres: LocalPostgres, iasql: RunningServer) -> Iterator[psycopg.Connection]:
+    """A fresh environment database, reached through the proxy in autocommit mode."""
+    name = f"env_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(iasql.dsn(database=name), autocommit=True) as conn:
+        yield conn
+
+
+def rows(conn: psycopg.Connection, sql: str) -> list[tuple]:
+    return conn.execute(sql).fetchall()
+
+
+def add_credentials(conn: psycopg.Connection, moto: MotoServer) -> None:
+    conn.execute(
+        "INSERT INTO aws_credentials (access_key_id, secret_access_key, endpoint_url)"
+        " VALUES ('AKIDTEST', 'a-very-secret-key', %s)",
+        (moto.endpoint,),
+    )
+
+
+def logs_client(moto: MotoServer, region: str) -> object:
+    return boto3.client("logs", region_name=region, endpoint_url=moto.endpoint)
+
+
+def test_install_resolves_dependencies_and_imports_existing_resources(
+    envdb: psycopg.Connection, moto_accounts
+) -> None:
+    moto = moto_accounts()
+    for region, name in (("us-east-1", "/app/east"), ("eu-west-1", "/app/west")):
+        logs_client(moto, region).create_log_group(logGroupName=name)  # type: ignore[attr-defined]
+
+    installed = rows(envdb, "SELECT * FROM iasql_install('aws_account')")
+    assert installed == [("aws_account", "aws_credentials", 0), ("aws_account", "aws_regions", 0)]
+    add_credentials(envdb, moto)
+
+    installed = rows(envdb, "SELECT * FROM iasql_install('aws_cloudwatch')")
+    assert installed == [("aws_cloudwatch", "log_group", 2)]
+    assert rows(envdb, "SELECT default_aws_region()") == [("us-east-1",)]
+    assert rows(envdb, "SELECT log_group_name, region FROM log_group ORDER BY 1") == [
+        ("/app/east", "us-east-1"),
+        ("/app/west", "eu-west-1"),
+    ]
+    arn = rows(envdb, "SELECT log_group_arn FROM log_group WHERE region = 'eu-west-1'")[0][0]
+    assert arn.startswith("arn:aws:logs:eu-west-1:")
+    assert rows(envdb, "SELECT * FROM iasql_modules_installed() ORDER BY 1") == [
+        ("aws_account", "0.1.0", []),
+        ("aws_cloudwatch", "0.1.0", ["aws_account"]),
+    ]
+    # The audit log never holds the secret.
+    audit = rows(
+        envdb, "SELECT change::text FROM iasql_audit_log WHERE table_name = 'aws_credentials'"
+    )
+    assert audit and all("a-very-secret-key" not in text for (text,) in audit)
+
+
+def test_install_errors(envdb: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.UndefinedObject) as error:
+        envdb.execute("SELECT * FROM iasql_install('aws_cloudwach')")
+    assert error.value.diag.message_hint == 'did you mean "aws_cloudwatch"?'
+    envdb.execute("CREATE TABLE queue (id int)")
+    with pytest.raises(psycopg.errors.DuplicateTable) as error:
+        envdb.execute("SELECT * FROM iasql_install('aws_sqs')")
+    assert "queue" in str(error.value)
+    # Nothing of the failed install is left behind.
+    assert rows(envdb, "SELECT * FROM iasql_modules_installed()") == []
+
+
+def test_uninstall_refuses_while_needed_then_drops(
+    envdb: psycopg.Connection, moto_accounts
+) -> None:
+    moto = moto_accounts()
+    logs_client(moto, "us-east-1").create_log_group(logGroupName="/kept")  # type: ignore[attr-defined]
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    add_credentials(envdb, moto)
+    envdb.execute("SELECT * FROM iasql_install('aws_cloudwatch')")
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist) as error:
+        envdb.execute("SELECT * FROM iasql_uninstall('aws_account')")
+    assert "aws_cloudwatch needs aws_account" in str(error.value)
+    dropped = rows(envdb, "SELECT * FROM iasql_uninstall('aws_cloudwatch')")
+    assert dropped == [("aws_cloudwatch", "log_group", 1)]
+    assert rows(envdb, "SELECT to_regclass('log_group')") == [(None,)]
+    # The cloud is untouched, and a new install imports the group again.
+    names = logs_client(moto, "us-east-1").describe_log_groups()["logGroups"]  # type: ignore[attr-defined]
+    assert [g["logGroupName"] for g in names] == ["/kept"]
+    assert rows(envdb, "SELECT * FROM iasql_install('aws_cloudwatch')") == [
+        ("aws_cloudwatch", "log_group", 1)
+    ]
