@@ -103,3 +103,38 @@ def test_uninstall_refuses_while_needed_then_drops(
     assert rows(envdb, "SELECT * FROM iasql_install('aws_cloudwatch')") == [
         ("aws_cloudwatch", "log_group", 1)
     ]
+
+
+def test_environment_role_reads_platform_tables_but_cannot_write_them(
+    postgres: LocalPostgres, iasql: RunningServer
+) -> None:
+    alias = f"env_{secrets.token_hex(4)}"
+    with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
+        url = admin.execute("SELECT url FROM iasql_connect(%s)", (alias,)).fetchone()[0]  # type: ignore[index]
+    try:
+        # The handed-out URL names the proxy; as the environment's own role:
+        with psycopg.connect(url, autocommit=True) as env:
+            env.execute("SELECT * FROM iasql_install('aws_account')")
+            assert rows(env, "SELECT name FROM iasql_module") == [("aws_account",)]
+            assert rows(env, "SELECT count(*) FROM iasql_audit_log") == [(0,)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                env.execute("INSERT INTO iasql_module VALUES ('x', '1')")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                env.execute("DELETE FROM iasql_audit_log")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                env.execute("DROP TABLE aws_regions")
+            env.execute(
+                "INSERT INTO aws_credentials (access_key_id, secret_access_key) VALUES ('k', 's')"
+            )
+            [(user, change_type)] = rows(
+                env, 'SELECT "user", change_type::text FROM iasql_audit_log'
+            )
+            assert (user, change_type) == (alias, "INSERT")
+        # Straight on the backing Postgres, the function stubs explain where to go.
+        with psycopg.connect(postgres.dsn(database=alias), autocommit=True) as direct:
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as error:
+                direct.execute("SELECT * FROM iasql_install('aws_sqs')")
+            assert "only through the iasql server" in str(error.value)
+    finally:
+        with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
+            admin.execute("SELECT * FROM iasql_disconnect(%s)", (alias,))
