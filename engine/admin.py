@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import asyncpg
 
+from engine.ddl import quote_ident, quote_literal
 from engine.functions import EngineError, Row
 
 ADMIN_DATABASE = "iasql"
@@ -38,10 +39,6 @@ class PublicAddress:
     def url(self, user: str, password: str | None, database: str) -> str:
         secret = f":{quote(password, safe='')}" if password else ""
         return f"postgres://{quote(user, safe='')}{secret}@{self.host}:{self.port}/{database}"
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def check_alias(alias: object) -> str:
@@ -89,7 +86,7 @@ async def connect_database(
     password = secrets.token_urlsafe(24)
     name = quote_ident(alias)
     # CREATE ROLE hashes the password with SCRAM before it is stored (password_encryption).
-    await admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD {_literal(password)}")
+    await admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD {quote_literal(password)}")
     try:
         await admin.execute(f"CREATE DATABASE {name}")
         await admin.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM PUBLIC")
@@ -144,7 +141,3 @@ async def _drop(admin: asyncpg.Connection, alias: str) -> None:
     await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     await admin.execute(f"DROP ROLE IF EXISTS {name}")
     await admin.execute("DELETE FROM iasql_database WHERE alias = $1", alias)
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

@@ -9,6 +9,17 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(value: object) -> str:
+    """A constant as SQL text (for DDL, where parameters cannot be used)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def _column_sql(column: Column) -> str:
     parts = [quote_ident(column.name), column.type]
     if not column.nullable:

@@ -12,6 +12,7 @@ import hashlib
 
 import asyncpg
 
+from engine.ddl import quote_literal
 from engine.functions import REQUIRED, FunctionSpec
 
 _SETUP_LOCK = 0x1A5C1  # advisory lock key: one engine at a time sets a database up
@@ -137,7 +138,7 @@ def _stub_sql(spec: FunctionSpec) -> str:
     """A real function with the right signature that explains it must go through iasql."""
     params = ", ".join(
         f"{'VARIADIC ' if p.variadic else ''}{p.name} {p.type}"
-        + ("" if p.default is REQUIRED else f" DEFAULT {_sql_literal(p.default)}")
+        + ("" if p.default is REQUIRED else f" DEFAULT {quote_literal(p.default)}")
         for p in spec.params
     )
     columns = ", ".join(f'"{name}" {type_}' for name, type_ in spec.columns)
@@ -147,16 +148,6 @@ def _stub_sql(spec: FunctionSpec) -> str:
         f" LANGUAGE plpgsql AS $stub$ BEGIN RAISE EXCEPTION '{message}'"
         " USING ERRCODE = '0A000'; END $stub$"
     )
-
-
-def _sql_literal(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def function_stubs(functions: list[FunctionSpec]) -> list[str]:

@@ -42,6 +42,7 @@ class References:
 
     def __init__(self) -> None:
         self._to_cloud: dict[tuple[str, str], dict[Any, Any]] = {}
+        self._to_key: dict[tuple[str, str], dict[Any, Any]] = {}
 
     async def load(self, conn: asyncpg.Connection, table: Table) -> None:
         for column in table.references:
@@ -54,6 +55,7 @@ class References:
                 f" FROM {quote_ident(ref.table)}"
             )
             self._to_cloud[(ref.table, ref.cloud)] = {r["key"]: r["cloud"] for r in rows}
+            self._to_key[(ref.table, ref.cloud)] = {r["cloud"]: r["key"] for r in rows}
 
     def to_cloud(self, column: Column, value: Any) -> Any:
         ref = column.ref
@@ -65,10 +67,7 @@ class References:
         ref = column.ref
         if ref is None or ref.cloud is None or value is None:
             return value
-        for key, cloud_value in self._to_cloud.get((ref.table, ref.cloud), {}).items():
-            if cloud_value == value:
-                return key
-        return None
+        return self._to_key.get((ref.table, ref.cloud), {}).get(value)
 
 
 def cloud_key(table: Table, values: Record) -> tuple[Any, ...] | None:
