@@ -191,6 +191,10 @@ class Engine:
             ]
 
     async def _disconnect(self, _ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        async with self._databases_lock:  # a pool into a dropped database must not be reused
+            db = self._databases.pop(str(args["db_alias"]), None)
+        if db is not None:
+            await db.close()
         async with self._admin_lock:
             return [
                 await admin.disconnect_database(await self._admin_connection(), args["db_alias"])

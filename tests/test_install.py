@@ -138,3 +138,9 @@ def test_environment_role_reads_platform_tables_but_cannot_write_them(
     finally:
         with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
             admin.execute("SELECT * FROM iasql_disconnect(%s)", (alias,))
+            # The same alias again is a new, empty database (no stale engine connections).
+            url = admin.execute("SELECT url FROM iasql_connect(%s)", (alias,)).fetchone()[0]  # type: ignore[index]
+        with psycopg.connect(url, autocommit=True) as env:
+            assert rows(env, "SELECT * FROM iasql_modules_installed()") == []
+        with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
+            admin.execute("SELECT * FROM iasql_disconnect(%s)", (alias,))
