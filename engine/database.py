@@ -71,11 +71,9 @@ class Database:
 
     async def installed(self, conn: asyncpg.Connection | None = None) -> dict[str, ModuleSpec]:
         """Installed modules that this server knows, in install (dependency) order."""
-        query = "SELECT name FROM iasql_module ORDER BY installed_at, name"
-        if conn is None:
-            names = [r["name"] for r in await self.pool.fetch(query)]
-        else:
-            names = [r["name"] for r in await conn.fetch(query)]
+        source = self.pool if conn is None else conn
+        rows = await source.fetch("SELECT name FROM iasql_module ORDER BY installed_at, name")
+        names = [r["name"] for r in rows]
         known = available_modules()
         return {n: known[n] for n in names if n in known}
 

@@ -130,7 +130,7 @@ async def _import(
 
 async def ensure_regions(db: Database, conn: asyncpg.Connection) -> dict[str, int]:
     """Fills aws_regions from the account and picks a default when there is none."""
-    table = available_modules()["aws_account"].tables[1]
+    table = next(t for t in available_modules()["aws_account"].tables if t.name == "aws_regions")
     counts = await sync_tables(conn, await db.cloud(), [table], [])
     await conn.execute(
         "UPDATE aws_regions SET is_default = true WHERE region = ("

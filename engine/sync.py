@@ -89,13 +89,9 @@ async def store(
     conn: asyncpg.Connection,
     table: Table,
     records: list[Record],
-    *,
-    delete_missing: bool,
-    keep: set[Any] | None = None,
-) -> tuple[list[Record], int]:
-    """Writes `records` into the table. Rows without a record are deleted when
-    `delete_missing`, except rows whose primary key is in `keep`. Returns (rows left to
-    delete, because of references, for the caller's second pass; records written)."""
+) -> list[Record]:
+    """Writes `records` into the table; returns the rows that have no record, for the caller
+    to delete in a second pass (children before the parents they reference)."""
     refs = References()
     await refs.load(conn, table)
     rows = [dict(r) for r in await conn.fetch(f"SELECT * FROM {quote_ident(table.name)}")]
@@ -105,7 +101,6 @@ async def store(
         if key is not None:
             by_key[key] = row
     columns = _stored_columns(table)
-    written = 0
     matched: set[int] = set()
     for record in records:
         values = {c.name: refs.to_key(c, record.get(c.name)) for c in columns if c.name in record}
@@ -118,11 +113,7 @@ async def store(
             changed = {n: v for n, v in values.items() if match.get(n) != v}
             if changed:
                 await _update(conn, table, match, changed)
-        written += 1
-    missing = [
-        r for r in rows if id(r) not in matched and _primary(table, r) not in (keep or set())
-    ]
-    return (missing if delete_missing else []), written
+    return [r for r in rows if id(r) not in matched]
 
 
 def _primary(table: Table, row: Record) -> Any:
@@ -164,8 +155,6 @@ async def sync_tables(
     cloud: Cloud,
     tables: list[Table],
     regions: list[str],
-    *,
-    keep: dict[str, set[Any]] | None = None,
 ) -> dict[str, int]:
     """Makes the tables equal to the cloud: upserts parents first, deletes children first.
     Tables without a mapper are left alone. Returns records written per table."""
@@ -174,10 +163,8 @@ async def sync_tables(
     counts: dict[str, int] = {}
     leftovers: list[tuple[Table, list[Record]]] = []
     for table, records in zip(with_mapper, reads, strict=True):
-        missing, counts[table.name] = await store(
-            conn, table, records, delete_missing=True, keep=(keep or {}).get(table.name)
-        )
-        leftovers.append((table, missing))
+        leftovers.append((table, await store(conn, table, records)))
+        counts[table.name] = len(records)
     for table, missing in reversed(leftovers):
         await delete_rows(conn, table, missing)
     return counts

@@ -132,9 +132,9 @@ class _QueryPlan:
 
 # Frame type bytes as ints: `data[pos]` is cheaper than slicing a one-byte string.
 _QUERY, _PARSE, _BIND, _DESCRIBE, _CLOSE, _SYNC_MSG, _FUNCTION_CALL = b"QPBDCSF"
-_CLIENT_INSPECTED = frozenset(b"QPDCSBF")
+_CLIENT_INSPECTED = frozenset((_QUERY, _PARSE, _BIND, _DESCRIBE, _CLOSE, _SYNC_MSG, _FUNCTION_CALL))
 _READY, _ERROR, _PARAMS, _KEY = b"ZEtK"
-_SERVER_INSPECTED = frozenset(b"ZEtK")
+_SERVER_INSPECTED = frozenset((_READY, _ERROR, _PARAMS, _KEY))
 _STATEMENT = ord("S")  # Describe/Close of a prepared statement (not a portal)
 _POISON_PREFIX = "__iasql_poison_"
 
@@ -301,17 +301,15 @@ class Session:
             if code == _DESCRIBE:
                 self._inflight.append(_PLAIN_DESCRIBE)
             return None
-        body = data[pos + 5 : end]
         try:
-            target, name = pg.decode_target(body)
+            _target, name = pg.decode_target(data[pos + 5 : end])  # a statement, checked above
         except pg.ProtocolViolation as exc:
             return self._violation(str(exc))
-        if target == b"S":
-            if code == _DESCRIBE:
-                prepared = self._prepared.get(name)
-                self._inflight.append(_Describe(prepared.client_params if prepared else None))
-            else:
-                self._prepared.pop(name, None)
+        if code == _DESCRIBE:
+            prepared = self._prepared.get(name)
+            self._inflight.append(_Describe(prepared.client_params if prepared else None))
+        else:
+            self._prepared.pop(name, None)
         return None
 
     # --- simple query -------------------------------------------------------------------
