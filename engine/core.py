@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import asyncpg
 
-from engine import admin, install
+from engine import admin, install, transaction
 from engine.database import Database
 from engine.functions import CallContext, EngineError, FunctionSpec, Param, Row
 from modules import available_modules
@@ -27,6 +27,9 @@ class EngineConfig:
     backend_dsn: str  # a role on the backing Postgres that may create databases and roles
     address: admin.PublicAddress  # where clients reach the server, for URLs handed out
     local_cloud_endpoint: str | None = None  # the sandbox's AWS endpoint, if one runs
+    transactions: transaction.TransactionSettings = field(
+        default_factory=transaction.TransactionSettings
+    )
 
 
 class Engine:
@@ -85,6 +88,13 @@ class Engine:
                 f"{spec.name}() runs on the admin database {admin.ADMIN_DATABASE!r}",
                 hint=f"connect to the database {admin.ADMIN_DATABASE!r} as the server's admin",
             )
+        if spec.outside_transaction_block and ctx.in_transaction_block:
+            raise EngineError(
+                "25001",
+                f"{spec.name}() cannot run inside a transaction block",
+                hint="run it in autocommit mode (psql: outside BEGIN; psycopg:"
+                " conn.autocommit = True; JDBC: setAutoCommit(true))",
+            )
         return await spec.handler(ctx, arguments)
 
     # --- built-in functions -------------------------------------------------------------
@@ -118,6 +128,7 @@ class Engine:
                 (Param("module_names", "text[]", variadic=True),),
                 self._install,
                 "installs modules (and what they need) and imports their cloud resources",
+                outside_transaction_block=True,
             ),
             FunctionSpec(
                 "iasql_uninstall",
@@ -125,7 +136,9 @@ class Engine:
                 (Param("module_names", "text[]", variadic=True),),
                 self._uninstall,
                 "drops the modules' tables; the cloud is untouched",
+                outside_transaction_block=True,
             ),
+            *self._transaction_functions(),
             FunctionSpec(
                 "iasql_connect",
                 (("database", "text"), ("user", "text"), ("password", "text"), ("url", "text")),
@@ -157,6 +170,84 @@ class Engine:
                 admin_only=True,
             ),
         ]
+
+    def _transaction_functions(self) -> list[FunctionSpec]:
+        plan_columns = (
+            ("action", "text"),
+            ("table_name", "text"),
+            ("id", "text"),
+            ("description", "text"),
+            ("changes", "jsonb"),
+        )
+        return [
+            FunctionSpec(
+                "iasql_begin",
+                (("message", "text"), ("transaction_id", "text")),
+                (),
+                self._begin,
+                "opens this database's infrastructure transaction",
+            ),
+            FunctionSpec(
+                "iasql_preview",
+                plan_columns,
+                (),
+                self._preview,
+                "what iasql_commit() would do, one row per cloud operation",
+            ),
+            FunctionSpec(
+                "iasql_commit",
+                plan_columns,
+                (Param("message", "text", default=None),),
+                self._commit,
+                "applies the transaction's changes to the cloud and closes it",
+                outside_transaction_block=True,
+            ),
+            FunctionSpec(
+                "iasql_rollback",
+                plan_columns[:4],
+                (Param("force", "boolean", default=False),),
+                self._rollback,
+                "discards the changes no commit applied (rows restored from the cloud)",
+                outside_transaction_block=True,
+            ),
+            FunctionSpec(
+                "iasql_sync",
+                plan_columns,
+                (),
+                self._sync,
+                "imports the cloud's current state into the rows (drift import)",
+                outside_transaction_block=True,
+            ),
+            FunctionSpec(
+                "iasql_drift",
+                plan_columns,
+                (),
+                self._drift,
+                "where rows and cloud differ, without changing anything",
+            ),
+        ]
+
+    async def _begin(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        return await transaction.begin(db, ctx, self.config.transactions)
+
+    async def _preview(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        return await transaction.preview(await self.database(ctx.database), ctx)
+
+    async def _commit(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        work = transaction.commit(db, ctx, args["message"], self.config.transactions)
+        return await _finish_unless_cancelled(ctx, asyncio.ensure_future(work))
+
+    async def _rollback(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        return await transaction.rollback(db, ctx, bool(args["force"]))
+
+    async def _sync(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        return await transaction.sync(await self.database(ctx.database), ctx)
+
+    async def _drift(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        return await transaction.drift(await self.database(ctx.database), ctx)
 
     async def _version(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         return [{"version": server_version()}]
@@ -210,3 +301,17 @@ class Engine:
                 self.config.backend_dsn, database=admin.ADMIN_DATABASE
             )
         return self._admin
+
+
+async def _finish_unless_cancelled(ctx: CallContext, work: asyncio.Future[list[Row]]) -> list[Row]:
+    """Awaits work that must not stop halfway when the client goes away. A CancelRequest
+    (ctx.cancel_requested) makes the work itself stop cleanly; a disconnect leaves it running."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        if not ctx.cancel_requested:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return await work

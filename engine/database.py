@@ -25,11 +25,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 class Database:
-    def __init__(self, name: str, pool: asyncpg.Pool) -> None:
+    def __init__(self, name: str, pool: asyncpg.Pool, engine_user: str) -> None:
         self.name = name
         self.pool = pool
+        # The role the engine writes as: its audit rows are not user changes.
+        self.engine_user = engine_user
         self._cloud: AwsCloud | None = None
-        self._cloud_key: object = None
 
     @classmethod
     async def open(
@@ -43,6 +44,7 @@ class Database:
             dsn, database=name, min_size=1, max_size=8, init=_init_connection
         )
         async with pool.acquire() as conn:
+            engine_user = await conn.fetchval("SELECT session_user")
             await platform.ensure(conn, functions)
             if default_endpoint is None:
                 await conn.execute("DELETE FROM iasql_settings WHERE key = 'default_endpoint_url'")
@@ -52,7 +54,7 @@ class Database:
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     default_endpoint,
                 )
-        return cls(name, pool)
+        return cls(name, pool, engine_user)
 
     async def close(self) -> None:
         if self._cloud is not None:

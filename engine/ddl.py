@@ -48,7 +48,7 @@ def create_table(table: Table) -> list[str]:
         lines.append(
             f"FOREIGN KEY ({quote_ident(column.name)}) REFERENCES"
             f" {quote_ident(column.ref.table)} ({quote_ident(column.ref.key)})"
-            f" ON DELETE {column.ref.on_delete}"
+            f" ON DELETE {column.ref.on_delete} DEFERRABLE INITIALLY IMMEDIATE"
         )
     secrets = ", ".join(f"'{c.name}'" for c in table.columns if c.secret)
     statements = [

@@ -53,6 +53,9 @@ class CallContext:
     database: str
     user: str
     notify: Callable[[str], None] = field(default=lambda _text: None)
+    in_transaction_block: bool = False  # the client's own Postgres transaction is open
+    # Set by a CancelRequest (Ctrl-C), as opposed to the client going away.
+    cancel_requested: bool = False
 
 
 Handler = Callable[[CallContext, dict[str, Any]], Awaitable[list[Row]]]
@@ -66,6 +69,9 @@ class FunctionSpec:
     handler: Handler
     description: str
     admin_only: bool = False  # runs only on the server's admin database
+    # Changes the cloud or the schema: refused inside a client's transaction block, whose
+    # ROLLBACK could not undo it (the engine works on its own connections).
+    outside_transaction_block: bool = False
 
     def param_at(self, position: int) -> Param | None:
         if position < len(self.params):

@@ -71,16 +71,19 @@ CREATE TABLE IF NOT EXISTS iasql_transaction (
     opened_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     opened_by text NOT NULL,
     closed_at timestamptz,
-    outcome text
+    -- NULL while open; committing while a commit runs; then committed, rolled back,
+    -- failed or recovered
+    outcome text,
+    applying_through bigint  -- the last audit id a running commit applies
 );
 CREATE UNIQUE INDEX IF NOT EXISTS iasql_transaction_one_open
     ON iasql_transaction ((true)) WHERE closed_at IS NULL;
 
 -- Every cloud operation of a commit, written before and after it runs, so that a commit cut
--- short by a crash can be finished or undone by the next engine.
+-- short by a crash can be undone by the next engine. state: started, done, undone.
 CREATE TABLE IF NOT EXISTS iasql_commit_journal (
     id bigserial PRIMARY KEY,
-    commit_id text NOT NULL,
+    transaction_id text NOT NULL,
     table_name text NOT NULL,
     action text NOT NULL,
     token text NOT NULL,
@@ -89,7 +92,8 @@ CREATE TABLE IF NOT EXISTS iasql_commit_journal (
     state text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX IF NOT EXISTS iasql_commit_journal_commit ON iasql_commit_journal (commit_id);
+CREATE INDEX IF NOT EXISTS iasql_commit_journal_transaction
+    ON iasql_commit_journal (transaction_id);
 
 CREATE TABLE IF NOT EXISTS iasql_settings (
     key text PRIMARY KEY,
@@ -102,7 +106,7 @@ CREATE OR REPLACE FUNCTION iasql_audit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
 DECLARE
     tx text;
-    secrets text[] := TG_ARGV;
+    secrets text[] := coalesce(TG_ARGV, ARRAY[]::text[]);  -- NULL when no column is secret
     entry jsonb;
 BEGIN
     SELECT transaction_id INTO tx FROM iasql_transaction WHERE closed_at IS NULL;

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -37,43 +39,96 @@ async def read_cloud(cloud: Cloud, table: Table, regions: list[str]) -> list[Rec
     return [record for records in found for record in records]
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A foreign key to a row whose resource does not exist yet (it is created by the same
+    commit): its cloud id is known only once that create has run."""
+
+    table: str
+    key: Any
+
+    def __str__(self) -> str:
+        return f"(new {self.table} {self.key})"
+
+
 class References:
     """Translates foreign-key values between rows (keys) and records (cloud ids)."""
 
     def __init__(self) -> None:
-        self._to_cloud: dict[tuple[str, str], dict[Any, Any]] = {}
-        self._to_key: dict[tuple[str, str], dict[Any, Any]] = {}
+        # (table, key column, cloud column) -> {key: cloud id} and its reverse
+        self._to_cloud: dict[tuple[str, str, str], dict[Any, Any]] = {}
+        self._to_key: dict[tuple[str, str, str], dict[Any, Any]] = {}
+        self._keys: dict[tuple[str, str], set[Any]] = {}  # for keys the cloud uses as they are
 
     async def load(self, conn: asyncpg.Connection, table: Table) -> None:
         for column in table.references:
             ref = column.ref
             assert ref is not None
             if ref.cloud is None:
+                if (ref.table, ref.key) not in self._keys:
+                    rows = await conn.fetch(
+                        f"SELECT {quote_ident(ref.key)} AS key FROM {quote_ident(ref.table)}"
+                    )
+                    self._keys[(ref.table, ref.key)] = {r["key"] for r in rows}
+                continue
+            if (ref.table, ref.key, ref.cloud) in self._to_cloud:
                 continue
             rows = await conn.fetch(
                 f"SELECT {quote_ident(ref.key)} AS key, {quote_ident(ref.cloud)} AS cloud"
                 f" FROM {quote_ident(ref.table)}"
             )
-            self._to_cloud[(ref.table, ref.cloud)] = {r["key"]: r["cloud"] for r in rows}
-            self._to_key[(ref.table, ref.cloud)] = {r["cloud"]: r["key"] for r in rows}
+            self._to_cloud[(ref.table, ref.key, ref.cloud)] = {r["key"]: r["cloud"] for r in rows}
+            self._to_key[(ref.table, ref.key, ref.cloud)] = {r["cloud"]: r["key"] for r in rows}
 
     def to_cloud(self, column: Column, value: Any) -> Any:
         ref = column.ref
         if ref is None or ref.cloud is None or value is None:
             return value
-        return self._to_cloud.get((ref.table, ref.cloud), {}).get(value)
+        cloud = self._to_cloud.get((ref.table, ref.key, ref.cloud), {}).get(value)
+        return Pending(ref.table, value) if cloud is None else cloud
 
     def to_key(self, column: Column, value: Any) -> Any:
         ref = column.ref
         if ref is None or ref.cloud is None or value is None:
             return value
-        return self._to_key.get((ref.table, ref.cloud), {}).get(value)
+        return self._to_key.get((ref.table, ref.key, ref.cloud), {}).get(value)
+
+    def knows(self, column: Column, cloud_value: Any) -> bool:
+        """Whether the resource a record's foreign key names has a row."""
+        ref = column.ref
+        if ref is None or cloud_value is None:
+            return True
+        if ref.cloud is None:
+            return cloud_value in self._keys.get((ref.table, ref.key), set())
+        return self.to_key(column, cloud_value) is not None
+
+    def knows_parents(self, table: Table, record: Record) -> bool:
+        return all(self.knows(c, record.get(c.name)) for c in table.references)
+
+    def learn(self, table: Table, row: Record) -> None:
+        """Takes note of a row's current cloud ids, e.g. once its resource has been created."""
+        for (name, key, cloud), to_cloud in self._to_cloud.items():
+            if name == table.name:
+                to_cloud[row[key]] = row.get(cloud)
+                self._to_key[(name, key, cloud)][row.get(cloud)] = row[key]
+
+
+def canonical(column: Column, value: Any) -> Any:
+    """The form two values are compared in, so that what AWS normalises never shows as a
+    change (policy key order, tag order, CIDR forms)."""
+    if value is None or isinstance(value, Pending):
+        return value
+    if column.normalize is not None:
+        return column.normalize(value)
+    if column.type in ("cidr", "inet"):
+        return str(ipaddress.ip_network(str(value), strict=False))
+    return value
 
 
 def cloud_key(table: Table, values: Record) -> tuple[Any, ...] | None:
     """The resource's identity in the cloud; None while part of it is not assigned yet."""
     key = tuple(values.get(c) for c in table.cloud_id)
-    return None if any(v is None for v in key) else key
+    return None if any(v is None or isinstance(v, Pending) for v in key) else key
 
 
 def row_as_record(table: Table, row: Record, refs: References) -> Record:
@@ -103,6 +158,8 @@ async def store(
     columns = _stored_columns(table)
     matched: set[int] = set()
     for record in records:
+        if not refs.knows_parents(table, record):
+            continue  # its parent is not in the database (e.g. in a region not enabled)
         values = {c.name: refs.to_key(c, record.get(c.name)) for c in columns if c.name in record}
         key = cloud_key(table, record)
         match = by_key.get(key) if key is not None else None
@@ -110,7 +167,11 @@ async def store(
             await _insert(conn, table, values)
         else:
             matched.add(id(match))
-            changed = {n: v for n, v in values.items() if match.get(n) != v}
+            changed = {
+                n: v
+                for n, v in values.items()
+                if canonical(table.column(n), match.get(n)) != canonical(table.column(n), v)
+            }
             if changed:
                 await _update(conn, table, match, changed)
     return [r for r in rows if id(r) not in matched]

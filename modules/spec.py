@@ -17,6 +17,14 @@ from typing import Any, Protocol
 
 Record = dict[str, Any]
 
+# The engine puts a unique token into every record it asks a mapper to create. A mapper whose
+# resource gets its id from the cloud (a VPC, a subnet) tags the resource with it (tag key
+# TOKEN_TAG) and reports it back under the record key TOKEN when it reads, so that a create cut
+# short by a crash can be found again and nothing is orphaned. Mappers of resources named by
+# the user (a bucket, a queue) may ignore it: the name finds them.
+TOKEN = "iasql_token"
+TOKEN_TAG = "iasql:token"
+
 
 class CloudError(Exception):
     """A cloud operation that failed for good; the message is the cloud's own."""
@@ -31,7 +39,7 @@ class Ref:
     table: str
     key: str = "id"
     cloud: str | None = None
-    on_delete: str = "RESTRICT"
+    on_delete: str = "NO ACTION"  # like RESTRICT, but deferrable (the engine undoes in bulk)
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,9 @@ class Mapper(Protocol):
     """Reads and writes one kind of cloud resource."""
 
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
-        """Every resource of this kind (in `region`, for a regional table)."""
+        """Every resource of this kind (in `region`, for a regional table). A record may carry
+        keys that are not columns (e.g. `default_for_az` for `Table.protected`); they are not
+        stored."""
         ...
 
     async def create(self, cloud: Cloud, record: Record) -> Record:

@@ -93,6 +93,7 @@ class ClientConnection(asyncio.Protocol):
         self.backend: asyncio.Transport | None = None
         self.to_backend: list[bytes] = []  # written once the backend connection is up
         self.engine_task: asyncio.Task[None] | None = None
+        self.engine_ctx: CallContext | None = None
         self.cancel_key: tuple[int, bytes] | None = None
         self.closed = False
         self.reading_paused = False
@@ -179,7 +180,13 @@ class ClientConnection(asyncio.Protocol):
         self.apply(self.session.client_data(b""))
 
     async def run_engine(self, event: RunEngine) -> None:
-        ctx = CallContext(self.session.database, self.session.user, notify=self.notice)
+        ctx = CallContext(
+            self.session.database,
+            self.session.user,
+            notify=self.notice,
+            in_transaction_block=self.session.status != b"I",
+        )
+        self.engine_ctx = ctx
         results = []
         try:
             for spec, arguments in event.calls:
@@ -209,6 +216,8 @@ class ClientConnection(asyncio.Protocol):
 
     def cancel_engine(self) -> None:
         if self.engine_task is not None:
+            if self.engine_ctx is not None:
+                self.engine_ctx.cancel_requested = True
             self.engine_task.cancel()
 
     def fail(self, code: str, text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -12,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
 import pytest
 import uvloop
 
 from engine import Engine, EngineConfig
 from engine.admin import PublicAddress
+from engine.transaction import TransactionSettings
 from iasql.postgres import LocalPostgres, free_port
 from iasql.sandbox import MotoServer
 from proxy.server import BackendAddress, ProxyServer
@@ -73,7 +76,9 @@ def iasql(postgres: LocalPostgres) -> Iterator[RunningServer]:
     thread.start()
     port = free_port()
     address = PublicAddress("127.0.0.1", port)
-    engine = Engine(EngineConfig(postgres.dsn(), address))
+    engine = Engine(
+        EngineConfig(postgres.dsn(), address, transactions=TransactionSettings(begin_timeout=1.0))
+    )
 
     async def start() -> ProxyServer:
         await engine.start()
@@ -125,3 +130,33 @@ def psql_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGCONNECT_TIMEOUT"] = "10"
     return env
+
+
+@pytest.fixture
+def env_url(iasql: RunningServer) -> str:
+    """A fresh environment database and its own login role, made with iasql_connect() on the
+    admin database as a user would; the URL reaches it through the proxy."""
+    alias = f"env_{secrets.token_hex(4)}"
+    with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
+        url = admin.execute("SELECT url FROM iasql_connect(%s)", (alias,)).fetchone()
+    assert url is not None
+    return str(url[0])
+
+
+@pytest.fixture
+def envdb(env_url: str) -> Iterator[psycopg.Connection]:
+    """A session on a fresh environment database, in autocommit mode."""
+    with psycopg.connect(env_url, autocommit=True) as conn:
+        yield conn
+
+
+def rows(conn: psycopg.Connection, sql: str) -> list[tuple]:
+    return conn.execute(sql).fetchall()
+
+
+def add_credentials(conn: psycopg.Connection, moto: MotoServer) -> None:
+    conn.execute(
+        "INSERT INTO aws_credentials (access_key_id, secret_access_key, endpoint_url)"
+        " VALUES ('AKIDTEST', 'a-very-secret-key', %s)",
+        (moto.endpoint,),
+    )

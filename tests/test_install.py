@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 
 import boto3
 import psycopg
@@ -11,29 +10,7 @@ import pytest
 
 from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
-from tests.conftest import RunningServer
-
-
-@pytest.fixture
-def envdb(postgres: LocalPostgres, iasql: RunningServer) -> Iterator[psycopg.Connection]:
-    """A fresh environment database, reached through the proxy in autocommit mode."""
-    name = f"env_{secrets.token_hex(4)}"
-    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    with psycopg.connect(iasql.dsn(database=name), autocommit=True) as conn:
-        yield conn
-
-
-def rows(conn: psycopg.Connection, sql: str) -> list[tuple]:
-    return conn.execute(sql).fetchall()
-
-
-def add_credentials(conn: psycopg.Connection, moto: MotoServer) -> None:
-    conn.execute(
-        "INSERT INTO aws_credentials (access_key_id, secret_access_key, endpoint_url)"
-        " VALUES ('AKIDTEST', 'a-very-secret-key', %s)",
-        (moto.endpoint,),
-    )
+from tests.conftest import RunningServer, add_credentials, rows
 
 
 def logs_client(moto: MotoServer, region: str) -> object:

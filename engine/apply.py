@@ -1,0 +1,337 @@
+"""Running a plan against the cloud: a dependency graph of steps, run concurrently within a
+bound, each journaled before and after it touches the cloud, and undone on failure.
+
+A create waits for the creates of the rows it references (a subnet for its VPC); a delete
+waits for the deletes and updates of what references it (a VPC for its subnets); a replace is
+a delete followed by a create. Cloud-assigned values (ids, arns) are written back to the row,
+with the journal entry, in one database transaction as each step ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from engine.ddl import quote_ident
+from engine.plan import CREATE, DELETE, REPLACE, UPDATE, Operation, Plan
+from engine.sync import Pending, cloud_key, read_cloud, row_as_record
+from modules.spec import TOKEN, Cloud, CloudError, Mapper, Record, Table
+
+log = logging.getLogger("iasql.apply")
+
+VERBS = {CREATE: "creating", UPDATE: "updating", DELETE: "deleting"}
+
+
+@dataclass(eq=False)
+class Step:
+    operation: Operation
+    kind: str  # create, update or delete: a replace is a delete step and a create step
+    number: int
+    waiting: int = 0
+    dependents: list[Step] = field(default_factory=list)
+    result: Record | None = None  # the cloud's record after a create or update
+    token: str = ""
+
+    @property
+    def table(self) -> Table:
+        return self.operation.table
+
+    @property
+    def mapper(self) -> Mapper:
+        assert self.table.mapper is not None
+        return self.table.mapper
+
+    def needs(self, other: Step | None) -> None:
+        if other is not None and other is not self and self not in other.dependents:
+            other.dependents.append(self)
+            self.waiting += 1
+
+    def label(self) -> str:
+        return (
+            f"{self.table.name} {self.operation.description or self.operation.row_id or ''}".strip()
+        )
+
+
+class StepFailed(Exception):
+    def __init__(self, step: Step, error: BaseException) -> None:
+        super().__init__(f"{step.kind} {step.label()}: {error}")
+        self.step = step
+        self.error = error
+
+
+def build_steps(plan: Plan) -> list[Step]:
+    steps: list[Step] = []
+    for operation in plan.operations:
+        kinds = [DELETE, CREATE] if operation.action == REPLACE else [operation.action]
+        pair = [Step(operation, kind, len(steps) + i + 1) for i, kind in enumerate(kinds)]
+        if len(pair) == 2:
+            pair[1].needs(pair[0])
+        steps += pair
+    referenced = {(c.ref.table, c.ref.key) for t in plan.tables for c in t.references if c.ref}
+    cloud_referenced = {
+        (c.ref.table, c.ref.cloud or c.ref.key) for t in plan.tables for c in t.references if c.ref
+    }
+    # Who creates the row with table.key = value, and who deletes the resource with that id.
+    creates: dict[tuple[str, str, Any], Step] = {}
+    deletes: dict[tuple[str, str, Any], Step] = {}
+    for step in steps:
+        op = step.operation
+        if step.kind == CREATE and op.row is not None:
+            for table_name, key in referenced:
+                if table_name == step.table.name:
+                    creates[(table_name, key, op.row.get(key))] = step
+        if step.kind == DELETE and op.current is not None:
+            for table_name, cloud_column in cloud_referenced:
+                if table_name == step.table.name:
+                    deletes[(table_name, cloud_column, op.current.get(cloud_column))] = step
+    for step in steps:
+        op = step.operation
+        for column in step.table.references:
+            ref = column.ref
+            assert ref is not None
+            if step.kind in (CREATE, UPDATE) and op.row is not None:
+                step.needs(creates.get((ref.table, ref.key, op.row.get(column.name))))
+            if step.kind in (DELETE, UPDATE) and op.current is not None:
+                parent = deletes.get((ref.table, ref.cloud or ref.key, op.current.get(column.name)))
+                if parent is not None:
+                    parent.needs(step)
+    return steps
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def as_json(record: Record | None) -> str | None:
+    return None if record is None else json.dumps(record, default=_json_default)
+
+
+class Applier:
+    """Runs the steps of one commit."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cloud: Cloud,
+        plan: Plan,
+        transaction_id: str,
+        notify: Callable[[str], None],
+        concurrency: int,
+        stop_requested: Callable[[], bool],
+    ) -> None:
+        self.pool = pool
+        self.cloud = cloud
+        self.plan = plan
+        self.transaction_id = transaction_id
+        self.notify = notify
+        self.concurrency = max(1, concurrency)
+        self.stop_requested = stop_requested
+        self.steps = build_steps(plan)
+        self.done: list[Step] = []
+        self.finished = 0
+
+    async def run(self) -> None:
+        """Runs every step; on the first failure (or a stop request) schedules nothing more,
+        lets the running steps end, and raises StepFailed (or CancelledError)."""
+        ready = [s for s in self.steps if s.waiting == 0]
+        running: dict[asyncio.Task[None], Step] = {}
+        failure: StepFailed | None = None
+        while ready or running:
+            while ready and len(running) < self.concurrency and failure is None:
+                if self.stop_requested():
+                    break
+                step = ready.pop(0)
+                running[asyncio.ensure_future(self._execute(step))] = step
+            if not running:
+                break
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                step = running.pop(task)
+                error = task.exception()
+                if error is not None:
+                    failure = failure or StepFailed(step, error)
+                    continue
+                self.done.append(step)
+                for dependent in step.dependents:
+                    dependent.waiting -= 1
+                    if dependent.waiting == 0:
+                        ready.append(dependent)
+        if failure is not None:
+            raise failure
+        if self.stop_requested():
+            raise asyncio.CancelledError
+        if len(self.done) != len(self.steps):
+            raise CloudError("some operations wait on each other in a cycle; nothing more ran")
+
+    async def _execute(self, step: Step) -> None:
+        op = step.operation
+        step.token = f"{self.transaction_id}:{step.number}"
+        if step.kind == DELETE:
+            assert op.current is not None
+            journal = await self._journal_start(step, op.current, None)
+            await step.mapper.delete(self.cloud, op.current)
+            await self._finish(step, journal, None)
+        else:
+            assert op.row is not None
+            desired = row_as_record(step.table, op.row, self.plan.refs)
+            missing = [v for v in desired.values() if isinstance(v, Pending)]
+            if missing:
+                raise CloudError(f"{missing[0]} was not created")
+            desired[TOKEN] = step.token
+            if step.kind == CREATE:
+                journal = await self._journal_start(step, None, desired)
+                result = await step.mapper.create(self.cloud, desired)
+            else:
+                assert op.current is not None
+                journal = await self._journal_start(step, op.current, desired)
+                result = await step.mapper.update(self.cloud, desired, op.current)
+            # What the mapper did not echo back (e.g. the region) is as requested.
+            step.result = {**desired, **result}
+            await self._finish(step, journal, step.result)
+        self.finished += 1
+        self.notify(f"{self.finished}/{len(self.steps)} {VERBS[step.kind]} {step.label()}: done")
+
+    async def _journal_start(self, step: Step, before: Record | None, after: Record | None) -> int:
+        return int(
+            await self.pool.fetchval(
+                "INSERT INTO iasql_commit_journal (transaction_id, table_name, action, token,"
+                " before, after, state) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::jsonb,"
+                " 'started') RETURNING id",
+                self.transaction_id,
+                step.table.name,
+                step.kind,
+                step.token,
+                as_json(before),
+                as_json(after),
+            )
+        )
+
+    async def _finish(self, step: Step, journal: int, result: Record | None) -> None:
+        """Writes the cloud-assigned values back and closes the journal entry, atomically."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if result is not None and step.operation.row is not None:
+                row = await write_back(conn, step.table, step.operation.row, result, self.plan)
+                self.plan.refs.learn(step.table, row)
+            await conn.execute(
+                "UPDATE iasql_commit_journal SET state = 'done', after = $2::text::jsonb,"
+                " updated_at = clock_timestamp() WHERE id = $1",
+                journal,
+                as_json(result),
+            )
+
+    async def revert(self) -> list[str]:
+        """Undoes the steps that ran, newest first. Returns what could not be undone."""
+        problems = []
+        for step in reversed(self.done):
+            try:
+                await undo_step(
+                    self.cloud, step.table, step.kind, step.operation.current, step.result
+                )
+            except Exception as exc:  # keep undoing the rest; report every leftover
+                problems.append(f"{step.label()}: {exc}")
+            else:
+                self.notify(f"undid {step.kind} of {step.label()}")
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE iasql_commit_journal SET state = 'undone' WHERE transaction_id = $1",
+                self.transaction_id,
+            )
+        return problems
+
+
+async def undo_step(
+    cloud: Cloud, table: Table, kind: str, before: Record | None, after: Record | None
+) -> None:
+    """Puts one resource back the way it was before a step changed it."""
+    assert table.mapper is not None
+    if kind == CREATE and after is not None:
+        await table.mapper.delete(cloud, after)
+    elif kind == UPDATE and before is not None and after is not None:
+        await table.mapper.update(cloud, before, after)
+    elif kind == DELETE and before is not None:
+        await table.mapper.create(cloud, before)
+
+
+async def write_back(
+    conn: asyncpg.Connection, table: Table, row: Record, result: Record, plan: Plan
+) -> Record:
+    """Stores the values the cloud assigned (ids, arns, states) into the row."""
+    values = {
+        c.name: plan.refs.to_key(c, result.get(c.name))
+        for c in table.columns
+        if c.cloud_assigned and c.name in result
+    }
+    row.update(values)
+    if values:
+        names = list(values)
+        sets = ", ".join(f"{quote_ident(n)} = ${i + 1}" for i, n in enumerate(names))
+        where = " AND ".join(
+            f"{quote_ident(c)} = ${len(names) + i + 1}" for i, c in enumerate(table.primary_key)
+        )
+        await conn.execute(
+            f"UPDATE {quote_ident(table.name)} SET {sets} WHERE {where}",
+            *values.values(),
+            *(row[c] for c in table.primary_key),
+        )
+    return row
+
+
+async def recover(
+    pool: asyncpg.Pool,
+    cloud: Cloud,
+    transaction_id: str,
+    tables: dict[str, Table],
+    regions: list[str],
+    notify: Callable[[str], None],
+) -> list[str]:
+    """Undoes what an interrupted commit did to the cloud, from its journal. A step that
+    started but never finished may or may not have happened: the cloud is read to find out
+    (a created resource by its token or its name). Returns what could not be undone."""
+    entries = await pool.fetch(
+        "SELECT table_name, action, token, before, after, state FROM iasql_commit_journal"
+        " WHERE transaction_id = $1 AND state <> 'undone' ORDER BY id DESC",
+        transaction_id,
+    )
+    problems = []
+    found: dict[str, list[Record]] = {}
+    for entry in entries:
+        table = tables.get(entry["table_name"])
+        if table is None or table.mapper is None:
+            continue
+        before, after = entry["before"], entry["after"]
+        try:
+            if entry["state"] == "started":
+                if entry["table_name"] not in found:
+                    found[table.name] = await read_cloud(cloud, table, regions)
+                after = _find(table, found[table.name], entry["token"], after)
+                if entry["action"] == DELETE and _find(table, found[table.name], "", before):
+                    continue  # the delete never happened
+            await undo_step(cloud, table, entry["action"], before, after)
+            notify(f"undid {entry['action']} of {table.name} {entry['token']}")
+        except Exception as exc:
+            problems.append(f"{table.name} {entry['action']} {entry['token']}: {exc}")
+    await pool.execute(
+        "UPDATE iasql_commit_journal SET state = 'undone' WHERE transaction_id = $1",
+        transaction_id,
+    )
+    return problems
+
+
+def _find(table: Table, records: list[Record], token: str, wanted: Record | None) -> Record | None:
+    """The cloud's record made by the step with `token`, or with the cloud id of `wanted`."""
+    key = cloud_key(table, wanted) if wanted else None
+    for record in records:
+        if token and record.get(TOKEN) == token:
+            return record
+        if key is not None and cloud_key(table, record) == key:
+            return record
+    return None

@@ -1,0 +1,395 @@
+"""Infrastructure transactions: begin, preview, commit, rollback, and sync / drift.
+
+State lives in the backing Postgres only, so several iasql processes can serve one database:
+- the open transaction is a row of `iasql_transaction` (a unique index allows one);
+- a running commit holds a session advisory lock on one of the engine's connections, which
+  Postgres releases when that process dies, and marks its transaction `committing`; a
+  `committing` transaction whose lock is free was cut short, and is undone from the journal;
+- user changes not applied yet are the user rows of the audit log after `applied_through`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from engine import audit
+from engine.apply import Applier, StepFailed, recover
+from engine.database import Database
+from engine.functions import CallContext, EngineError, Row
+from engine.plan import CREATE, DELETE, Plan, build_plan
+from engine.sync import References, sync_tables
+from modules.spec import Table
+
+COMMIT_LOCK = 0x1A5C3  # advisory lock key: one commit (or rollback, sync) at a time
+
+
+@dataclass(frozen=True)
+class TransactionSettings:
+    begin_timeout: float = 30.0  # how long iasql_begin() waits for another transaction
+    commit_concurrency: int = 16  # cloud operations running at once in a commit
+
+
+@dataclass(frozen=True)
+class OpenTransaction:
+    transaction_id: str
+    opened_by: str
+    opened_at: Any
+    outcome: str | None
+
+
+async def _open_transaction(conn: asyncpg.Connection) -> OpenTransaction | None:
+    row = await conn.fetchrow(
+        "SELECT transaction_id, opened_by, opened_at, outcome FROM iasql_transaction"
+        " WHERE closed_at IS NULL"
+    )
+    return None if row is None else OpenTransaction(*row)
+
+
+@contextlib.asynccontextmanager
+async def _commit_lock(db: Database) -> AsyncIterator[asyncpg.Connection]:
+    """The database's commit lock, on a connection held for as long as it is needed."""
+    async with db.pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", COMMIT_LOCK):
+            raise EngineError(
+                "55P03",
+                "a commit is running in this database",
+                hint="wait for it to finish, then try again",
+            )
+        try:
+            yield conn
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", COMMIT_LOCK)
+
+
+async def _close(
+    conn: asyncpg.Connection, ctx: CallContext, transaction_id: str, outcome: str
+) -> None:
+    await conn.execute(
+        "UPDATE iasql_transaction SET closed_at = clock_timestamp(), outcome = $2"
+        " WHERE transaction_id = $1",
+        transaction_id,
+        outcome,
+    )
+    await audit.log_event(conn, "CLOSE_TRANSACTION", ctx.user, transaction_id, outcome)
+
+
+# --- begin ------------------------------------------------------------------------------
+
+
+async def begin(db: Database, ctx: CallContext, settings: TransactionSettings) -> list[Row]:
+    await recover_interrupted(db, ctx)
+    transaction_id = str(uuid.uuid4())
+    deadline = asyncio.get_running_loop().time() + settings.begin_timeout
+    async with db.pool.acquire() as conn:
+        while True:
+            opened = await conn.fetchval(
+                "INSERT INTO iasql_transaction (transaction_id, opened_by) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                transaction_id,
+                ctx.user,
+            )
+            if opened:
+                break
+            holder = await _open_transaction(conn)
+            if holder is not None and asyncio.get_running_loop().time() >= deadline:
+                raise EngineError(
+                    "55P03",
+                    f"another infrastructure transaction is open: {holder.transaction_id},"
+                    f" opened by {holder.opened_by} at {holder.opened_at:%Y-%m-%d %H:%M:%S%z}",
+                    detail=f"waited {settings.begin_timeout:g} s for it",
+                    hint="commit or roll it back (SELECT * FROM iasql_commit() or"
+                    " iasql_rollback()), or try again later",
+                )
+            await asyncio.sleep(0.1)
+        await audit.log_event(conn, "OPEN_TRANSACTION", ctx.user, transaction_id)
+    return [{"message": "transaction open", "transaction_id": transaction_id}]
+
+
+# --- plans ------------------------------------------------------------------------------
+
+
+def _children(tables: list[Table], of: set[str]) -> set[str]:
+    return {t.name for t in tables for c in t.references if c.ref is not None and c.ref.table in of}
+
+
+async def plan_changes(db: Database, conn: asyncpg.Connection, changes: list[audit.Change]) -> Plan:
+    """The plan for the tables these changes touched, and for the tables referencing a
+    resource the plan replaces or deletes (their rows must follow)."""
+    installed = await db.installed_tables(conn)
+    touched = {c.table_name for c in changes}
+    return await _plan_tables(db, conn, installed, touched)
+
+
+async def _plan_tables(
+    db: Database, conn: asyncpg.Connection, installed: list[Table], names: set[str]
+) -> Plan:
+    wanted = [t for t in installed if t.name in names and t.mapper is not None]
+    if not wanted:
+        return Plan([], References(), [])
+    cloud = await db.cloud()
+    regions = await db.enabled_regions(conn)
+    while True:
+        plan = await build_plan(conn, cloud, wanted, regions)
+        going = {o.table.name for o in plan.operations if o.action not in (CREATE, "update")}
+        more = _children(installed, going) - {t.name for t in wanted}
+        if not more:
+            return plan
+        wanted = [t for t in installed if t.name in more or t in wanted]
+
+
+async def preview(db: Database, ctx: CallContext) -> list[Row]:
+    async with db.pool.acquire() as conn:
+        changes = await audit.pending_changes(conn, db.engine_user)
+        plan = await plan_changes(db, conn, changes)
+    _notify_protected(ctx, plan)
+    return [o.preview_row() for o in plan.operations]
+
+
+def _notify_protected(ctx: CallContext, plan: Plan) -> None:
+    for operation in plan.protected:
+        ctx.notify(
+            f"{operation.table.name} {operation.description} was created by AWS and is not"
+            " deleted: its row will be restored"
+        )
+
+
+# --- commit -----------------------------------------------------------------------------
+
+
+async def commit(
+    db: Database, ctx: CallContext, message: str | None, settings: TransactionSettings
+) -> list[Row]:
+    async with _commit_lock(db) as conn:
+        await recover_interrupted(db, ctx, locked=True)
+        transaction = await _open_transaction(conn)
+        if transaction is None:
+            raise EngineError(
+                "25P01",
+                "no infrastructure transaction is open",
+                hint="SELECT * FROM iasql_begin() first, then change rows, then commit",
+            )
+        tid = transaction.transaction_id
+        through = await audit.last_id(conn)
+        await conn.execute(
+            "UPDATE iasql_transaction SET outcome = 'committing', applying_through = $2"
+            " WHERE transaction_id = $1",
+            tid,
+            through,
+        )
+        await audit.log_event(conn, "START_COMMIT", ctx.user, tid)
+        if message:
+            await audit.log_event(conn, "SET_COMMIT_MESSAGE", ctx.user, tid, message)
+        changes = await audit.pending_changes(conn, db.engine_user)
+        changes = [c for c in changes if c.id <= through]
+        plan = await plan_changes(db, conn, changes)
+        _notify_protected(ctx, plan)
+        applier = Applier(
+            db.pool,
+            await db.cloud(),
+            plan,
+            tid,
+            ctx.notify,
+            settings.commit_concurrency,
+            lambda: ctx.cancel_requested,
+        )
+        if applier.steps:
+            ctx.notify(f"applying {len(applier.steps)} cloud operations")
+        try:
+            await applier.run()
+        except (StepFailed, asyncio.CancelledError) as failure:
+            await _revert(db, conn, ctx, applier, changes, through, failure)
+        await _sync_after(db, conn, plan, changes)
+        await audit.mark_applied(conn, through)
+        await audit.log_event(conn, "END_COMMIT", ctx.user, tid, message)
+        await _close(conn, ctx, tid, "committed")
+    return [o.preview_row() for o in plan.operations]
+
+
+async def _sync_after(
+    db: Database, conn: asyncpg.Connection, plan: Plan, changes: list[audit.Change]
+) -> None:
+    """Re-reads the tables the commit touched, so the rows hold what the cloud really has;
+    new credentials refresh the account's regions."""
+    tables = list(plan.tables)
+    if any(c.table_name == "aws_credentials" for c in changes):
+        tables = [t for t in await db.installed_tables(conn) if t.name == "aws_regions"] + tables
+    if tables:
+        async with conn.transaction():
+            await sync_tables(conn, await db.cloud(), tables, await db.enabled_regions(conn))
+
+
+async def _revert(
+    db: Database,
+    conn: asyncpg.Connection,
+    ctx: CallContext,
+    applier: Applier,
+    changes: list[audit.Change],
+    through: int,
+    failure: BaseException,
+) -> None:
+    """Undoes a failed or cancelled commit in the cloud and in the rows, closes the
+    transaction, and raises the error the client sees."""
+    tid = applier.transaction_id
+    cancelled = isinstance(failure, asyncio.CancelledError)
+    with contextlib.suppress(AttributeError):  # a cancel we handle here must not linger
+        task = asyncio.current_task()
+        while task is not None and task.cancelling():
+            task.uncancel()
+    ctx.notify("commit cancelled: undoing" if cancelled else f"commit failed: {failure}; undoing")
+    await audit.log_event(conn, "START_REVERT", ctx.user, tid)
+    problems = await applier.revert()
+    await _undo_rows(db, conn, changes)
+    await _sync_after(db, conn, applier.plan, changes)
+    await audit.mark_applied(conn, through)
+    await audit.log_event(conn, "END_REVERT", ctx.user, tid)
+    text = "canceled by user request" if cancelled else str(failure)
+    await audit.log_event(conn, "ERROR", ctx.user, tid, text)
+    await _close(conn, ctx, tid, "failed")
+    detail = "; ".join(problems) if problems else None
+    if cancelled:
+        raise EngineError(
+            "57014",
+            "canceling statement due to user request: the commit was undone",
+            detail=detail and f"could not undo: {detail}",
+        )
+    assert isinstance(failure, StepFailed)
+    raise EngineError(
+        "58000",
+        f"commit failed: {failure}",
+        detail=(f"could not undo: {detail}" if detail else "the changes made were undone")
+        + "; the transaction's SQL is still in iasql_get_sql_for_transaction()",
+    )
+
+
+async def _undo_rows(db: Database, conn: asyncpg.Connection, changes: list[audit.Change]) -> None:
+    tables = {t.name: t for t in await db.installed_tables(conn)}
+    async with conn.transaction():
+        await audit.undo(conn, changes, tables)
+
+
+# --- rollback ---------------------------------------------------------------------------
+
+
+async def rollback(db: Database, ctx: CallContext, force: bool) -> list[Row]:
+    async with _commit_lock(db) as conn:
+        await recover_interrupted(db, ctx, locked=True)
+        transaction = await _open_transaction(conn)
+        if transaction is None and not force:
+            raise EngineError(
+                "25P01",
+                "no infrastructure transaction is open",
+                hint="iasql_rollback(force => true) also discards changes made outside one",
+            )
+        through = await audit.last_id(conn)
+        changes = await audit.pending_changes(conn, db.engine_user)
+        plan = await plan_changes(db, conn, changes)
+        await _undo_rows(db, conn, changes)
+        await _sync_after(db, conn, plan, changes)
+        await audit.mark_applied(conn, through)
+        if transaction is not None:
+            await _close(conn, ctx, transaction.transaction_id, "rolled back")
+    return [{k: v for k, v in o.preview_row().items() if k != "changes"} for o in plan.operations]
+
+
+# --- crash recovery ---------------------------------------------------------------------
+
+
+async def recover_interrupted(db: Database, ctx: CallContext, *, locked: bool = False) -> None:
+    """Finds a commit cut short by a crash and undoes it (cloud first, then rows)."""
+    async with db.pool.acquire() as conn:
+        interrupted = await conn.fetchrow(
+            "SELECT transaction_id, applying_through FROM iasql_transaction"
+            " WHERE outcome = 'committing'"
+        )
+        if interrupted is None:
+            return
+        if not locked and not await conn.fetchval("SELECT pg_try_advisory_lock($1)", COMMIT_LOCK):
+            return  # that commit is alive, in this or another process
+        try:
+            await _recover(
+                db, conn, ctx, interrupted["transaction_id"], interrupted["applying_through"]
+            )
+        finally:
+            if not locked:
+                await conn.execute("SELECT pg_advisory_unlock($1)", COMMIT_LOCK)
+
+
+async def _recover(
+    db: Database, conn: asyncpg.Connection, ctx: CallContext, tid: str, through: int
+) -> None:
+    ctx.notify(f"the commit of transaction {tid} was interrupted: undoing it")
+    installed = await db.installed_tables(conn)
+    regions = await db.enabled_regions(conn)
+    problems = await recover(
+        db.pool, await db.cloud(), tid, {t.name: t for t in installed}, regions, ctx.notify
+    )
+    changes = [c for c in await audit.pending_changes(conn, db.engine_user) if c.id <= through]
+    journaled = {
+        r["table_name"]
+        for r in await conn.fetch(
+            "SELECT DISTINCT table_name FROM iasql_commit_journal WHERE transaction_id = $1", tid
+        )
+    }
+    await _undo_rows(db, conn, changes)
+    touched = journaled | {c.table_name for c in changes}
+    tables = [t for t in installed if t.name in touched and t.mapper is not None]
+    if tables:
+        async with conn.transaction():
+            await sync_tables(conn, await db.cloud(), tables, regions)
+    await audit.mark_applied(conn, through)
+    text = "commit interrupted (the server stopped); undone"
+    if problems:
+        text += "; could not undo: " + "; ".join(problems)
+    await audit.log_event(conn, "ERROR", ctx.user, tid, text)
+    await _close(conn, ctx, tid, "recovered")
+    ctx.notify(text)
+
+
+# --- sync and drift ---------------------------------------------------------------------
+
+
+_SYNC_ACTIONS = {CREATE: "delete", DELETE: "insert"}  # what a sync does to the row
+
+
+def _as_sync_rows(plan: Plan) -> list[Row]:
+    rows = []
+    for operation in [*plan.operations, *plan.protected]:
+        row = operation.preview_row()
+        row["action"] = _SYNC_ACTIONS.get(operation.action, "update")
+        row["changes"] = {
+            column: {"old": change.get("new"), "new": change.get("old")}
+            for column, change in operation.changes.items()
+        }
+        rows.append(row)
+    return rows
+
+
+async def drift(db: Database, ctx: CallContext) -> list[Row]:
+    """Where rows and cloud differ, as what `iasql_sync()` would do to the rows."""
+    async with db.pool.acquire() as conn:
+        installed = await db.installed_tables(conn)
+        plan = await _plan_tables(db, conn, installed, {t.name for t in installed})
+    return _as_sync_rows(plan)
+
+
+async def sync(db: Database, ctx: CallContext) -> list[Row]:
+    """Imports the whole cloud state into the rows, except tables with user changes no
+    commit has applied yet (those are left for the commit, and named in a notice)."""
+    async with _commit_lock(db) as conn:
+        await recover_interrupted(db, ctx, locked=True)
+        installed = await db.installed_tables(conn)
+        busy = {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
+        if busy:
+            ctx.notify(f"not syncing {', '.join(sorted(busy))}: they have uncommitted changes")
+        names = {t.name for t in installed} - busy
+        plan = await _plan_tables(db, conn, installed, names)
+        async with conn.transaction():
+            await sync_tables(conn, await db.cloud(), plan.tables, await db.enabled_regions(conn))
+    return _as_sync_rows(plan)

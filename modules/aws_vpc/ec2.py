@@ -1,0 +1,99 @@
+"""EC2 helpers shared by aws_vpc and the modules built on it (aws_security_group): tags and the
+create token, CIDR forms, waiters, and errors that mean "already gone"."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from modules.spec import TOKEN, TOKEN_TAG, Record
+
+Tags = dict[str, str]
+
+
+def normalize_cidr(value: Any) -> str | None:
+    """A CIDR as Postgres's cidr type prints it: host bits cleared ("10.0.0.1/8" is
+    "10.0.0.0/8"), IPv6 compressed and lower case. Something that is no CIDR is left for AWS
+    to reject."""
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_network(str(value).strip(), strict=False))
+    except ValueError:
+        return str(value)
+
+
+def _hidden(key: str) -> bool:
+    """Tags no user manages: our create token, and AWS's reserved `aws:` tags, which cannot be
+    set or removed."""
+    return key == TOKEN_TAG or key.lower().startswith("aws:")
+
+
+def normalize_tags(value: Any) -> Tags | None:
+    """Tags as a sorted dict of strings without the hidden ones; no tags is None, as AWS can't
+    tell {} from no tags at all."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    tags = {str(k): "" if v is None else str(v) for k, v in value.items() if not _hidden(str(k))}
+    return dict(sorted(tags.items())) or None
+
+
+def _as_dict(aws_tags: list[dict[str, str]] | None) -> Tags:
+    return {t["Key"]: t.get("Value", "") for t in aws_tags or ()}
+
+
+def user_tags(aws_tags: list[dict[str, str]] | None) -> Tags | None:
+    """The `tags` column from AWS's tag list."""
+    return normalize_tags(_as_dict(aws_tags))
+
+
+def with_token(record: Record, aws_tags: list[dict[str, str]] | None) -> Record:
+    """Reports the create token a resource was tagged with, so the engine can find it again."""
+    token = _as_dict(aws_tags).get(TOKEN_TAG)
+    if token is not None:
+        record[TOKEN] = token
+    return record
+
+
+def tag_specifications(resource_type: str, tags: Any, token: str | None) -> list[dict[str, Any]]:
+    """TagSpecifications for a create call: the user's tags plus the create token."""
+    pairs = [{"Key": k, "Value": v} for k, v in (normalize_tags(tags) or {}).items()]
+    if token is not None:
+        pairs.append({"Key": TOKEN_TAG, "Value": token})
+    return [{"ResourceType": resource_type, "Tags": pairs}] if pairs else []
+
+
+async def sync_tags(ec2: Any, resource_id: str, wanted: Any, current: Any) -> None:
+    """Changes the resource's visible tags from `current` to `wanted` (hidden ones stay)."""
+    new = normalize_tags(wanted) or {}
+    old = normalize_tags(current) or {}
+    removed = [{"Key": k} for k in old if k not in new]
+    changed = [{"Key": k, "Value": v} for k, v in new.items() if old.get(k) != v]
+    if removed:
+        await ec2.delete_tags(Resources=[resource_id], Tags=removed)
+    if changed:
+        await ec2.create_tags(Resources=[resource_id], Tags=changed)
+
+
+async def wait_for(ec2: Any, waiter: str, **params: Any) -> None:
+    """Waits with an EC2 waiter, polling every 2 s: new resources are usually ready at once,
+    but a describe right after a create may not find them yet."""
+    await ec2.get_waiter(waiter).wait(**params, WaiterConfig={"Delay": 2, "MaxAttempts": 60})
+
+
+@contextlib.contextmanager
+def ignoring(*codes: str) -> Iterator[None]:
+    """Swallows the AWS errors `codes`, e.g. "not found" on a delete of something already
+    gone (a retried delete, or one done outside iasql). Every other error propagates."""
+    try:
+        yield
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in codes:
+            raise

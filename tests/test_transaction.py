@@ -1,0 +1,256 @@
+"""Infrastructure transactions through the proxy: begin, preview, commit, rollback, sync and
+drift, against a moto server, every cloud effect checked with boto3."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+
+from iasql.sandbox import MotoServer
+from tests.conftest import add_credentials, rows
+
+
+@pytest.fixture
+def moto_env(
+    envdb: psycopg.Connection, moto_accounts: Any
+) -> tuple[psycopg.Connection, MotoServer]:
+    """An environment with its own fresh AWS account, logs and sqs installed."""
+    moto = moto_accounts()
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    add_credentials(envdb, moto)
+    envdb.execute("SELECT * FROM iasql_install('aws_cloudwatch', 'aws_sqs')")
+    return envdb, moto
+
+
+def logs(moto: MotoServer, region: str = "us-east-1") -> Any:
+    return boto3.client("logs", region_name=region, endpoint_url=moto.endpoint)
+
+
+def sqs(moto: MotoServer, region: str = "us-east-1") -> Any:
+    return boto3.client("sqs", region_name=region, endpoint_url=moto.endpoint)
+
+
+def cloud_log_groups(moto: MotoServer, region: str = "us-east-1") -> list[str]:
+    return sorted(g["logGroupName"] for g in logs(moto, region).describe_log_groups()["logGroups"])
+
+
+def preview(conn: psycopg.Connection) -> list[tuple]:
+    return rows(
+        conn,
+        "SELECT action, table_name, description, changes FROM iasql_preview()"
+        " ORDER BY table_name, action, description",
+    )
+
+
+def test_create_update_delete_through_begin_preview_commit(moto_env: Any) -> None:
+    conn, moto = moto_env
+    begun = rows(conn, "SELECT * FROM iasql_begin()")
+    assert begun[0][0] == "transaction open"
+    transaction_id = begun[0][1]
+    conn.execute("INSERT INTO log_group (log_group_name) VALUES ('/app/web')")
+    conn.execute("INSERT INTO queue (name, visibility_timeout) VALUES ('jobs', 45)")
+    assert preview(conn) == [
+        (
+            "create",
+            "log_group",
+            "/app/web/us-east-1",
+            {
+                "log_group_name": {"old": None, "new": "/app/web"},
+                "region": {"old": None, "new": "us-east-1"},
+            },
+        ),
+        (
+            "create",
+            "queue",
+            "jobs/us-east-1",
+            {
+                "name": {"old": None, "new": "jobs"},
+                "fifo_queue": {"old": None, "new": False},
+                "visibility_timeout": {"old": None, "new": 45},
+                "delay_seconds": {"old": None, "new": 0},
+                "receive_message_wait_time_seconds": {"old": None, "new": 0},
+                "message_retention_period": {"old": None, "new": 345600},
+                "maximum_message_size": {"old": None, "new": 262144},
+                "region": {"old": None, "new": "us-east-1"},
+            },
+        ),
+    ]
+    committed = rows(conn, "SELECT action, table_name FROM iasql_commit('first') ORDER BY 2")
+    assert committed == [("create", "log_group"), ("create", "queue")]
+    assert cloud_log_groups(moto) == ["/app/web"]
+    url = sqs(moto).get_queue_url(QueueName="jobs")["QueueUrl"]
+    attributes = sqs(moto).get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["VisibilityTimeout"] == "45"
+    # Cloud-assigned values were written back; nothing is left to do.
+    arn, queue_url = rows(conn, "SELECT log_group_arn, (SELECT url FROM queue) FROM log_group")[0]
+    assert arn.startswith("arn:aws:logs:us-east-1:") and queue_url == url
+    assert preview(conn) == []
+    events = conn.execute(
+        "SELECT change_type::text, message FROM iasql_audit_log WHERE transaction_id = %s"
+        " AND change_type NOT IN ('INSERT', 'UPDATE', 'DELETE') ORDER BY id",
+        (transaction_id,),
+    ).fetchall()
+    assert events == [
+        ("OPEN_TRANSACTION", None),
+        ("START_COMMIT", None),
+        ("SET_COMMIT_MESSAGE", "first"),
+        ("END_COMMIT", "first"),
+        ("CLOSE_TRANSACTION", "committed"),
+    ]
+
+    # An in-place update and a delete in the next transaction.
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("UPDATE queue SET visibility_timeout = 60 WHERE name = 'jobs'")
+    conn.execute("DELETE FROM log_group WHERE log_group_name = '/app/web'")
+    assert rows(conn, "SELECT action, table_name, changes FROM iasql_preview() ORDER BY 2") == [
+        (
+            "delete",
+            "log_group",
+            {
+                "log_group_name": {"old": "/app/web", "new": None},
+                "region": {"old": "us-east-1", "new": None},
+            },
+        ),
+        ("update", "queue", {"visibility_timeout": {"old": 45, "new": 60}}),
+    ]
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert cloud_log_groups(moto) == []
+    attributes = sqs(moto).get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["VisibilityTimeout"] == "60"
+    assert preview(conn) == []
+
+
+def test_region_change_is_a_delete_and_a_create(moto_env: Any) -> None:
+    conn, moto = moto_env
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("INSERT INTO log_group (log_group_name) VALUES ('/moving')")
+    conn.execute("SELECT * FROM iasql_commit()")
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("UPDATE log_group SET region = 'eu-west-1'")
+    assert rows(conn, "SELECT action, description FROM iasql_preview() ORDER BY 1") == [
+        ("create", "/moving/eu-west-1"),
+        ("delete", "/moving/us-east-1"),
+    ]
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert cloud_log_groups(moto, "us-east-1") == []
+    assert cloud_log_groups(moto, "eu-west-1") == ["/moving"]
+    assert rows(conn, "SELECT log_group_name, region FROM log_group") == [("/moving", "eu-west-1")]
+
+
+def test_rollback_restores_rows_and_leaves_the_cloud_alone(moto_env: Any) -> None:
+    conn, moto = moto_env
+    logs(moto).create_log_group(logGroupName="/kept")
+    conn.execute("SELECT * FROM iasql_sync()")
+    before = rows(conn, "SELECT id, log_group_name, log_group_arn, region FROM log_group")
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("DELETE FROM log_group")
+    conn.execute("INSERT INTO log_group (log_group_name) VALUES ('/never')")
+    conn.execute("INSERT INTO queue (name) VALUES ('never')")
+    discarded = rows(
+        conn, "SELECT action, table_name, description FROM iasql_rollback() ORDER BY 2, 1"
+    )
+    assert discarded == [
+        ("create", "log_group", "/never/us-east-1"),
+        ("delete", "log_group", "/kept/us-east-1"),
+        ("create", "queue", "never/us-east-1"),
+    ]
+    # The same row is back (same serial id), the new ones are gone, the cloud is untouched.
+    assert rows(conn, "SELECT id, log_group_name, log_group_arn, region FROM log_group") == before
+    assert rows(conn, "SELECT count(*) FROM queue") == [(0,)]
+    assert cloud_log_groups(moto) == ["/kept"]
+    assert preview(conn) == []
+    with pytest.raises(psycopg.errors.NoActiveSqlTransaction):
+        conn.execute("SELECT * FROM iasql_rollback()")
+
+
+def test_changes_outside_a_transaction_are_picked_up_by_the_next_commit(moto_env: Any) -> None:
+    conn, moto = moto_env
+    conn.execute("INSERT INTO log_group (log_group_name) VALUES ('/early')")
+    assert [r[0] for r in preview(conn)] == ["create"]
+    with pytest.raises(psycopg.errors.NoActiveSqlTransaction) as error:
+        conn.execute("SELECT * FROM iasql_commit()")
+    assert "iasql_begin()" in (error.value.diag.message_hint or "")
+    # A sync does not overwrite the uncommitted change.
+    conn.execute("SELECT * FROM iasql_sync()")
+    assert rows(conn, "SELECT log_group_name FROM log_group") == [("/early",)]
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert cloud_log_groups(moto) == ["/early"]
+
+
+def test_failed_commit_reverts_cloud_and_rows(moto_env: Any) -> None:
+    conn, moto = moto_env
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO log_group (log_group_name) SELECT '/ok/' || i FROM generate_series(1, 5) i"
+    )
+    conn.execute("INSERT INTO queue (name, maximum_message_size) VALUES ('broken', 1)")
+    with pytest.raises(psycopg.errors.SystemError) as error:
+        conn.execute("SELECT * FROM iasql_commit()")
+    message = error.value.diag.message_primary or ""
+    assert "queue broken/us-east-1" in message and "MaximumMessageSize" in message
+    assert error.value.diag.message_detail == (
+        "the changes made were undone; the transaction's SQL is still in"
+        " iasql_get_sql_for_transaction()"
+    )
+    assert cloud_log_groups(moto) == []
+    assert sqs(moto).list_queues().get("QueueUrls", []) == []
+    assert rows(conn, "SELECT count(*) FROM log_group") == [(0,)]
+    assert rows(conn, "SELECT count(*) FROM queue") == [(0,)]
+    assert rows(
+        conn,
+        "SELECT change_type::text FROM iasql_audit_log WHERE change_type IN"
+        " ('START_REVERT', 'END_REVERT', 'ERROR') ORDER BY id",
+    ) == [("START_REVERT",), ("END_REVERT",), ("ERROR",)]
+    # The transaction is closed and nothing is pending.
+    assert preview(conn) == []
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("SELECT * FROM iasql_rollback()")
+
+
+def test_cloud_changing_functions_refuse_a_transaction_block(moto_env: Any) -> None:
+    conn, _moto = moto_env
+    for call in ("iasql_commit()", "iasql_rollback()", "iasql_install('aws_s3')", "iasql_sync()"):
+        with conn.transaction(), pytest.raises(psycopg.errors.ActiveSqlTransaction) as error:
+            conn.execute(f"SELECT * FROM {call}")
+        assert "autocommit" in (error.value.diag.message_hint or "")
+    # Reading functions work inside one.
+    with conn.transaction():
+        assert conn.execute("SELECT count(*) FROM iasql_preview()").fetchone() == (0,)
+
+
+def test_second_begin_waits_then_names_the_holder(moto_env: Any, env_url: str) -> None:
+    conn, _moto = moto_env
+    conn.execute("SELECT * FROM iasql_begin()")
+    database = conn.info.dbname
+    other_url = env_url.rsplit("/", 1)[0] + "/" + database
+    with psycopg.connect(other_url, autocommit=True) as other:
+        with pytest.raises(psycopg.errors.LockNotAvailable) as error:
+            other.execute("SELECT * FROM iasql_begin()")
+        assert "another infrastructure transaction is open" in str(error.value)
+        assert conn.info.user in str(error.value)
+        # Once the first one closes during the wait, the second gets in.
+        releaser = threading.Timer(0.3, lambda: conn.execute("SELECT * FROM iasql_rollback()"))
+        releaser.start()
+        assert other.execute("SELECT message FROM iasql_begin()").fetchone() == (
+            "transaction open",
+        )
+        releaser.join()
+        other.execute("SELECT * FROM iasql_rollback()")
+
+
+def test_drift_and_sync(moto_env: Any) -> None:
+    conn, moto = moto_env
+    logs(moto).create_log_group(logGroupName="/outside")
+    assert rows(conn, "SELECT action, table_name, description FROM iasql_drift()") == [
+        ("insert", "log_group", "/outside/us-east-1")
+    ]
+    assert rows(conn, "SELECT count(*) FROM log_group") == [(0,)]
+    synced = rows(conn, "SELECT action, description FROM iasql_sync()")
+    assert synced == [("insert", "/outside/us-east-1")]
+    assert rows(conn, "SELECT log_group_name FROM log_group") == [("/outside",)]
+    assert rows(conn, "SELECT * FROM iasql_drift()") == []
