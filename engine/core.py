@@ -14,6 +14,13 @@ from engine.database import Database
 from engine.functions import CallContext, EngineError, FunctionSpec, Param, Row
 from modules import available_modules
 
+# IaSQL's old names. (`iasql_sync` was one too; here it is the drift import, SPEC section 3.)
+DEPRECATED = {
+    "iasql_apply": "iasql_begin(), then iasql_commit()",
+    "iasql_preview_apply": "iasql_preview()",
+    "iasql_preview_sync": "iasql_drift()",
+}
+
 
 def server_version() -> str:
     try:
@@ -88,6 +95,12 @@ class Engine:
                 f"{spec.name}() runs on the admin database {admin.ADMIN_DATABASE!r}",
                 hint=f"connect to the database {admin.ADMIN_DATABASE!r} as the server's admin",
             )
+        if spec.name in DEPRECATED:
+            raise EngineError(
+                "42883",
+                f"{spec.name}() was renamed: use {DEPRECATED[spec.name]}",
+                hint="SELECT * FROM iasql_help() lists the functions",
+            )
         if spec.outside_transaction_block and ctx.in_transaction_block:
             raise EngineError(
                 "25001",
@@ -129,6 +142,7 @@ class Engine:
                 self._install,
                 "installs modules (and what they need) and imports their cloud resources",
                 outside_transaction_block=True,
+                sample="SELECT * FROM iasql_install('aws_s3', 'aws_vpc')",
             ),
             FunctionSpec(
                 "iasql_uninstall",
@@ -137,8 +151,33 @@ class Engine:
                 self._uninstall,
                 "drops the modules' tables; the cloud is untouched",
                 outside_transaction_block=True,
+                sample="SELECT * FROM iasql_uninstall('aws_s3')",
             ),
             *self._transaction_functions(),
+            FunctionSpec(
+                "iasql_get_errors",
+                (("ts", "timestamptz"), ("message", "text")),
+                (),
+                self._get_errors,
+                "recent engine errors (failed or interrupted commits), newest first",
+            ),
+            FunctionSpec(
+                "iasql_help",
+                (
+                    ("module", "text"),
+                    ("name", "text"),
+                    ("signature", "text"),
+                    ("description", "text"),
+                    ("sample_usage", "text"),
+                ),
+                (),
+                self._help,
+                "every iasql function: signature, what it does, an example",
+            ),
+            *(
+                FunctionSpec(old, (("message", "text"),), (), self._deprecated, f"renamed {new}")
+                for old, new in DEPRECATED.items()
+            ),
             FunctionSpec(
                 "iasql_connect",
                 (("database", "text"), ("user", "text"), ("password", "text"), ("url", "text")),
@@ -201,6 +240,7 @@ class Engine:
                 self._commit,
                 "applies the transaction's changes to the cloud and closes it",
                 outside_transaction_block=True,
+                sample="SELECT * FROM iasql_commit('add the web tier')",
             ),
             FunctionSpec(
                 "iasql_rollback",
@@ -248,6 +288,30 @@ class Engine:
 
     async def _drift(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         return await transaction.drift(await self.database(ctx.database), ctx)
+
+    async def _get_errors(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        found = await db.pool.fetch(
+            "SELECT ts, message FROM iasql_audit_log WHERE change_type = 'ERROR'"
+            " ORDER BY id DESC LIMIT 100"
+        )
+        return [dict(r) for r in found]
+
+    async def _help(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        return [
+            {
+                "module": "iasql_functions",
+                "name": spec.name,
+                "signature": spec.signature(),
+                "description": spec.description,
+                "sample_usage": spec.sample or f"SELECT * FROM {spec.name}()",
+            }
+            for spec in self.functions.values()
+            if not spec.admin_only and spec.name not in DEPRECATED
+        ]
+
+    async def _deprecated(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        raise AssertionError("answered in call()")
 
     async def _version(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         return [{"version": server_version()}]

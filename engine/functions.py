@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.ddl import quote_literal
+
 REQUIRED = object()
 
 Row = dict[str, Any]
@@ -72,6 +74,7 @@ class FunctionSpec:
     # Changes the cloud or the schema: refused inside a client's transaction block, whose
     # ROLLBACK could not undo it (the engine works on its own connections).
     outside_transaction_block: bool = False
+    sample: str | None = None  # an example call, for iasql_help()
 
     def param_at(self, position: int) -> Param | None:
         if position < len(self.params):
@@ -87,7 +90,9 @@ class FunctionSpec:
         parts = []
         for p in self.params:
             text = f"{'VARIADIC ' if p.variadic else ''}{p.name} {p.type}"
-            parts.append(text if p.default is REQUIRED else f"{text} DEFAULT {p.default!r}")
+            parts.append(
+                text if p.default is REQUIRED else f"{text} DEFAULT {quote_literal(p.default)}"
+            )
         return f"{self.name}({', '.join(parts)})"
 
     def bind(self, arguments: list[SqlArgument]) -> dict[str, Any]:

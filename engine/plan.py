@@ -230,6 +230,8 @@ async def build_plan(
         await refs.load(conn, table)
         rows[table.name] = await fetch_rows(conn, table)
     reads = await asyncio.gather(*(read_cloud(cloud, t, regions) for t in tables))
+    for table, records in zip(tables, reads, strict=True):
+        refs.seen_in_cloud(table, records)
     plan = Plan([], refs, tables)
     unchanged = {
         table.name: diff_table(table, rows[table.name], records, refs, plan)

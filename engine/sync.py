@@ -59,6 +59,7 @@ class References:
         self._to_cloud: dict[tuple[str, str, str], dict[Any, Any]] = {}
         self._to_key: dict[tuple[str, str, str], dict[Any, Any]] = {}
         self._keys: dict[tuple[str, str], set[Any]] = {}  # for keys the cloud uses as they are
+        self._in_cloud: set[tuple[str, str, Any]] = set()  # (table, column, cloud id) seen
 
     async def load(self, conn: asyncpg.Connection, table: Table) -> None:
         for column in table.references:
@@ -93,10 +94,19 @@ class References:
             return value
         return self._to_key.get((ref.table, ref.key, ref.cloud), {}).get(value)
 
+    def seen_in_cloud(self, table: Table, records: list[Record]) -> None:
+        """Takes note of resources that exist in the cloud, whether or not they have a row."""
+        for record in records:
+            for column in table.cloud_id:  # what references to this table name
+                self._in_cloud.add((table.name, column, record.get(column)))
+
     def knows(self, column: Column, cloud_value: Any) -> bool:
-        """Whether the resource a record's foreign key names has a row."""
+        """Whether the resource a record's foreign key names has a row (or, once seen with
+        `seen_in_cloud`, exists in the cloud)."""
         ref = column.ref
         if ref is None or cloud_value is None:
+            return True
+        if (ref.table, ref.cloud or ref.key, cloud_value) in self._in_cloud:
             return True
         if ref.cloud is None:
             return cloud_value in self._keys.get((ref.table, ref.key), set())

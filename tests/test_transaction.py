@@ -254,3 +254,23 @@ def test_drift_and_sync(moto_env: Any) -> None:
     assert synced == [("insert", "/outside/us-east-1")]
     assert rows(conn, "SELECT log_group_name FROM log_group") == [("/outside",)]
     assert rows(conn, "SELECT * FROM iasql_drift()") == []
+
+
+def test_help_errors_and_deprecated_names(moto_env: Any) -> None:
+    conn, _moto = moto_env
+    helped = {r[1]: r for r in rows(conn, "SELECT * FROM iasql_help()")}
+    assert {"iasql_begin", "iasql_preview", "iasql_commit", "iasql_rollback"} <= set(helped)
+    assert helped["iasql_commit"][2] == "iasql_commit(message text DEFAULT NULL)"
+    assert helped["iasql_install"][4] == "SELECT * FROM iasql_install('aws_s3', 'aws_vpc')"
+    assert "iasql_connect" not in helped and "iasql_apply" not in helped
+    assert rows(conn, "SELECT * FROM iasql_get_errors()") == []
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("INSERT INTO queue (name, maximum_message_size) VALUES ('broken', 1)")
+    with pytest.raises(psycopg.errors.SystemError):
+        conn.execute("SELECT * FROM iasql_commit()")
+    errors = rows(conn, "SELECT message FROM iasql_get_errors()")
+    assert len(errors) == 1 and "queue broken/us-east-1" in errors[0][0]
+    for old, new in (("iasql_apply", "iasql_commit()"), ("iasql_preview_apply", "iasql_preview()")):
+        with pytest.raises(psycopg.errors.UndefinedFunction) as error:
+            conn.execute(f"SELECT * FROM {old}()")
+        assert new in str(error.value)

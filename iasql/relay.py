@@ -1,0 +1,325 @@
+"""A TCP relay that imitates a distant HTTP server: each request waits a fixed delay.
+
+For tests and benchmarks. Put it in front of a local moto server and every AWS call takes at
+least `delay_seconds` longer, as it would over the network to AWS. The delay is per request,
+not per connection: botocore keeps connections alive and sends many requests on each one.
+To find where each request starts, the relay reads just enough HTTP/1.1: the request line and
+headers, then a Content-Length body or a chunked body. Request bytes are forwarded unchanged,
+and response bytes are streamed back unchanged and unparsed. Each client connection gets its
+own upstream connection, so concurrent connections are delayed concurrently.
+
+    relay = DelayingRelay("127.0.0.1", moto.port, 0.1)
+    await relay.start()          # relay.endpoint == "http://127.0.0.1:PORT"
+    ...
+    await relay.stop()
+
+From synchronous code (pytest, a benchmark's main thread), a relay on its own event loop in a
+daemon thread:
+
+    with running_relay(moto.endpoint, 0.1) as endpoint: ...
+    with RelayThread(moto.endpoint, 0.1) as relay: ...   # relay.requests counts requests
+
+`python -m iasql.relay http://127.0.0.1:5000 0.1` runs one in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+from urllib.parse import urlsplit
+
+HEAD_LIMIT = 1 << 20  # longest request line + headers accepted
+COPY_SIZE = 1 << 16
+
+
+class RelayError(Exception):
+    """A request the relay cannot frame; the connection is closed."""
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """("host", port) of an http:// endpoint URL."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"not an http:// endpoint: {endpoint!r}")
+    return parts.hostname, parts.port or 80
+
+
+def body_framing(head: bytes) -> tuple[int, bool]:
+    """(Content-Length, chunked) of a request head. A request with neither has no body."""
+    length, chunked = 0, False
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            codings = [c.strip().lower() for c in value.split(b",")]
+            chunked = bool(codings) and codings[-1] == b"chunked"
+            if not chunked:
+                raise RelayError(f"unsupported request Transfer-Encoding: {value.strip()!r}")
+        elif name == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                raise RelayError(f"bad Content-Length: {value.strip()!r}") from None
+            if length < 0:
+                raise RelayError(f"bad Content-Length: {length}")
+    # With both, Transfer-Encoding wins (RFC 9112, 6.3).
+    return (0, True) if chunked else (length, False)
+
+
+class DelayingRelay:
+    """Listens on 127.0.0.1 and forwards to target_host:target_port, holding each HTTP
+    request for `delay_seconds` before it is forwarded."""
+
+    def __init__(self, target_host: str, target_port: int, delay_seconds: float) -> None:
+        if delay_seconds < 0:
+            raise ValueError("delay_seconds must be >= 0")
+        self.target_host = target_host
+        self.target_port = target_port
+        self.delay_seconds = delay_seconds
+        self.port = 0
+        self.requests = 0  # requests seen (each delayed once)
+        self.connections = 0  # client connections accepted
+        self.delaying = 0  # requests being held right now
+        self.max_delaying = 0  # the most requests held at the same time
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def endpoint(self) -> str:
+        if not self.port:
+            raise RuntimeError("the relay is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", 0, limit=HEAD_LIMIT, backlog=512
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await server.wait_closed()
+
+    async def __aenter__(self) -> DelayingRelay:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    # --- one client connection ----------------------------------------------------------
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self.connections += 1
+        upstream_w: asyncio.StreamWriter | None = None
+        try:
+            upstream_r, upstream_w = await asyncio.open_connection(
+                self.target_host, self.target_port
+            )
+            requests = asyncio.ensure_future(self._forward_requests(client_r, upstream_w))
+            responses = asyncio.ensure_future(self._copy(upstream_r, client_w))
+            try:
+                await asyncio.wait({requests, responses}, return_when=asyncio.FIRST_COMPLETED)
+                if requests.done() and requests.exception() is None and not responses.done():
+                    # The client half-closed after its last request: let the answer through.
+                    await responses
+            finally:
+                for side in (requests, responses):
+                    side.cancel()
+                await asyncio.gather(requests, responses, return_exceptions=True)
+        except (OSError, asyncio.IncompleteReadError, RelayError):
+            pass  # either side went away, or sent what we cannot frame: drop the connection
+        finally:
+            self._handlers.discard(task)
+            for writer in (client_w, upstream_w):
+                if writer is not None:
+                    writer.close()
+
+    async def _forward_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Request after request: read its head, wait, forward the head, then stream its
+        body. The head goes first so that `Expect: 100-continue` works."""
+        while True:
+            head = await self._read_head(reader)
+            if head is None:
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return
+            length, chunked = body_framing(head)
+            self.requests += 1
+            self.delaying += 1
+            self.max_delaying = max(self.max_delaying, self.delaying)
+            try:
+                await asyncio.sleep(self.delay_seconds)
+            finally:
+                self.delaying -= 1
+            writer.write(head)
+            if chunked:
+                await self._forward_chunked(reader, writer)
+            else:
+                await self._forward_exactly(reader, writer, length)
+            await writer.drain()
+
+    @staticmethod
+    async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
+        """The next request line + headers (through the blank line), or None at a clean end
+        of the connection. Empty lines before a request line are skipped (RFC 9112, 2.2)."""
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                line = await reader.readuntil(b"\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if lines or exc.partial.strip():
+                    raise
+                return None
+            except asyncio.LimitOverrunError:
+                raise RelayError("request line or header too long") from None
+            if line == b"\r\n" and not lines:
+                continue
+            lines.append(line)
+            size += len(line)
+            if size > HEAD_LIMIT:
+                raise RelayError("request headers too long")
+            if line == b"\r\n":
+                return b"".join(lines)
+
+    @staticmethod
+    async def _forward_exactly(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, length: int
+    ) -> None:
+        while length > 0:
+            data = await reader.read(min(length, COPY_SIZE))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", length)
+            writer.write(data)
+            length -= len(data)
+            await writer.drain()
+
+    async def _forward_chunked(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A chunked body: chunks until the zero-size one, then trailers until a blank line."""
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            writer.write(size_line)
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise RelayError(f"bad chunk size line: {size_line!r}") from None
+            if size == 0:
+                break
+            await self._forward_exactly(reader, writer, size + 2)  # the data and its CRLF
+        while True:
+            trailer = await reader.readuntil(b"\r\n")
+            writer.write(trailer)
+            if trailer == b"\r\n":
+                return
+
+    @staticmethod
+    async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Responses, byte for byte, until the server closes."""
+        while data := await reader.read(COPY_SIZE):
+            writer.write(data)
+            await writer.drain()
+
+
+# --- from synchronous code ----------------------------------------------------------------
+
+
+class RelayThread:
+    """A DelayingRelay on its own event loop, in a daemon thread."""
+
+    def __init__(self, target_endpoint: str, delay_seconds: float) -> None:
+        host, port = parse_endpoint(target_endpoint)
+        self.relay = DelayingRelay(host, port, delay_seconds)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.relay.endpoint
+
+    @property
+    def requests(self) -> int:
+        return self.relay.requests
+
+    def start(self, timeout: float = 10) -> None:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="delaying-relay", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            asyncio.run_coroutine_threadsafe(self.relay.start(), loop).result(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 10) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.relay.stop(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        if not thread.is_alive():
+            loop.close()
+
+    def __enter__(self) -> RelayThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_relay(target_endpoint: str, delay_seconds: float) -> Iterator[str]:
+    """The endpoint of a delaying relay in front of `target_endpoint`, for the block."""
+    with RelayThread(target_endpoint, delay_seconds) as relay:
+        yield relay.endpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("target", help="the HTTP server's endpoint, e.g. http://127.0.0.1:5000")
+    parser.add_argument("delay", type=float, help="seconds each request is held")
+    args = parser.parse_args(argv)
+
+    async def serve() -> None:
+        host, port = parse_endpoint(args.target)
+        async with DelayingRelay(host, port, args.delay) as relay:
+            print(relay.endpoint, flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

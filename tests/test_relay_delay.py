@@ -1,0 +1,203 @@
+"""The delaying relay (iasql/relay.py): boto3 through it to a real moto server, the delay per
+request on keep-alive connections, concurrent connections delayed together, and the HTTP
+framing (Content-Length, chunked, Expect: 100-continue) on a raw upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from iasql.relay import DelayingRelay, RelayThread, body_framing, running_relay
+from iasql.sandbox import MotoServer
+
+DELAY = 0.3
+EPSILON = 0.002  # the event loop may wake a timer up to its clock resolution early
+
+
+def logs_client(endpoint: str) -> Any:
+    config = Config(retries={"mode": "standard", "max_attempts": 1})
+    return boto3.client("logs", region_name="us-east-1", endpoint_url=endpoint, config=config)
+
+
+@pytest.fixture(scope="module")
+def account(moto_accounts: Callable[[], MotoServer]) -> MotoServer:
+    return moto_accounts()
+
+
+def test_boto3_through_the_relay_reaches_moto(account: MotoServer) -> None:
+    with RelayThread(account.endpoint, 0.01) as relay:
+        logs = logs_client(relay.endpoint)
+        logs.create_log_group(logGroupName="/relay/a")
+        logs.create_log_group(logGroupName="/relay/b")
+        with pytest.raises(logs.exceptions.ResourceAlreadyExistsException):
+            logs.create_log_group(logGroupName="/relay/a")
+        names = [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]
+        assert relay.requests == 4
+    assert {"/relay/a", "/relay/b"} <= set(names)
+    # The same account seen directly: the relay only forwarded.
+    direct = logs_client(account.endpoint).describe_log_groups(logGroupNamePrefix="/relay/")
+    assert [g["logGroupName"] for g in direct["logGroups"]] == ["/relay/a", "/relay/b"]
+
+
+def test_each_request_on_a_keep_alive_connection_is_delayed(account: MotoServer) -> None:
+    with RelayThread(account.endpoint, DELAY) as relay:
+        logs = logs_client(relay.endpoint)
+        for i in range(3):
+            started = time.monotonic()
+            logs.describe_log_groups(logGroupNamePrefix=f"/none/{i}")
+            assert time.monotonic() - started >= DELAY - EPSILON
+        assert relay.requests == 3
+        assert relay.relay.connections == 1  # one connection carried every request
+
+
+def test_concurrent_connections_are_delayed_together(account: MotoServer) -> None:
+    count = 8
+    with RelayThread(account.endpoint, DELAY) as relay:
+        clients = [logs_client(relay.endpoint) for _ in range(count)]  # one pool each
+        barrier = threading.Barrier(count + 1)
+        errors: list[BaseException] = []
+
+        def call(client: Any) -> None:
+            barrier.wait()
+            try:
+                client.describe_log_groups(logGroupNamePrefix="/relay/")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(c,)) for c in clients]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        started = time.monotonic()
+        for thread in threads:
+            thread.join(30)
+        elapsed = time.monotonic() - started
+        assert not errors
+        assert relay.requests == count
+        assert relay.relay.connections == count
+        assert relay.relay.max_delaying >= 2  # some requests were held at the same time
+    # One after the other they would take count * DELAY.
+    assert DELAY - EPSILON <= elapsed < count * DELAY / 2
+
+
+def test_running_relay_gives_an_endpoint_and_stops(account: MotoServer) -> None:
+    with running_relay(account.endpoint, 0) as endpoint:
+        assert endpoint.startswith("http://127.0.0.1:")
+        logs = logs_client(endpoint)
+        logs.describe_log_groups()
+    with pytest.raises(Exception, match="Could not connect"):
+        logs.describe_log_groups()
+
+
+def test_body_framing() -> None:
+    assert body_framing(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == (0, False)
+    assert body_framing(b"POST / HTTP/1.1\r\ncontent-LENGTH:  12 \r\n\r\n") == (12, False)
+    assert body_framing(
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    ) == (0, True)
+
+
+class Upstream:
+    """A raw TCP server that records what it receives and answers with given bytes."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.arrived = asyncio.Event()
+        self.writer: asyncio.StreamWriter | None = None
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        while data := await reader.read(4096):
+            self.received += data
+            self.arrived.set()
+        writer.close()
+
+    async def wait_for(self, size: int) -> bytes:
+        async with asyncio.timeout(10):
+            while len(self.received) < size:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return bytes(self.received)
+
+    async def close(self) -> None:
+        assert self.server is not None
+        if self.writer is not None:
+            self.writer.close()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_framing_of_pipelined_requests_and_responses_unchanged() -> None:
+    upstream = Upstream()
+    relay = DelayingRelay("127.0.0.1", await upstream.start(), 0.05)
+    await relay.start()
+    requests = (
+        b"\r\nPOST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello\r\n\r\nyo"
+        b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n4\r\n\r\n\r\n\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        started = asyncio.get_running_loop().time()
+        writer.write(requests)
+        assert await upstream.wait_for(len(requests)) == requests
+        # Three requests, held one after the other on this connection.
+        assert relay.requests == 3
+        assert asyncio.get_running_loop().time() - started >= 3 * 0.05 - EPSILON
+        assert upstream.writer is not None
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" * 3
+        upstream.writer.write(answer)
+        assert await reader.readexactly(len(answer)) == answer
+        writer.close()
+    finally:
+        await relay.stop()
+        await upstream.close()
+
+
+async def test_expect_continue_forwards_the_head_before_the_body() -> None:
+    upstream = Upstream()
+    relay = DelayingRelay("127.0.0.1", await upstream.start(), 0.01)
+    await relay.start()
+    head = b"PUT /k HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(head)
+        assert await upstream.wait_for(len(head)) == head
+        assert upstream.writer is not None
+        upstream.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"body")
+        assert await upstream.wait_for(len(head) + 4) == head + b"body"
+        assert relay.requests == 1
+        writer.close()
+    finally:
+        await relay.stop()
+        await upstream.close()
+
+
+async def test_stop_ends_open_connections() -> None:
+    upstream = Upstream()
+    relay = DelayingRelay("127.0.0.1", await upstream.start(), 10)
+    await relay.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # held for 10 s
+    await asyncio.sleep(0.05)
+    assert relay.delaying == 1
+    async with asyncio.timeout(5):
+        await relay.stop()
+        assert await reader.read() == b""  # the relay closed the connection
+    writer.close()
+    await upstream.close()
