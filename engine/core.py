@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -13,6 +14,8 @@ from engine import admin, install, transaction
 from engine.database import Database
 from engine.functions import CallContext, EngineError, FunctionSpec, Param, Row
 from modules import available_modules
+
+log = logging.getLogger("iasql.engine")
 
 # IaSQL's old names. (`iasql_sync` was one too; here it is the drift import, SPEC section 3.)
 DEPRECATED = {
@@ -47,6 +50,7 @@ class Engine:
         self._admin_lock = asyncio.Lock()
         self._databases: dict[str, Database] = {}
         self._databases_lock = asyncio.Lock()
+        self._recovery: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Checks the backing Postgres and prepares the admin database."""
@@ -57,6 +61,23 @@ class Engine:
             await conn.close()
         async with self._admin_lock:
             await admin.prepare_registry(await self._admin_connection())
+        self._recovery = asyncio.ensure_future(self._recover_interrupted_commits())
+
+    async def _recover_interrupted_commits(self) -> None:
+        """After a restart, undoes the commits a dead server left halfway, in every
+        environment database, without waiting for someone to use the database."""
+        async with self._admin_lock:
+            conn = await self._admin_connection()
+            aliases = [r["alias"] for r in await conn.fetch("SELECT alias FROM iasql_database")]
+        for alias in aliases:
+            try:
+                db = await self.database(alias)
+                ctx = CallContext(
+                    alias, db.engine_user, notify=lambda text: log.warning("%s", text)
+                )
+                await transaction.recover_interrupted(db, ctx)
+            except Exception as exc:  # one broken database must not stop the others
+                log.warning("could not check %s for an interrupted commit: %s", alias, exc)
 
     async def database(self, name: str) -> Database:
         """The environment database `name`, its platform schema ensured on first use."""
@@ -79,6 +100,9 @@ class Engine:
             return db
 
     async def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         for db in self._databases.values():
             await db.close()
         self._databases.clear()

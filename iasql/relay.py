@@ -52,7 +52,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 def body_framing(head: bytes) -> tuple[int, bool]:
     """(Content-Length, chunked) of a request head. A request with neither has no body."""
     length, chunked = 0, False
-    for line in head.split(b"\r\n")[1:]:
+    for line in head.lstrip(b"\r\n").split(b"\r\n")[1:]:  # the headers
         name, sep, value = line.partition(b":")
         if not sep:
             continue
@@ -145,6 +145,10 @@ class DelayingRelay:
                 await asyncio.gather(requests, responses, return_exceptions=True)
         except (OSError, asyncio.IncompleteReadError, RelayError):
             pass  # either side went away, or sent what we cannot frame: drop the connection
+        except asyncio.CancelledError:
+            # Only stop() cancels a handler. Ending normally keeps asyncio's stream callback
+            # from logging the cancel as an error.
+            pass
         finally:
             self._handlers.discard(task)
             for writer in (client_w, upstream_w):
@@ -181,24 +185,25 @@ class DelayingRelay:
     async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
         """The next request line + headers (through the blank line), or None at a clean end
         of the connection. Empty lines before a request line are skipped (RFC 9112, 2.2)."""
-        lines: list[bytes] = []
+        lines: list[bytes] = []  # any empty lines first (forwarded as they are), then the head
+        started = False
         size = 0
         while True:
             try:
                 line = await reader.readuntil(b"\r\n")
             except asyncio.IncompleteReadError as exc:
-                if lines or exc.partial.strip():
+                if started or exc.partial.strip():
                     raise
                 return None
             except asyncio.LimitOverrunError:
                 raise RelayError("request line or header too long") from None
-            if line == b"\r\n" and not lines:
-                continue
             lines.append(line)
             size += len(line)
             if size > HEAD_LIMIT:
                 raise RelayError("request headers too long")
-            if line == b"\r\n":
+            if line != b"\r\n":
+                started = True
+            elif started:
                 return b"".join(lines)
 
     @staticmethod

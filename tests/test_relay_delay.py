@@ -5,9 +5,12 @@ framing (Content-Length, chunked, Expect: 100-continue) on a raw upstream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
+import http.server
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -46,13 +49,53 @@ def test_boto3_through_the_relay_reaches_moto(account: MotoServer) -> None:
     assert [g["logGroupName"] for g in direct["logGroups"]] == ["/relay/a", "/relay/b"]
 
 
-def test_each_request_on_a_keep_alive_connection_is_delayed(account: MotoServer) -> None:
+def test_each_request_takes_at_least_the_delay(account: MotoServer) -> None:
     with RelayThread(account.endpoint, DELAY) as relay:
         logs = logs_client(relay.endpoint)
         for i in range(3):
             started = time.monotonic()
             logs.describe_log_groups(logGroupNamePrefix=f"/none/{i}")
             assert time.monotonic() - started >= DELAY - EPSILON
+        assert relay.requests == 3
+
+
+class KeepAliveHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request on a kept-alive connection (moto's server closes each one)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def keep_alive_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_each_request_on_a_keep_alive_connection_is_delayed(keep_alive_server: str) -> None:
+    with RelayThread(keep_alive_server, DELAY) as relay:
+        conn = http.client.HTTPConnection("127.0.0.1", relay.relay.port, timeout=10)
+        for i in range(3):
+            started = time.monotonic()
+            conn.request("POST", "/", body=f"request {i}".encode())
+            answer = conn.getresponse()
+            assert answer.read() == f"request {i}".encode()
+            assert time.monotonic() - started >= DELAY - EPSILON
+        conn.close()
         assert relay.requests == 3
         assert relay.relay.connections == 1  # one connection carried every request
 
@@ -110,18 +153,23 @@ class Upstream:
     def __init__(self) -> None:
         self.received = bytearray()
         self.arrived = asyncio.Event()
-        self.writer: asyncio.StreamWriter | None = None
+        self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         return int(self.server.sockets[0].getsockname()[1])
 
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        return self.writers[-1]
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        while data := await reader.read(4096):
-            self.received += data
-            self.arrived.set()
+        self.writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(4096):
+                self.received += data
+                self.arrived.set()
         writer.close()
 
     async def wait_for(self, size: int) -> bytes:
@@ -133,8 +181,8 @@ class Upstream:
 
     async def close(self) -> None:
         assert self.server is not None
-        if self.writer is not None:
-            self.writer.close()
+        for writer in self.writers:
+            writer.close()
         self.server.close()
         await self.server.wait_closed()
 
@@ -157,7 +205,6 @@ async def test_framing_of_pipelined_requests_and_responses_unchanged() -> None:
         # Three requests, held one after the other on this connection.
         assert relay.requests == 3
         assert asyncio.get_running_loop().time() - started >= 3 * 0.05 - EPSILON
-        assert upstream.writer is not None
         answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" * 3
         upstream.writer.write(answer)
         assert await reader.readexactly(len(answer)) == answer
@@ -176,7 +223,6 @@ async def test_expect_continue_forwards_the_head_before_the_body() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
         writer.write(head)
         assert await upstream.wait_for(len(head)) == head
-        assert upstream.writer is not None
         upstream.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(b"body")

@@ -4,6 +4,7 @@ drift, against a moto server, every cloud effect checked with boto3."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import boto3
@@ -274,3 +275,42 @@ def test_help_errors_and_deprecated_names(moto_env: Any) -> None:
         with pytest.raises(psycopg.errors.UndefinedFunction) as error:
             conn.execute(f"SELECT * FROM {old}()")
         assert new in str(error.value)
+
+
+def wait_for(conn: psycopg.Connection, sql: str, at_least: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while (conn.execute(sql).fetchone() or (0,))[0] < at_least:
+        assert time.monotonic() < deadline, f"waited {seconds} s for {sql}"
+        time.sleep(0.01)
+
+
+def test_cancel_request_stops_a_commit_and_undoes_it(moto_env: Any, env_url: str) -> None:
+    conn, moto = moto_env
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO log_group (log_group_name) SELECT '/c/' || i FROM generate_series(1, 300) i"
+    )
+    outcome: dict[str, BaseException] = {}
+
+    def commit() -> None:
+        try:
+            conn.execute("SELECT * FROM iasql_commit()")
+        except psycopg.Error as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=commit)
+    worker.start()
+    with psycopg.connect(env_url, autocommit=True) as watcher:
+        wait_for(watcher, "SELECT count(*) FROM iasql_commit_journal WHERE state = 'done'", 20)
+        conn.cancel_safe()
+        worker.join(120)
+        assert isinstance(outcome.get("error"), psycopg.errors.QueryCanceled)
+        assert "undone" in str(outcome["error"])
+        assert cloud_log_groups(moto) == []
+        assert watcher.execute("SELECT count(*) FROM log_group").fetchone() == (0,)
+        assert watcher.execute(
+            "SELECT DISTINCT state FROM iasql_commit_journal"
+        ).fetchall() == [("undone",)]
+    # The session is usable and the database is free for the next transaction.
+    assert rows(conn, "SELECT message FROM iasql_begin()") == [("transaction open",)]
+    conn.execute("SELECT * FROM iasql_rollback()")
