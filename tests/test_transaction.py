@@ -308,9 +308,9 @@ def test_cancel_request_stops_a_commit_and_undoes_it(moto_env: Any, env_url: str
         assert "undone" in str(outcome["error"])
         assert cloud_log_groups(moto) == []
         assert watcher.execute("SELECT count(*) FROM log_group").fetchone() == (0,)
-        assert watcher.execute(
-            "SELECT DISTINCT state FROM iasql_commit_journal"
-        ).fetchall() == [("undone",)]
+        assert watcher.execute("SELECT DISTINCT state FROM iasql_commit_journal").fetchall() == [
+            ("undone",)
+        ]
     # The session is usable and the database is free for the next transaction.
     assert rows(conn, "SELECT message FROM iasql_begin()") == [("transaction open",)]
     conn.execute("SELECT * FROM iasql_rollback()")
