@@ -22,6 +22,7 @@ import asyncpg
 from engine import Engine, EngineConfig
 from engine.admin import ADMIN_DATABASE, PublicAddress
 from engine.core import server_version
+from engine.transaction import TransactionSettings
 from iasql.postgres import LocalPostgres, PostgresError
 from iasql.sandbox import MotoServer, SandboxError
 from proxy.server import BackendAddress, ProxyServer
@@ -82,6 +83,18 @@ def add_serve(commands: Any) -> None:
         default=int(env_default("MAX_MESSAGE_SIZE", 128 * 1024 * 1024)),
         help="largest client message accepted, in bytes",
     )
+    serve.add_argument(
+        "--begin-timeout",
+        type=float,
+        default=float(env_default("BEGIN_TIMEOUT", 30)),
+        help="seconds iasql_begin() waits for another open transaction",
+    )
+    serve.add_argument(
+        "--commit-concurrency",
+        type=int,
+        default=int(env_default("COMMIT_CONCURRENCY", 16)),
+        help="cloud operations a commit runs at once",
+    )
     serve.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
     serve.add_argument(
         "--log-format", choices=("text", "json"), default=env_default("LOG_FORMAT", "text")
@@ -141,7 +154,8 @@ async def serve_forever(
 ) -> int:
     address = public_address(args)
     endpoint = cloud.endpoint if cloud else args.cloud_endpoint
-    engine = Engine(EngineConfig(backend_dsn, address, endpoint))
+    settings = TransactionSettings(args.begin_timeout, args.commit_concurrency)
+    engine = Engine(EngineConfig(backend_dsn, address, endpoint, settings))
     try:
         await engine.start()
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
