@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from engine import admin, install, transaction
+from engine import admin, install, sqlgen, transaction
 from engine.database import Database
 from engine.functions import CallContext, EngineError, FunctionSpec, Param, Row
 from modules import available_modules
@@ -179,6 +179,33 @@ class Engine:
             ),
             *self._transaction_functions(),
             FunctionSpec(
+                "iasql_get_sql_for_transaction",
+                (("sql", "text"),),
+                (Param("transaction_id", "text", default=None),),
+                self._sql_for_transaction,
+                "SQL replaying a transaction's changes in another environment (default: the"
+                " open or latest one)",
+            ),
+            FunctionSpec(
+                "iasql_get_sql_since",
+                (("sql", "text"),),
+                (Param("limit_date", "timestamptz", default=None),),
+                self._sql_since,
+                "SQL replaying every change since a time (default: all of them)",
+                sample="SELECT * FROM iasql_get_sql_since(now() - interval '1 day')",
+            ),
+            FunctionSpec(
+                "iasql_create_review",
+                (("markdown", "text"),),
+                (
+                    Param("title", "text", default="New Review"),
+                    Param("description", "text", default="Review description"),
+                ),
+                self._create_review,
+                "a pull-request body: the preview as a table and the transaction's SQL",
+                sample="SELECT * FROM iasql_create_review('Add the web tier', 'Why: ...')",
+            ),
+            FunctionSpec(
                 "iasql_get_errors",
                 (("ts", "timestamptz"), ("message", "text")),
                 (),
@@ -312,6 +339,21 @@ class Engine:
 
     async def _drift(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         return await transaction.drift(await self.database(ctx.database), ctx)
+
+    async def _sql_for_transaction(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        return [{"sql": s} for s in await sqlgen.sql_for_transaction(db, args["transaction_id"])]
+
+    async def _sql_since(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        return [{"sql": s} for s in await sqlgen.sql_since(db, args["limit_date"])]
+
+    async def _create_review(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        preview = await transaction.preview(db, ctx)
+        statements = await sqlgen.sql_for_transaction(db, None)
+        text = sqlgen.review_markdown(args["title"], args["description"], preview, statements)
+        return [{"markdown": text}]
 
     async def _get_errors(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)

@@ -1,0 +1,237 @@
+"""SQL that replays user changes in another environment's database (staging → prod).
+
+Each user change in the audit log becomes one statement. What differs between accounts is
+never written: serial ids, cloud-assigned values, secrets and this database's settings.
+A foreign key becomes a sub-select on the referenced row's natural key (nested where that
+key holds a foreign key itself), and UPDATE and DELETE find their row by natural key.
+
+The referenced rows are looked up as they were at the time of the change: the whole log is
+replayed in memory (row images by primary key), so a reference to a row deleted since then
+still resolves.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from engine.audit import Change
+from engine.database import Database
+from engine.ddl import quote_ident
+from engine.functions import EngineError
+from modules.spec import Column, Record, Table
+
+Image = dict[str, Any]
+
+
+def literal(value: Any) -> str:
+    """A constant as SQL. Strings use E'' with backslashes doubled, so they read back the
+    same whatever `standard_conforming_strings` is."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("'", "''")
+    if "\\" in text:
+        return "E'" + text.replace("\\", "\\\\") + "'"
+    return "'" + text + "'"
+
+
+def typed_literal(column: Column, value: Any) -> str:
+    """A value from a row image (JSON) as SQL of the column's type."""
+    if value is None:
+        return "NULL"
+    kind = column.type.lower()
+    if kind in ("json", "jsonb"):
+        return f"{literal(json.dumps(value, ensure_ascii=False))}::{kind}"
+    if kind.endswith("[]"):
+        items = ", ".join(literal(v) for v in value)
+        return f"ARRAY[{items}]::{column.type}"
+    return literal(value)
+
+
+def emitted_columns(table: Table) -> list[Column]:
+    """Columns whose values travel between environments."""
+    return [
+        c
+        for c in table.columns
+        if c.type != "serial" and not (c.cloud_assigned or c.secret or c.local)
+    ]
+
+
+def replayable(table: Table | None) -> bool:
+    """Tables of cloud resources; credentials and other settings stay per environment."""
+    return table is not None and table.mapper is not None
+
+
+class SqlGenerator:
+    def __init__(self, tables: dict[str, Table]) -> None:
+        self.tables = tables
+        self.images: dict[str, dict[tuple[Any, ...], Image]] = {}
+
+    def _pk(self, table: Table, image: Image) -> tuple[Any, ...]:
+        return tuple(image.get(c) for c in table.primary_key)
+
+    def remember(self, change: Change) -> None:
+        """Keeps the row images current, for changes by anyone (the engine included)."""
+        table = self.tables.get(change.table_name)
+        if table is None:
+            return
+        images = self.images.setdefault(table.name, {})
+        if change.change_type == "DELETE":
+            return  # keep the image: later references to it must still resolve
+        new = change.change.get("change") or {}
+        images[self._pk(table, new)] = new
+
+    def statement(self, change: Change) -> str | None:
+        """The SQL for one user change (None when nothing of it travels)."""
+        table = self.tables.get(change.table_name)
+        if table is None or not replayable(table):
+            return None
+        name = quote_ident(table.name)
+        if change.change_type == "INSERT":
+            new = change.change["change"]
+            values = {c.name: new.get(c.name) for c in emitted_columns(table)}
+            values = {k: v for k, v in values.items() if v is not None}
+            columns = ", ".join(quote_ident(k) for k in values)
+            exprs = ", ".join(self._value(table.column(k), v) for k, v in values.items())
+            return f"INSERT INTO {name} ({columns}) VALUES ({exprs});"
+        original = change.change["original"]
+        where = self._where(table, original)
+        if change.change_type == "DELETE":
+            return f"DELETE FROM {name} WHERE {where};"
+        new = change.change["change"]
+        changed = [c for c in emitted_columns(table) if new.get(c.name) != original.get(c.name)]
+        if not changed:
+            return None
+        sets = ", ".join(
+            f"{quote_ident(c.name)} = {self._value(c, new.get(c.name))}" for c in changed
+        )
+        return f"UPDATE {name} SET {sets} WHERE {where};"
+
+    def _value(self, column: Column, value: Any) -> str:
+        ref = column.ref
+        if value is None or ref is None:
+            return typed_literal(column, value)
+        parent = self.tables.get(ref.table)
+        if parent is None or parent.column(ref.key).type != "serial":
+            return typed_literal(column, value)  # a natural value already (a bucket name)
+        image = self.images.get(parent.name, {}).get((value,))
+        if image is None:
+            raise LookupError(f"{parent.name} row {value} is not in the audit log")
+        key = quote_ident(ref.key)
+        return f"(SELECT {key} FROM {quote_ident(parent.name)} WHERE {self._where(parent, image)})"
+
+    def _where(self, table: Table, image: Record) -> str:
+        parts = []
+        for name in table.natural_key:
+            column = table.column(name)
+            value = image.get(name)
+            target = quote_ident(name)
+            if value is None:
+                parts.append(f"{target} IS NULL")
+            elif column.type.lower() in ("json", "jsonb"):
+                parts.append(f"{target}::jsonb = {literal(json.dumps(value))}::jsonb")
+            else:
+                parts.append(f"{target} = {self._value(column, value)}")
+        return " AND ".join(parts)
+
+
+def generate(tables: dict[str, Table], history: list[Change], wanted: set[int]) -> list[str]:
+    """Statements for the changes whose ids are `wanted`, in order; `history` is every row
+    change of the log, oldest first (the engine's too, for the row images)."""
+    generator = SqlGenerator(tables)
+    statements = []
+    for change in history:
+        if change.id in wanted:
+            statement = generator.statement(change)
+            if statement is not None:
+                statements.append(statement)
+        generator.remember(change)
+    return statements
+
+
+async def _history(conn: asyncpg.Connection) -> list[Change]:
+    rows = await conn.fetch(
+        "SELECT id, table_name, change_type::text, change FROM iasql_audit_log"
+        " WHERE change_type IN ('INSERT', 'UPDATE', 'DELETE') ORDER BY id"
+    )
+    return [Change(r["id"], r["table_name"], r["change_type"], r["change"]) for r in rows]
+
+
+async def _generate(db: Database, conn: asyncpg.Connection, user_ids: set[int]) -> list[str]:
+    tables = {t.name: t for t in await db.installed_tables(conn)}
+    try:
+        return generate(tables, await _history(conn), user_ids)
+    except LookupError as exc:
+        raise EngineError("XX001", f"cannot write the SQL: {exc}") from exc
+
+
+async def default_transaction(conn: asyncpg.Connection) -> str | None:
+    """The open transaction, else the latest one."""
+    value = await conn.fetchval(
+        "SELECT transaction_id FROM iasql_transaction"
+        " ORDER BY closed_at IS NULL DESC, opened_at DESC LIMIT 1"
+    )
+    return None if value is None else str(value)
+
+
+async def sql_for_transaction(db: Database, transaction_id: str | None) -> list[str]:
+    async with db.pool.acquire() as conn:
+        if transaction_id is None:
+            transaction_id = await default_transaction(conn)
+        elif not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM iasql_transaction WHERE transaction_id = $1)",
+            transaction_id,
+        ):
+            raise EngineError(
+                "22023",
+                f"no transaction {transaction_id!r} in this database",
+                hint="SELECT transaction_id FROM iasql_transaction lists them",
+            )
+        ids = await conn.fetch(
+            'SELECT id FROM iasql_audit_log WHERE transaction_id = $1 AND "user" <> $2'
+            " AND change_type IN ('INSERT', 'UPDATE', 'DELETE')",
+            transaction_id,
+            db.engine_user,
+        )
+        return await _generate(db, conn, {r["id"] for r in ids})
+
+
+async def sql_since(db: Database, limit_date: Any) -> list[str]:
+    async with db.pool.acquire() as conn:
+        ids = await conn.fetch(
+            'SELECT id FROM iasql_audit_log WHERE "user" <> $1'
+            " AND change_type IN ('INSERT', 'UPDATE', 'DELETE')"
+            " AND ($2::text IS NULL OR ts >= $2::text::timestamptz)",
+            db.engine_user,
+            None if limit_date is None else str(limit_date),
+        )
+        return await _generate(db, conn, {r["id"] for r in ids})
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else value if isinstance(value, str) else json.dumps(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def review_markdown(
+    title: str, description: str, preview: list[dict[str, Any]], statements: list[str]
+) -> str:
+    """A pull-request body: the preview as a table and the transaction's SQL."""
+    lines = [f"# {title}", "", description, "", "## Preview", ""]
+    columns = ["action", "table_name", "id", "description", "changes"]
+    if preview:
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in preview]
+    else:
+        lines.append("No cloud changes.")
+    fence = "```"
+    while any(fence in s for s in statements):
+        fence += "`"
+    lines += ["", "## SQL", "", fence + "sql", *statements, fence, ""]
+    return "\n".join(lines)
