@@ -170,12 +170,14 @@ class Phases:
     steps of a commit) add up to more than the wall time: their average is what counts."""
 
     stats: dict[str, PhaseStats] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # as a commit runs them
 
     def reset(self) -> None:
         self.stats.clear()
 
     def wrap(self, owner: Any, name: str, label: str) -> None:
         original = getattr(owner, name)
+        self.order.append(label)
 
         @functools.wraps(original)
         async def timed(*args: Any, **kwargs: Any) -> Any:
@@ -197,21 +199,24 @@ class Phases:
         self.wrap(tx, "plan_changes", "plan_changes (build the plan)")
         self.wrap(tx, "build_plan", "  build_plan")
         self.wrap(plan, "fetch_rows", "    fetch_rows")
-        self.wrap(plan, "read_cloud", "    read_cloud (plan)")
+        self.wrap(plan, "read_cloud", "    read_cloud (all regions, for the plan)")
         self.wrap(apply.Applier, "run", "Applier.run (apply the steps)")
         self.wrap(apply.Applier, "_journal_start", "  step: journal insert")
         self.wrap(LogGroupMapper, "create", "  step: LogGroupMapper.create (create + describe)")
         self.wrap(apply.Applier, "_finish", "  step: write back + journal done")
         self.wrap(tx, "_sync_after", "_sync_after (re-read and store)")
-        self.wrap(sync, "read_cloud", "  read_cloud (sync)")
+        self.wrap(sync, "read_cloud", "  read_cloud (all regions, for the sync)")
         self.wrap(sync, "store", "  store")
         self.wrap(audit, "mark_applied", "audit.mark_applied")
-        self.wrap(LogGroupMapper, "read", "LogGroupMapper.read (one region)")
+        self.wrap(LogGroupMapper, "read", "LogGroupMapper.read (one region, in either read)")
         self.wrap(QueueMapper, "read", "QueueMapper.read (one region)")
 
     def lines(self) -> list[str]:
         out = []
-        for label, entry in self.stats.items():
+        for label in self.order:
+            entry = self.stats.get(label)
+            if entry is None:
+                continue
             average = entry.seconds / entry.calls * 1000
             out.append(
                 f"  {label:52} {entry.calls:6} calls  {entry.seconds:8.2f} s summed"
@@ -496,7 +501,7 @@ class Bench:
             f"{label}: {seconds:.2f} s; CPU {used}"
             + (f"; {requests} HTTP requests" if requests else "")
         )
-        self.notes += [f"  {line.strip()}" for line in self.phases.lines()]
+        self.notes += self.phases.lines()
 
     # a ----------------------------------------------------------------------------------
 
@@ -628,7 +633,7 @@ class Bench:
             f" {preview_s:.3f} s); one bare describe_log_groups: {describe_s * 1000:.1f} ms"
         )
         self.notes.append("c. phases of the first preview:")
-        self.notes += [f"  {line.strip()}" for line in first_phases]
+        self.notes += first_phases
         progress(self.notes[-2 - len(first_phases)])
         for line in first_phases:
             progress(line)
@@ -683,8 +688,7 @@ def report(bench: Bench, versions: dict[str, str]) -> None:
     print("\nDetails (phase times are summed over calls; the steps of a commit overlap):\n")
     print(
         "\n".join(
-            f"- {note}" if not note.startswith("  ") else f"    {note.strip()}"
-            for note in bench.notes
+            f"- {note}" if not note.startswith("  ") else f"    {note}" for note in bench.notes
         )
     )
     print(flush=True)

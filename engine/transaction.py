@@ -215,11 +215,16 @@ async def commit(
 async def _sync_after(
     db: Database, conn: asyncpg.Connection, plan: Plan, changes: list[audit.Change]
 ) -> None:
-    """Re-reads the tables the commit touched, so the rows hold what the cloud really has;
-    new credentials refresh the account's regions."""
-    tables = list(plan.tables)
+    """Re-reads the tables the commit touched, and the tables under them (creating a VPC
+    creates its default security group and rules), so the rows hold what the cloud really
+    has; new credentials refresh the account's regions."""
+    installed = await db.installed_tables(conn)
+    names = {t.name for t in plan.tables}
+    while more := _children(installed, names) - names:
+        names |= more
     if any(c.table_name == "aws_credentials" for c in changes):
-        tables = [t for t in await db.installed_tables(conn) if t.name == "aws_regions"] + tables
+        names.add("aws_regions")
+    tables = [t for t in installed if t.name in names and t.mapper is not None]
     if tables:
         async with conn.transaction():
             await sync_tables(conn, await db.cloud(), tables, await db.enabled_regions(conn))
