@@ -70,6 +70,7 @@ from modules.aws_sqs import QueueMapper
 from proxy.server import BackendAddress, ProxyServer
 
 USER = "bench"
+ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = TransactionSettings().commit_concurrency  # the engine's default: 16
 TARGET_COMMIT_RATIO = 1.3  # a: commit time / bare concurrent loop time
 TARGET_SPEEDUP = 10.0  # b: sequential time / commit time, with the delay
@@ -452,10 +453,15 @@ class Bench:
         return [f"/bench/{i}" for i in range(1, self.args.resources + 1)]
 
     def timed_commit(
-        self, endpoint: str, label: str, relay: RelayThread | None = None
+        self,
+        endpoint: str,
+        label: str,
+        relay: RelayThread | None = None,
+        profiler: cProfile.Profile | None = None,
     ) -> tuple[float, dict[str, float], int]:
         """A fresh account and environment; commits N inserted log groups. Returns the
-        commit's seconds, CPU use, and HTTP requests it made (with a relay)."""
+        commit's seconds, CPU use, and HTTP requests it made (with a relay). A profiler
+        given is on for the commit statement only."""
         n = self.args.resources
         self.moto.reset()
         conn = new_environment(self.server, endpoint, "aws_cloudwatch")
@@ -469,7 +475,8 @@ class Bench:
             self.phases.reset()
             cpu: dict[str, float] = {}
             before = relay.requests if relay else 0
-            with self.cpu.measure(cpu):
+            profiling = self.server.profiled(profiler) if profiler else contextlib.nullcontext()
+            with profiling, self.cpu.measure(cpu):
                 started = time.perf_counter()
                 applied = scalar(conn, "SELECT count(*) FROM iasql_commit()")
                 seconds = time.perf_counter() - started
@@ -655,14 +662,39 @@ class Bench:
     def profile_commit(self) -> None:
         progress("\n[profile] one more commit of measurement a under cProfile (server thread)")
         profiler = cProfile.Profile()
-        with self.server.profiled(profiler):
-            self.timed_commit(self.moto.endpoint, "profiled commit (slower: cProfile)")
+        self.timed_commit(self.moto.endpoint, "profiled commit (slower: cProfile)", None, profiler)
+        stats = pstats.Stats(profiler)
+        print("\n#### cProfile of the server thread during one commit (a), own time by package\n")
+        print("| package | own time | share |\n|---|---|---|")
+        by_package = own_time_by_package(stats)
+        total = sum(by_package.values())
+        for package, seconds in sorted(by_package.items(), key=lambda kv: -kv[1]):
+            print(f"| {package} | {seconds:.2f} s | {seconds / total:.0%} |")
         for sort in ("tottime", "cumulative"):
             text = io.StringIO()
-            pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(30)
+            pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(25)
             print(f"\n#### cProfile of the server thread, by {sort}\n\n```")
             print(text.getvalue().strip())
             print("```")
+
+
+def own_time_by_package(stats: pstats.Stats) -> dict[str, float]:
+    """Self time summed per top-level package (botocore, aiohttp, asyncpg, engine...)."""
+    totals: dict[str, float] = {}
+    for (filename, _line, _function), entry in stats.stats.items():  # type: ignore[attr-defined]
+        own = entry[2]
+        if "site-packages/" in filename:
+            package = filename.split("site-packages/", 1)[1].split("/", 1)[0]
+        elif filename.startswith(str(ROOT)):
+            package = "iasql: " + Path(filename).relative_to(ROOT).parts[0]
+        elif filename == "~":
+            package = "C builtins (str.join, isinstance, dict.get...)"
+        elif "/lib/python3" in filename:
+            package = "stdlib: " + filename.split("/lib/python3", 1)[1].split("/")[1]
+        else:
+            package = "other"
+        totals[package] = totals.get(package, 0.0) + own
+    return totals
 
 
 # --- report ----------------------------------------------------------------------------------

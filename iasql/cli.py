@@ -24,6 +24,7 @@ from engine.admin import ADMIN_DATABASE, PublicAddress
 from engine.core import server_version
 from engine.transaction import TransactionSettings
 from iasql.postgres import LocalPostgres, PostgresError
+from iasql.promote import PromotionError, add_promote
 from iasql.sandbox import MotoServer, SandboxError
 from proxy.server import BackendAddress, ProxyServer
 
@@ -348,10 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve(commands)
     add_db(commands)
+    add_promote(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except (StartupError, PostgresError, SandboxError) as exc:
+    except (StartupError, PostgresError, SandboxError, PromotionError) as exc:
         print(f"iasql: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. a data directory that cannot be created

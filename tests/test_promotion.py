@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -21,8 +23,12 @@ from iasql.sandbox import MotoServer
 from modules import available_modules
 from modules.spec import Column, Table
 from tests.conftest import RunningServer, add_credentials, rows
+from tests.test_cli import IASQL, cli_env
 
 MODULES = ("aws_cloudwatch", "aws_sqs", "aws_vpc", "aws_security_group")
+
+
+URLS: dict[int, str] = {}  # id(connection) -> its environment's URL
 
 
 def environment(iasql: RunningServer, alias: str, moto: MotoServer) -> psycopg.Connection:
@@ -30,6 +36,7 @@ def environment(iasql: RunningServer, alias: str, moto: MotoServer) -> psycopg.C
         row = admin.execute("SELECT url FROM iasql_connect(%s)", (alias,)).fetchone()
     assert row is not None
     conn = psycopg.connect(str(row[0]), autocommit=True)
+    URLS[id(conn)] = str(row[0])
     conn.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(conn, moto)
     conn.execute(f"SELECT * FROM iasql_install({', '.join(repr(m) for m in MODULES)})")
@@ -234,3 +241,61 @@ def test_values_round_trip_through_generated_sql(
         assert stored is not None
         assert stored == (label, doc, items)
     scratch.execute("SET standard_conforming_strings = on")
+
+
+# --- iasql promote ------------------------------------------------------------------------
+
+
+def promote(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*IASQL, "promote", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_iasql_promote_dry_run_commit_files_and_failure(
+    staging_and_prod: Any, tmp_path: Path
+) -> None:
+    staging, prod, prod_moto = staging_and_prod
+    source, target = URLS[id(staging)], URLS[id(prod)]
+    logs = boto3.client("logs", region_name="us-east-1", endpoint_url=prod_moto.endpoint)
+    staging.execute("SELECT * FROM iasql_begin()")
+    staging.execute("INSERT INTO log_group (log_group_name) VALUES ('/promoted')")
+    staging.execute("SELECT * FROM iasql_commit()")
+
+    dry = promote("--from", source, "--to", target)
+    assert dry.returncode == 0, dry.stderr
+    assert "create  log_group" in dry.stdout and "/promoted/us-east-1" in dry.stdout
+    assert "dry run: rolled back" in dry.stdout
+    assert logs.describe_log_groups()["logGroups"] == []
+    assert rows(prod, "SELECT count(*) FROM log_group") == [(0,)]
+
+    # The SQL goes to a file, a person edits it, the edited file is promoted.
+    sql_file = tmp_path / "promotion.sql"
+    written = promote("--from", source, "--sql-out", str(sql_file))
+    assert written.returncode == 0 and "wrote 1 statements" in written.stdout
+    sql_file.write_text(sql_file.read_text().replace("/promoted", "/edited"))
+    applied = promote("--sql-in", str(sql_file), "--to", target, "--commit")
+    assert applied.returncode == 0, applied.stderr
+    assert [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]] == ["/edited"]
+
+    # A failing statement stops the promotion and rolls the target back.
+    sql_file.write_text(
+        "INSERT INTO log_group (log_group_name) VALUES ('/half');\n"
+        "INSERT INTO no_such_table VALUES (1);\n"
+    )
+    failed = promote("--sql-in", str(sql_file), "--to", target, "--commit")
+    assert failed.returncode == 1
+    assert "statement 2 of 2 failed" in failed.stderr
+    assert "no_such_table" in failed.stderr and "does not exist" in failed.stderr
+    assert rows(prod, "SELECT log_group_name FROM log_group") == [("/edited",)]
+    assert rows(prod, "SELECT count(*) FROM iasql_transaction WHERE closed_at IS NULL") == [(0,)]
+
+    committed = promote("--from", source, "--to", target, "--commit")
+    assert committed.returncode == 0, committed.stderr
+    names = sorted(g["logGroupName"] for g in logs.describe_log_groups()["logGroups"])
+    assert names == ["/edited", "/promoted"]
