@@ -4,6 +4,7 @@ cloud effect is read back with boto3."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import boto3
@@ -161,3 +162,83 @@ def test_stack_create_replace_rollback_fail_and_delete(network_env: Any) -> None
         ec2.describe_vpcs(Filters=[{"Name": "cidr-block", "Values": ["10.1.0.0/16"]}])["Vpcs"] == []
     )
     assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
+
+
+def test_s3_and_vpc_updates_in_place(network_env: Any) -> None:
+    conn, ec2 = network_env
+    endpoint = ec2.meta.endpoint_url
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint)
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("INSERT INTO bucket (name, tags) VALUES ('site-bucket', '{\"team\": \"web\"}')")
+    conn.execute(
+        "INSERT INTO bucket_website (bucket_name, index_document) VALUES ('site-bucket', 'index.html')"
+    )
+    conn.execute(
+        "INSERT INTO public_access_block (bucket_name, block_public_policy) VALUES ('site-bucket', false)"
+    )
+    conn.execute("INSERT INTO vpc (cidr_block) VALUES ('10.7.0.0/16')")
+    assert sorted(r[0] for r in rows(conn, "SELECT table_name FROM iasql_preview()")) == [
+        "bucket",
+        "bucket_website",
+        "public_access_block",
+        "vpc",
+    ]
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert s3.get_bucket_website(Bucket="site-bucket")["IndexDocument"] == {"Suffix": "index.html"}
+    block = s3.get_public_access_block(Bucket="site-bucket")["PublicAccessBlockConfiguration"]
+    assert block["BlockPublicPolicy"] is False and block["BlockPublicAcls"] is True
+    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
+
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": "arn:aws:s3:::site-bucket/*",
+            }
+        ],
+    }
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        'UPDATE bucket SET policy = %s, tags = \'{"team": "platform"}\'',
+        (json.dumps(policy),),
+    )
+    conn.execute("UPDATE bucket_website SET error_document = 'oops.html'")
+    conn.execute(
+        'UPDATE vpc SET enable_dns_support = true, tags = \'{"Name": "seven"}\''
+        " WHERE cidr_block = '10.7.0.0/16'"
+    )
+    planned = {
+        r[0]: (r[1], r[2])
+        for r in rows(conn, "SELECT table_name, action, changes FROM iasql_preview()")
+    }
+    assert planned["bucket_website"] == (
+        "update",
+        {"error_document": {"old": None, "new": "oops.html"}},
+    )
+    assert planned["vpc"][0] == "update" and set(planned["vpc"][1]) == {
+        "enable_dns_support",
+        "tags",
+    }
+    assert planned["bucket"][0] == "update" and set(planned["bucket"][1]) == {"policy", "tags"}
+    vpc_id = rows(conn, "SELECT vpc_id FROM vpc WHERE cidr_block = '10.7.0.0/16'")[0][0]
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert json.loads(s3.get_bucket_policy(Bucket="site-bucket")["Policy"]) == policy
+    assert s3.get_bucket_tagging(Bucket="site-bucket")["TagSet"] == [
+        {"Key": "team", "Value": "platform"}
+    ]
+    assert s3.get_bucket_website(Bucket="site-bucket")["ErrorDocument"] == {"Key": "oops.html"}
+    support = ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute="enableDnsSupport")
+    assert support["EnableDnsSupport"]["Value"] is True
+    # In-place: same VPC, and AWS's normalised policy does not show as a change.
+    assert rows(conn, "SELECT vpc_id FROM vpc WHERE cidr_block = '10.7.0.0/16'") == [(vpc_id,)]
+    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
+    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
+
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("DELETE FROM bucket_website; DELETE FROM public_access_block")
+    conn.execute("SELECT * FROM iasql_commit()")
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.get_bucket_website(Bucket="site-bucket")
