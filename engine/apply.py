@@ -111,8 +111,13 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def as_json(record: Record | None) -> str | None:
-    return None if record is None else json.dumps(record, default=_json_default)
+def as_json(table: Table, record: Record | None) -> str | None:
+    """A record for the journal, without its secrets (the journal is readable by users)."""
+    if record is None:
+        return None
+    secrets = {c.name for c in table.columns if c.secret}
+    kept = {k: v for k, v in record.items() if k not in secrets}
+    return json.dumps(kept, default=_json_default)
 
 
 class Applier:
@@ -210,8 +215,8 @@ class Applier:
                 step.table.name,
                 step.kind,
                 step.token,
-                as_json(before),
-                as_json(after),
+                as_json(step.table, before),
+                as_json(step.table, after),
             )
         )
 
@@ -225,7 +230,7 @@ class Applier:
                 "UPDATE iasql_commit_journal SET state = 'done', after = $2::text::jsonb,"
                 " updated_at = clock_timestamp() WHERE id = $1",
                 journal,
-                as_json(result),
+                as_json(step.table, result),
             )
 
     async def revert(self) -> list[str]:
