@@ -10,6 +10,7 @@ with the journal entry, in one database transaction as each step ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -22,11 +23,12 @@ import asyncpg
 from engine.ddl import quote_ident
 from engine.plan import CREATE, DELETE, REPLACE, UPDATE, Operation, Plan
 from engine.sync import Pending, cloud_key, read_cloud, row_as_record
-from modules.spec import TOKEN, Cloud, CloudError, Mapper, Record, Table
+from modules.spec import TOKEN, Cloud, CloudError, Column, Mapper, Record, Table
 
 log = logging.getLogger("iasql.apply")
 
 VERBS = {CREATE: "creating", UPDATE: "updating", DELETE: "deleting"}
+PROGRESS_LINES = 20  # progress notices for a commit of more than 50 steps
 
 
 @dataclass(eq=False)
@@ -77,6 +79,11 @@ def build_steps(plan: Plan) -> list[Step]:
     referenced = {(c.ref.table, c.ref.key) for t in plan.tables for c in t.references if c.ref}
     cloud_referenced = {
         (c.ref.table, c.ref.cloud or c.ref.key) for t in plan.tables for c in t.references if c.ref
+    } | {
+        (c.cloud_ref.table, c.cloud_ref.key)
+        for t in plan.tables
+        for c in t.cloud_references
+        if c.cloud_ref
     }
     # Who creates the row with table.key = value, and who deletes the resource with that id.
     creates: dict[tuple[str, str, Any], Step] = {}
@@ -102,7 +109,23 @@ def build_steps(plan: Plan) -> list[Step]:
                 parent = deletes.get((ref.table, ref.cloud or ref.key, op.current.get(column.name)))
                 if parent is not None:
                     parent.needs(step)
+        if step.kind in (DELETE, UPDATE) and op.current is not None:
+            for column in step.table.cloud_references:
+                _after_naming_rows(step, column, op.current.get(column.name), deletes)
     return steps
+
+
+def _after_naming_rows(
+    step: Step, column: Column, value: Any, deletes: dict[tuple[str, str, Any], Step]
+) -> None:
+    """A resource named by cloud id in `column` is deleted only after `step` (which deletes or
+    changes the row naming it) has run."""
+    ref = column.cloud_ref
+    assert ref is not None
+    for cloud_id in value if isinstance(value, list) else [value]:
+        parent = deletes.get((ref.table, ref.key, cloud_id))
+        if parent is not None:
+            parent.needs(step)
 
 
 def _json_default(value: Any) -> Any:
@@ -203,7 +226,12 @@ class Applier:
             step.result = {**desired, **result}
             await self._finish(step, journal, step.result)
         self.finished += 1
-        self.notify(f"{self.finished}/{len(self.steps)} {VERBS[step.kind]} {step.label()}: done")
+        # Every step of a small commit; about every 5% of a big one, so progress stays readable.
+        every = max(1, len(self.steps) // PROGRESS_LINES) if len(self.steps) > 50 else 1
+        if self.finished % every == 0 or self.finished == len(self.steps):
+            self.notify(
+                f"{self.finished}/{len(self.steps)} {VERBS[step.kind]} {step.label()}: done"
+            )
 
     async def _journal_start(self, step: Step, before: Record | None, after: Record | None) -> int:
         return int(
@@ -221,17 +249,28 @@ class Applier:
         )
 
     async def _finish(self, step: Step, journal: int, result: Record | None) -> None:
-        """Writes the cloud-assigned values back and closes the journal entry, atomically."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            if result is not None and step.operation.row is not None:
-                row = await write_back(conn, step.table, step.operation.row, result, self.plan)
-                self.plan.refs.learn(step.table, row)
-            await conn.execute(
-                "UPDATE iasql_commit_journal SET state = 'done', after = $2::text::jsonb,"
-                " updated_at = clock_timestamp() WHERE id = $1",
-                journal,
-                as_json(step.table, result),
-            )
+        """Writes the cloud-assigned values back and closes the journal entry, atomically
+        (one statement when the cloud assigned nothing: most of a big commit's steps)."""
+        row = step.operation.row
+        writes = result is not None and row is not None and _assigns(step.table, result)
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction() if writes else contextlib.nullcontext(),
+        ):
+            await self._record_result(conn, step, journal, result)
+
+    async def _record_result(
+        self, conn: asyncpg.Connection, step: Step, journal: int, result: Record | None
+    ) -> None:
+        if result is not None and step.operation.row is not None:
+            row = await write_back(conn, step.table, step.operation.row, result, self.plan)
+            self.plan.refs.learn(step.table, row)
+        await conn.execute(
+            "UPDATE iasql_commit_journal SET state = 'done', after = $2::text::jsonb,"
+            " updated_at = clock_timestamp() WHERE id = $1",
+            journal,
+            as_json(step.table, result),
+        )
 
     async def revert(self) -> list[str]:
         """Undoes the steps that ran, newest first. Returns what could not be undone."""
@@ -264,6 +303,11 @@ async def undo_step(
         await table.mapper.update(cloud, before, after)
     elif kind == DELETE and before is not None:
         await table.mapper.create(cloud, before)
+
+
+def _assigns(table: Table, result: Record) -> bool:
+    """Whether a mapper's result carries values for the row's cloud-assigned columns."""
+    return any(c.cloud_assigned and c.name in result for c in table.columns)
 
 
 async def write_back(

@@ -14,6 +14,7 @@ from engine import admin, install, sqlgen, transaction
 from engine.database import Database
 from engine.functions import CallContext, EngineError, FunctionSpec, Param, Row
 from modules import available_modules
+from modules.spec import ModuleFunction, ModuleSpec
 
 log = logging.getLogger("iasql.engine")
 
@@ -46,6 +47,12 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.functions: dict[str, FunctionSpec] = {f.name: f for f in self._builtin_functions()}
+        # Module RPCs (e.g. key_pair_request), by name: their module, for iasql_help().
+        self.function_modules: dict[str, str] = {}
+        for module in available_modules().values():
+            for function in module.functions:
+                self.functions[function.name] = self._module_function(module, function)
+                self.function_modules[function.name] = module.name
         self._admin: asyncpg.Connection | None = None
         self._admin_lock = asyncio.Lock()
         self._databases: dict[str, Database] = {}
@@ -363,17 +370,44 @@ class Engine:
         )
         return [dict(r) for r in found]
 
-    async def _help(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+    def _module_function(self, module: ModuleSpec, function: ModuleFunction) -> FunctionSpec:
+        async def handler(ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+            db = await self.database(ctx.database)
+            return await transaction.call_module_function(db, ctx, module, function, args)
+
+        return FunctionSpec(
+            function.name,
+            function.columns,
+            tuple(
+                Param(name, type_, default=None)
+                if name in function.optional
+                else Param(name, type_)
+                for name, type_ in function.params
+            ),
+            handler,
+            function.description,
+            outside_transaction_block=function.changes_cloud,
+            sample=function.sample,
+        )
+
+    async def _help(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        """The built-in functions, and the RPCs of the modules installed here."""
+        installed: set[str] = set()
+        if ctx.database != admin.ADMIN_DATABASE:
+            installed = set(await (await self.database(ctx.database)).installed())
         return [
             {
-                "module": "iasql_functions",
+                "module": self.function_modules.get(spec.name, "iasql_functions"),
                 "name": spec.name,
                 "signature": spec.signature(),
                 "description": spec.description,
                 "sample_usage": spec.sample or f"SELECT * FROM {spec.name}()",
             }
             for spec in self.functions.values()
-            if not spec.admin_only and spec.name not in DEPRECATED
+            if not spec.admin_only
+            and spec.name not in DEPRECATED
+            and self.function_modules.get(spec.name, "iasql_functions")
+            in {*installed, "iasql_functions"}
         ]
 
     async def _deprecated(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:

@@ -156,6 +156,9 @@ def _cascade_replaces(plan: Plan, unchanged: dict[str, list[tuple[Record, Record
         for table in plan.tables:
             keep = []
             for row, current in unchanged.get(table.name, []):
+                if table.protected is not None and table.protected(current):
+                    keep.append((row, current))  # AWS's own (a main route table): goes with it
+                    continue
                 reason = next(
                     (
                         c
@@ -201,7 +204,9 @@ def _protect_children(plan: Plan) -> None:
             and any(
                 (c.ref.table, c.ref.cloud or c.ref.key, op.current.get(c.name)) in kept
                 for c in op.table.references
-                if c.ref is not None
+                # Only rows the cascade removed: a row that merely names it (a subnet its
+                # network ACL, SET NULL) was deleted by the user, on purpose.
+                if c.ref is not None and c.ref.on_delete == "CASCADE"
             )
         ]
         if not moved:

@@ -72,6 +72,9 @@ class SqlGenerator:
     def __init__(self, tables: dict[str, Table]) -> None:
         self.tables = tables
         self.images: dict[str, dict[tuple[Any, ...], Image]] = {}
+        # Sub-selects already written, by (table, primary key): a long log names the same
+        # parents again and again. Valid until a natural key changes.
+        self.subselects: dict[tuple[str, Any], str] = {}
 
     def _pk(self, table: Table, image: Image) -> tuple[Any, ...]:
         return tuple(image.get(c) for c in table.primary_key)
@@ -86,6 +89,9 @@ class SqlGenerator:
             return  # keep the image: later references to it must still resolve
         new = change.change.get("change") or {}
         images[self._pk(table, new)] = new
+        original = change.change.get("original") or {}
+        if any(original.get(c) != new.get(c) for c in table.natural_key if original):
+            self.subselects.clear()
 
     def statement(self, change: Change) -> str | None:
         """The SQL for one user change (None when nothing of it travels)."""
@@ -115,16 +121,44 @@ class SqlGenerator:
 
     def _value(self, column: Column, value: Any) -> str:
         ref = column.ref
+        if value is not None and column.cloud_ref is not None:
+            return self._cloud_ids(column, value)
         if value is None or ref is None:
             return typed_literal(column, value)
         parent = self.tables.get(ref.table)
         if parent is None or parent.column(ref.key).type != "serial":
             return typed_literal(column, value)  # a natural value already (a bucket name)
+        known = self.subselects.get((parent.name, value))
+        if known is not None:
+            return known
         image = self.images.get(parent.name, {}).get((value,))
         if image is None:
             raise LookupError(f"{parent.name} row {value} is not in the audit log")
         key = quote_ident(ref.key)
-        return f"(SELECT {key} FROM {quote_ident(parent.name)} WHERE {self._where(parent, image)})"
+        text = f"(SELECT {key} FROM {quote_ident(parent.name)} WHERE {self._where(parent, image)})"
+        self.subselects[(parent.name, value)] = text
+        return text
+
+    def _cloud_ids(self, column: Column, value: Any) -> str:
+        """Cloud ids (a subnet's subnet-0abc) as sub-selects of the cloud column by natural
+        key; an id of no row here (not managed by iasql) stays as written."""
+        ref = column.cloud_ref
+        assert ref is not None
+        parent = self.tables.get(ref.table)
+        if parent is None:
+            return typed_literal(column, value)
+
+        def one(cloud_id: Any) -> str:
+            images = self.images.get(parent.name, {}).values()
+            image = next((i for i in images if i.get(ref.key) == cloud_id), None)
+            if image is None:
+                return literal(cloud_id)
+            where = self._where(parent, image)
+            return f"(SELECT {quote_ident(ref.key)} FROM {quote_ident(parent.name)} WHERE {where})"
+
+        if isinstance(value, list):
+            return f"ARRAY[{', '.join(one(v) for v in value)}]::{column.type}"
+        return one(value)
 
     def _where(self, table: Table, image: Record) -> str:
         parts = []

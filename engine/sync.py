@@ -104,7 +104,7 @@ class References:
         """Whether the resource a record's foreign key names has a row (or, once seen with
         `seen_in_cloud`, exists in the cloud)."""
         ref = column.ref
-        if ref is None or cloud_value is None:
+        if ref is None or cloud_value is None or ref.optional:
             return True
         if (ref.table, ref.cloud or ref.key, cloud_value) in self._in_cloud:
             return True

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from botocore.exceptions import BotoCoreError, ClientError
 
 from engine import audit
 from engine.apply import Applier, StepFailed, recover
@@ -25,7 +26,7 @@ from engine.database import Database
 from engine.functions import CallContext, EngineError, Row
 from engine.plan import CREATE, DELETE, Plan, build_plan
 from engine.sync import References, sync_tables
-from modules.spec import Table
+from modules.spec import CloudError, ModuleFunction, ModuleSpec, Table
 
 COMMIT_LOCK = 0x1A5C3  # advisory lock key: one commit (or rollback, sync) at a time
 
@@ -398,3 +399,78 @@ async def sync(db: Database, ctx: CallContext) -> list[Row]:
         async with conn.transaction():
             await sync_tables(conn, await db.cloud(), plan.tables, await db.enabled_regions(conn))
     return _as_sync_rows(plan)
+
+
+# --- module functions (RPCs) ------------------------------------------------------------
+
+
+async def call_module_function(
+    db: Database, ctx: CallContext, module: ModuleSpec, function: ModuleFunction, args: Row
+) -> list[Row]:
+    """Runs a module RPC. One that changes the cloud holds the commit lock, runs inside the
+    open infrastructure transaction or else its own, and then syncs the module's tables
+    (those without uncommitted user changes) so the rows show what it made."""
+    async with db.pool.acquire() as conn:
+        if module.name not in await db.installed(conn):
+            raise EngineError(
+                "42883",
+                f"{function.name}() belongs to the module {module.name}, which is not installed",
+                hint=f"SELECT * FROM iasql_install('{module.name}')",
+            )
+        if "region" in args and args["region"] is None:
+            args = {**args, "region": await _default_region(conn)}
+    if not function.changes_cloud:
+        return await _run_function(db, function, args)
+    async with _commit_lock(db) as conn:
+        await recover_interrupted(db, ctx, locked=True)
+        transaction = await _open_transaction(conn)
+        tid = transaction.transaction_id if transaction else str(uuid.uuid4())
+        if transaction is None:
+            await conn.execute(
+                "INSERT INTO iasql_transaction (transaction_id, opened_by) VALUES ($1, $2)",
+                tid,
+                ctx.user,
+            )
+            await audit.log_event(conn, "OPEN_TRANSACTION", ctx.user, tid, f"{function.name}()")
+        outcome = "failed"
+        try:
+            result = await _run_function(db, function, args)
+            outcome = "committed"
+            return result
+        finally:
+            await _sync_module(db, conn, module)
+            if transaction is None:
+                await _close(conn, ctx, tid, outcome)
+
+
+async def _run_function(db: Database, function: ModuleFunction, args: Row) -> list[Row]:
+    try:
+        records = await function.run(await db.cloud(), **args)
+    except (CloudError, ClientError, BotoCoreError) as error:
+        raise EngineError("58000", f"{function.name}() failed: {error}") from None
+    return [{name: record.get(name) for name, _type in function.columns} for record in records]
+
+
+async def _sync_module(db: Database, conn: asyncpg.Connection, module: ModuleSpec) -> None:
+    installed = await db.installed_tables(conn)
+    names = {t.name for t in module.tables}
+    while more := _children(installed, names) - names:
+        names |= more
+    names -= {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
+    tables = [t for t in installed if t.name in names and t.mapper is not None]
+    if tables:
+        async with conn.transaction():
+            await sync_tables(conn, await db.cloud(), tables, await db.enabled_regions(conn))
+
+
+async def _default_region(conn: asyncpg.Connection) -> str:
+    region = None
+    if await conn.fetchval("SELECT to_regclass('aws_regions') IS NOT NULL"):
+        region = await conn.fetchval("SELECT region FROM aws_regions WHERE is_default")
+    if region is None:
+        raise EngineError(
+            "22023",
+            "no region given and this database has no default region",
+            hint="pass the region, or add AWS credentials so aws_regions is filled",
+        )
+    return str(region)

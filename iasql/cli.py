@@ -341,6 +341,9 @@ def configure_logging(level: str, fmt: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # At DEBUG these log request and response bodies: AWS secrets, passwords, private keys.
+    for talkative in ("botocore", "aiobotocore", "boto3", "urllib3", "aiohttp"):
+        logging.getLogger(talkative).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

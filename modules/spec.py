@@ -10,6 +10,7 @@ translates between the two, so a mapper never sees the database.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ class Ref:
     key: str = "id"
     cloud: str | None = None
     on_delete: str = "NO ACTION"  # like RESTRICT, but deferrable (the engine undoes in bulk)
+    # A resource naming a parent that has no row is normally left out (a rule naming another
+    # account's group). An optional reference (a VPC's DHCP options) is stored as NULL
+    # instead, so the resource itself is never mistaken for a missing one.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,11 @@ class Column:
     secret: bool = False  # never written to the audit log, never emitted
     # The canonical form used to compare this column (policy JSON, tag order, CIDR forms).
     normalize: Callable[[Any], Any] | None = None
+    # The column holds cloud ids (one, or an array of them) of rows of `cloud_ref.table`, found
+    # by its column `cloud_ref.key`, as IaSQL's load_balancer.subnets does. Rows and records
+    # both hold the ids; generated SQL turns each into a sub-select by natural key, and a
+    # commit deletes the referenced resources only after the rows naming them.
+    cloud_ref: Ref | None = None
 
 
 class Cloud(Protocol):
@@ -105,11 +115,19 @@ class Table:
     extra_ddl: tuple[str, ...] = ()  # statements run after CREATE TABLE (indexes, triggers)
 
     def column(self, name: str) -> Column:
-        return next(c for c in self.columns if c.name == name)
+        return self._columns_by_name[name]
+
+    @functools.cached_property
+    def _columns_by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns}
 
     @property
     def references(self) -> list[Column]:
         return [c for c in self.columns if c.ref is not None]
+
+    @property
+    def cloud_references(self) -> list[Column]:
+        return [c for c in self.columns if c.cloud_ref is not None]
 
 
 @dataclass(frozen=True)
@@ -128,9 +146,17 @@ class ModuleSpec:
 
 @dataclass(frozen=True)
 class ModuleFunction:
+    """A module RPC such as `key_pair_request(name, region)`, called like an iasql function.
+    One that changes the cloud runs as its own infrastructure transaction (or inside the open
+    one), and the module's tables are synced from the cloud after it."""
+
     name: str
-    columns: tuple[tuple[str, str], ...]
+    columns: tuple[tuple[str, str], ...]  # result columns: (name, Postgres type)
     params: tuple[tuple[str, str], ...]  # (name, Postgres type)
     run: Callable[..., Any]  # async (cloud, **arguments) -> list[Record]
     description: str
     changes_cloud: bool = True
+    # Parameters a caller may leave out (they arrive as None). A parameter named `region`
+    # left out gets the database's default region.
+    optional: tuple[str, ...] = ()
+    sample: str | None = None  # an example call, for iasql_help()

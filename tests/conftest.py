@@ -107,6 +107,9 @@ def moto_accounts() -> Iterator[Callable[[], MotoServer]]:
         return server
 
     yield start
+    for server in started:  # all at once: each takes a moment to exit
+        if server.process is not None:
+            server.process.terminate()
     for server in started:
         server.stop()
 

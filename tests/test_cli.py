@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import queue
 import re
@@ -24,6 +25,7 @@ import boto3
 import pytest
 
 from engine.core import server_version
+from iasql.cli import configure_logging
 from iasql.postgres import LocalPostgres, free_port
 from iasql.sandbox import MotoServer
 from modules import available_modules
@@ -616,3 +618,19 @@ def test_advertised_address_and_external_cloud_endpoint(
         iasql("db", "drop", "cli_advertise", "--url", direct)
     code, _rest = server.stop(signal.SIGTERM)
     assert code == 0, server.stderr()
+
+
+def test_debug_logging_keeps_aws_request_bodies_out() -> None:
+    """botocore logs request and response bodies (secrets) at DEBUG: even with
+    --log-level debug they stay at INFO."""
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        root.handlers.clear()
+        configure_logging("debug", "text")
+        assert root.level == logging.DEBUG
+        for name in ("botocore", "botocore.endpoint", "aiobotocore", "urllib3"):
+            assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]

@@ -32,12 +32,20 @@ def backend_url(postgres: LocalPostgres, database: str) -> str:
     return postgres.dsn().rsplit("/", 1)[0] + "/" + database
 
 
-def wait_for(conn: psycopg.Connection, sql: str, at_least: int, seconds: float = 90) -> int:
+def wait_for(
+    conn: psycopg.Connection,
+    sql: str,
+    at_least: int,
+    seconds: float = 90,
+    worker: BackgroundCommit | None = None,
+) -> int:
     deadline = time.monotonic() + seconds
     while True:
         value = (conn.execute(sql).fetchone() or (0,))[0]
         if value >= at_least:
             return int(value)
+        ended = worker is not None and not worker.is_alive()
+        assert not ended, f"the commit ended first ({worker and worker.outcome}); {sql}: {value}"
         assert time.monotonic() < deadline, f"waited {seconds} s for {sql} (at {value})"
         time.sleep(0.01)
 
@@ -67,15 +75,25 @@ def prepare(server: Server, moto: MotoServer, alias: str) -> str:
     return url
 
 
-def committing_in_background(url: str) -> threading.Thread:
-    def commit() -> None:
-        try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("SELECT * FROM iasql_commit()")
-        except psycopg.Error:
-            pass  # the server is killed under it
+class BackgroundCommit(threading.Thread):
+    """iasql_commit() on its own connection; `outcome` says how it ended."""
 
-    worker = threading.Thread(target=commit, daemon=True)
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.outcome = "running"
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute("SELECT * FROM iasql_commit()")
+            self.outcome = "committed"
+        except psycopg.Error as error:  # expected: the server is killed under it
+            self.outcome = f"{type(error).__name__}: {error}"
+
+
+def committing_in_background(url: str) -> BackgroundCommit:
+    worker = BackgroundCommit(url)
     worker.start()
     return worker
 
@@ -91,7 +109,7 @@ def test_kill_9_mid_commit_then_restart_undoes_it(
         worker = committing_in_background(url)
         with psycopg.connect(backend_url(postgres, alias), autocommit=True) as direct:
             done_sql = "SELECT count(*) FROM iasql_commit_journal WHERE state = 'done'"
-            wait_for(direct, done_sql, 40)
+            wait_for(direct, done_sql, 40, worker=worker)
             assert server.proc is not None
             server.proc.send_signal(signal.SIGKILL)
             server.proc.wait(30)

@@ -121,3 +121,18 @@ def test_environment_role_reads_platform_tables_but_cannot_write_them(
             assert rows(env, "SELECT * FROM iasql_modules_installed()") == []
         with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
             admin.execute("SELECT * FROM iasql_disconnect(%s)", (alias,))
+
+
+def test_regions_of_a_new_account_get_one_default(envdb: psycopg.Connection, moto_accounts) -> None:
+    """iasql_sync() straight after the credentials reads the account's regions and makes
+    us-east-1 the default; two defaults are refused with a check violation."""
+    moto = moto_accounts()
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    add_credentials(envdb, moto)
+    envdb.execute("SELECT * FROM iasql_sync()")
+    assert rows(envdb, "SELECT region FROM aws_regions WHERE is_default") == [("us-east-1",)]
+    assert rows(envdb, "SELECT count(*) > 10 FROM aws_regions") == [(True,)]
+    assert rows(envdb, "SELECT default_aws_region('eu-west-1')") == [("eu-west-1",)]
+    with pytest.raises(psycopg.errors.CheckViolation, match="exactly one region"):
+        envdb.execute("UPDATE aws_regions SET is_default = true WHERE region = 'us-east-2'")
+    assert rows(envdb, "SELECT default_aws_region()") == [("eu-west-1",)]

@@ -36,7 +36,8 @@ def sqs(moto: MotoServer, region: str = "us-east-1") -> Any:
 
 
 def cloud_log_groups(moto: MotoServer, region: str = "us-east-1") -> list[str]:
-    return sorted(g["logGroupName"] for g in logs(moto, region).describe_log_groups()["logGroups"])
+    pages = logs(moto, region).get_paginator("describe_log_groups").paginate()
+    return sorted(g["logGroupName"] for page in pages for g in page["logGroups"])
 
 
 def preview(conn: psycopg.Connection) -> list[tuple]:
@@ -314,3 +315,25 @@ def test_cancel_request_stops_a_commit_and_undoes_it(moto_env: Any, env_url: str
     # The session is usable and the database is free for the next transaction.
     assert rows(conn, "SELECT message FROM iasql_begin()") == [("transaction open",)]
     conn.execute("SELECT * FROM iasql_rollback()")
+
+
+def test_commit_reports_progress_and_fills_cloud_values_from_the_sync(moto_env: Any) -> None:
+    conn, moto = moto_env
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO log_group (log_group_name) SELECT '/progress/' || i FROM generate_series(1, 120) i"
+    )
+    conn.execute("SELECT * FROM iasql_commit()")
+    progress = [n for n in notices if n.endswith(": done")]
+    # A big commit reports about every 5%, and always its last step.
+    assert 20 <= len(progress) <= 21
+    assert progress[-1].startswith("120/120 creating log_group")
+    assert len(cloud_log_groups(moto)) == 120
+    # The arn and creation time, not echoed by create_log_group, come from the closing sync.
+    missing = rows(
+        conn, "SELECT count(*) FROM log_group WHERE log_group_arn IS NULL OR creation_time IS NULL"
+    )
+    assert missing == [(0,)]
+    assert preview(conn) == []

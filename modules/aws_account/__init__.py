@@ -27,12 +27,15 @@ _REGION_FUNCTIONS = (
         UPDATE aws_regions SET is_default = true WHERE region = new_region;
         RETURN new_region;
     END $$""",
-    # Exactly one default region, checked at the end of each Postgres transaction.
+    # Exactly one default region, checked at the end of each Postgres transaction. None at
+    # all (the regions were just read from a new account) picks us-east-1, else the first.
     """CREATE OR REPLACE FUNCTION aws_regions_check_default() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
-        IF EXISTS (SELECT 1 FROM aws_regions)
-           AND (SELECT count(*) FROM aws_regions WHERE is_default) <> 1 THEN
+        IF NOT EXISTS (SELECT 1 FROM aws_regions WHERE is_default) THEN
+            UPDATE aws_regions SET is_default = true WHERE region = (
+                SELECT region FROM aws_regions ORDER BY region <> 'us-east-1', region LIMIT 1);
+        ELSIF (SELECT count(*) FROM aws_regions WHERE is_default) > 1 THEN
             RAISE EXCEPTION 'exactly one region must be the default' USING ERRCODE = '23514',
                 HINT = 'change it with SELECT default_aws_region(''eu-west-1'')';
         END IF;

@@ -33,8 +33,9 @@ class LogGroupMapper:
             # Already there: a retried or journaled create that had happened after all.
             with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
                 await logs.create_log_group(logGroupName=name)
-            answer = await logs.describe_log_groups(logGroupNamePrefix=name)
-        return next(_record(g) for g in answer["logGroups"] if g["logGroupName"] == name)
+        # The name is the cloud id; the arn and creation time come with the sync that ends
+        # every commit, which saves a describe per group (half the calls of a big commit).
+        return {"log_group_name": name, "region": record["region"]}
 
     async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
         return current  # every column is either the name or set by AWS
