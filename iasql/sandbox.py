@@ -33,7 +33,11 @@ class MotoServer:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={"MOTO_ACM_VALIDATION_WAIT": "1", "PATH": "/usr/bin:/bin"},
+            env={
+                "MOTO_ACM_VALIDATION_WAIT": "1",
+                "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",  # arn:aws:iam::aws:policy/...
+                "PATH": "/usr/bin:/bin",
+            },
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from modules.aws_security_group import (
     normalize_protocol,
     rule_request,
 )
+from modules.aws_vpc import MODULE as VPC_MODULE
 from modules.aws_vpc import VPC
 from modules.spec import TOKEN, TOKEN_TAG, CloudError, Record
 from tests.conftest import add_credentials, rows
@@ -131,11 +132,7 @@ def test_install_imports_vpcs_subnets_groups_and_rules(
     envdb.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(envdb, moto)
     installed = rows(envdb, "SELECT module_name, created_table_name FROM iasql_install('aws_vpc')")
-    assert installed == [
-        ("aws_vpc", "availability_zone"),
-        ("aws_vpc", "vpc"),
-        ("aws_vpc", "subnet"),
-    ]
+    assert installed == [("aws_vpc", t.name) for t in VPC_MODULE.tables]
     envdb.execute("SELECT * FROM iasql_install('aws_security_group')")
 
     assert rows(

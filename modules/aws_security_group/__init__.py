@@ -297,7 +297,9 @@ SECURITY_GROUP_RULE = Table(
         Column(
             "source_security_group",
             "integer",
-            ref=Ref("security_group", key="id", cloud="group_id"),
+            # A rule naming a group goes with it: AWS refuses to delete a group that another
+            # group's rule names, so the commit deletes such rules first.
+            ref=Ref("security_group", key="id", cloud="group_id", on_delete="CASCADE"),
             replaces=True,
         ),
     ),

@@ -17,6 +17,19 @@ from modules.aws_vpc.ec2 import (
     wait_for,
     with_token,
 )
+from modules.aws_vpc.network import (
+    ENDPOINT_GATEWAY,
+    ENDPOINT_INTERFACE,
+    ENDPOINT_INTERFACE_SUBNETS,
+    NETWORK_ACL,
+    NETWORK_TEARDOWN,
+    PEERING_CONNECTION,
+    SUBNET_ACL_DDL,
+    associate_network_acl,
+    network_acls_of_subnets,
+    subnet_network_acl_column,
+)
+from modules.aws_vpc.routing import DHCP_OPTIONS, ROUTING_TABLES, associate_dhcp_options
 from modules.spec import TOKEN, Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
 
 # --- availability_zone ---------------------------------------------------------------------
@@ -95,6 +108,10 @@ async def _vpc_record(ec2: Any, vpc: dict[str, Any], region: str | None) -> Reco
         **await _read_attributes(ec2, vpc["VpcId"]),
         "tags": user_tags(vpc.get("Tags")),
         "region": region,
+        # "default" is AWS's word for no DHCP options at all.
+        "dhcp_options_id": None
+        if vpc.get("DhcpOptionsId") in (None, "default")
+        else vpc["DhcpOptionsId"],
     }
     return with_token(record, vpc.get("Tags"))
 
@@ -130,12 +147,28 @@ class VpcMapper:
             await wait_for(ec2, "vpc_available", VpcIds=[vpc_id])
             # A new VPC has AWS's attribute defaults (DNS support on); the row may differ.
             await self._set_attributes(ec2, record, await self._read_one(ec2, vpc_id, region))
+            # No set named: the VPC keeps the one AWS gives it (the region's default set),
+            # and the sync after the commit writes that into the row.
+            if record.get("dhcp_options_id") is not None:
+                given = answer["Vpc"].get("DhcpOptionsId")
+                await associate_dhcp_options(
+                    ec2,
+                    vpc_id,
+                    record["dhcp_options_id"],
+                    None if given in (None, "default") else given,
+                )
             return await self._read_one(ec2, vpc_id, region)
 
     async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
         region = current["region"]
         async with cloud.client("ec2", region) as ec2:
             await self._set_attributes(ec2, record, current)
+            await associate_dhcp_options(
+                ec2,
+                current["vpc_id"],
+                record.get("dhcp_options_id"),
+                current.get("dhcp_options_id"),
+            )
             await sync_tags(ec2, current["vpc_id"], record.get("tags"), current.get("tags"))
             return await self._read_one(ec2, current["vpc_id"], region)
 
@@ -159,6 +192,12 @@ VPC = Table(
         Column("enable_network_address_usage_metrics", "boolean", nullable=False, default="false"),
         Column("tags", "json", normalize=normalize_tags),
         region_column(),
+        # NULL: no DHCP options ("default" to AWS). Changed in place.
+        Column(
+            "dhcp_options_id",
+            "integer",
+            ref=Ref("dhcp_options", key="id", cloud="dhcp_options_id", optional=True),
+        ),
     ),
     mapper=VpcMapper(),
     # A VPC has no name of its own. In another account, the default VPC of a region is found by
@@ -174,7 +213,7 @@ VPC = Table(
 # --- subnet --------------------------------------------------------------------------------
 
 
-def _subnet_record(subnet: dict[str, Any], region: str | None) -> Record:
+def _subnet_record(subnet: dict[str, Any], region: str | None, acls: dict[str, str]) -> Record:
     record = {
         "state": subnet.get("State"),
         "available_ip_address_count": subnet.get("AvailableIpAddressCount"),
@@ -185,6 +224,7 @@ def _subnet_record(subnet: dict[str, Any], region: str | None) -> Record:
         "region": region,
         "availability_zone": subnet["AvailabilityZone"],
         "vpc_id": subnet["VpcId"],
+        "network_acl_id": acls.get(subnet["SubnetId"]),
         "default_for_az": bool(subnet.get("DefaultForAz")),  # not a column: for `protected`
     }
     return with_token(record, subnet.get("Tags"))
@@ -194,7 +234,13 @@ class SubnetMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         async with cloud.client("ec2", region) as ec2:
             pages = ec2.get_paginator("describe_subnets").paginate()
-            return [_subnet_record(s, region) async for page in pages for s in page["Subnets"]]
+            subnets = [s async for page in pages for s in page["Subnets"]]
+            acls = await network_acls_of_subnets(ec2)
+        return [_subnet_record(s, region, acls) for s in subnets]
+
+    async def _read_one(self, ec2: Any, subnet_id: str, region: str) -> Record:
+        found = await ec2.describe_subnets(SubnetIds=[subnet_id])
+        return _subnet_record(found["Subnets"][0], region, await network_acls_of_subnets(ec2))
 
     async def create(self, cloud: Cloud, record: Record) -> Record:
         if record.get("vpc_id") is None:
@@ -208,11 +254,20 @@ class SubnetMapper:
             )
             subnet_id = answer["Subnet"]["SubnetId"]
             await wait_for(ec2, "subnet_available", SubnetIds=[subnet_id])
-            found = await ec2.describe_subnets(SubnetIds=[subnet_id])
-        return _subnet_record(found["Subnets"][0], record["region"])
+            # A new subnet uses its VPC's default ACL; NULL asks for just that.
+            if record.get("network_acl_id") is not None:
+                await associate_network_acl(
+                    ec2, subnet_id, record["vpc_id"], record["network_acl_id"]
+                )
+            return await self._read_one(ec2, subnet_id, record["region"])
 
     async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
-        return current  # every column is either set by AWS or replaces the subnet
+        # Only the network ACL changes in place; the other columns are AWS's or replace.
+        async with cloud.client("ec2", current["region"]) as ec2:
+            await associate_network_acl(
+                ec2, current["subnet_id"], current["vpc_id"], record.get("network_acl_id")
+            )
+            return await self._read_one(ec2, current["subnet_id"], current["region"])
 
     async def delete(self, cloud: Cloud, current: Record) -> None:
         async with cloud.client("ec2", current["region"]) as ec2:
@@ -251,6 +306,7 @@ SUBNET = Table(
             ref=Ref("vpc", key="id", cloud="vpc_id"),
             replaces=True,
         ),
+        subnet_network_acl_column(),
     ),
     mapper=SubnetMapper(),
     # A subnet's CIDR is unique within its VPC (and the VPC brings the region).
@@ -259,6 +315,7 @@ SUBNET = Table(
     unique=(("subnet_id",),),
     # The default VPC's subnets, one per zone, are AWS's.
     protected=lambda record: bool(record.get("default_for_az")),
+    extra_ddl=SUBNET_ACL_DDL,
 )
 
 MODULE = ModuleSpec(
@@ -266,5 +323,18 @@ MODULE = ModuleSpec(
     version=VERSION,
     dependencies=("aws_account",),
     description="VPCs, subnets and availability zones",
-    tables=(AVAILABILITY_ZONE, VPC, SUBNET),  # referenced tables first
+    # referenced tables first
+    tables=(
+        AVAILABILITY_ZONE,
+        DHCP_OPTIONS,
+        VPC,
+        NETWORK_ACL,  # before subnet: a subnet names its ACL
+        SUBNET,
+        *ROUTING_TABLES,
+        PEERING_CONNECTION,
+        ENDPOINT_GATEWAY,
+        ENDPOINT_INTERFACE,
+        ENDPOINT_INTERFACE_SUBNETS,
+    ),
+    teardown_sql=(*NETWORK_TEARDOWN, "DROP FUNCTION IF EXISTS route_target_rows() CASCADE"),
 )

@@ -1,0 +1,116 @@
+"""registered_instance: instances registered as targets of an ELB target group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modules.aws_account import region_column
+from modules.aws_vpc.ec2 import ignoring
+from modules.spec import Cloud, Column, Record, Ref, Table
+
+
+async def _instance_groups(elb: Any) -> list[str]:
+    pages = elb.get_paginator("describe_target_groups").paginate()
+    return [
+        group["TargetGroupArn"]
+        async for page in pages
+        for group in page["TargetGroups"]
+        if group.get("TargetType", "instance") == "instance"
+    ]
+
+
+class RegisteredInstanceMapper:
+    async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
+        records = []
+        async with cloud.client("elbv2", region) as elb:
+            for arn in await _instance_groups(elb):
+                with ignoring("TargetGroupNotFound"):  # deleted meanwhile
+                    answer = await elb.describe_target_health(TargetGroupArn=arn)
+                    records += [
+                        {
+                            "instance": health["Target"]["Id"],
+                            "target_group_id": arn,
+                            "port": health["Target"].get("Port"),
+                            "region": region,
+                        }
+                        for health in answer["TargetHealthDescriptions"]
+                        if health.get("TargetHealth", {}).get("State") != "draining"
+                    ]
+        return records
+
+    def _target(self, record: Record) -> dict[str, Any]:
+        port = {"Port": record["port"]} if record.get("port") is not None else {}
+        return {"Id": record["instance"], **port}
+
+    async def create(self, cloud: Cloud, record: Record) -> Record:
+        async with cloud.client("elbv2", record["region"]) as elb:
+            await elb.register_targets(
+                TargetGroupArn=record["target_group_id"], Targets=[self._target(record)]
+            )
+        return record
+
+    async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
+        return current  # every column is the registration's identity
+
+    async def delete(self, cloud: Cloud, current: Record) -> None:
+        arn = current["target_group_id"]
+        async with cloud.client("elbv2", current["region"]) as elb:
+            with ignoring("TargetGroupNotFound", "InvalidTarget"):
+                others = await self._other_ports(elb, current)
+                await elb.deregister_targets(TargetGroupArn=arn, Targets=[self._target(current)])
+                # moto deregisters the instance on every port, not just the one named: the
+                # instance's other registrations (a port change registers the new one
+                # alongside) are put back. On AWS nothing is missing and this does nothing.
+                missing = others - await self._other_ports(elb, current)
+                if missing:
+                    targets = [{"Id": current["instance"], "Port": port} for port in missing]
+                    await elb.register_targets(TargetGroupArn=arn, Targets=targets)
+
+    async def _other_ports(self, elb: Any, current: Record) -> set[int]:
+        answer = await elb.describe_target_health(TargetGroupArn=current["target_group_id"])
+        return {
+            health["Target"]["Port"]
+            for health in answer["TargetHealthDescriptions"]
+            if health["Target"]["Id"] == current["instance"]
+            and health["Target"].get("Port") != current.get("port")
+        }
+
+
+# AWS registers a target without a port on its group's port and reports that port: the row
+# says so from the start, so that it matches the cloud.
+_DEFAULT_PORT_TRIGGER = (
+    """CREATE OR REPLACE FUNCTION registered_instance_default_port() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.port IS NULL THEN
+            NEW.port := (SELECT port FROM target_group WHERE id = NEW.target_group_id);
+        END IF;
+        RETURN NEW;
+    END $$""",
+    """CREATE TRIGGER registered_instance_default_port BEFORE INSERT ON registered_instance
+        FOR EACH ROW EXECUTE FUNCTION registered_instance_default_port()""",
+)
+
+REGISTERED_INSTANCE = Table(
+    name="registered_instance",
+    columns=(
+        Column("id", "serial", nullable=False),
+        Column("port", "integer"),
+        region_column(),
+        Column(
+            "instance",
+            "integer",
+            ref=Ref("instance", key="id", cloud="instance_id", on_delete="CASCADE"),
+        ),
+        Column(
+            "target_group_id",
+            "integer",
+            ref=Ref("target_group", key="id", cloud="target_group_arn", on_delete="CASCADE"),
+        ),
+    ),
+    mapper=RegisteredInstanceMapper(),
+    natural_key=("instance", "target_group_id", "port"),
+    cloud_id=("instance", "target_group_id", "port"),
+    unique=(("instance", "target_group_id", "port"),),
+    extra_ddl=_DEFAULT_PORT_TRIGGER,
+)

@@ -1,0 +1,313 @@
+"""aws_acm: certificates imported with boto3 and found at install, tags changed and rows
+deleted through begin / preview / commit, an INSERT refused, and the two RPCs against moto
+(directly and through SQL). Every cloud effect is read back with boto3."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from iasql.sandbox import MotoServer
+from modules.aws_acm import (
+    CERTIFICATE,
+    CERTIFICATE_IMPORT,
+    CERTIFICATE_REQUEST,
+    _validation_options,
+    certificate_import,
+    certificate_request,
+)
+from modules.spec import CloudError
+from tests.conftest import add_credentials, rows
+from tests.test_module_vpc import REGION, in_cloud, mapper
+
+
+def make_certificate(domain: str) -> tuple[str, str]:
+    """A self-signed PEM certificate for `domain` and its PEM private key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return pem, private
+
+
+def acm_client(moto: MotoServer, region: str = REGION) -> Any:
+    return boto3.client("acm", region_name=region, endpoint_url=moto.endpoint)
+
+
+def import_with_boto3(acm: Any, domain: str, **extra: Any) -> str:
+    pem, key = make_certificate(domain)
+    return str(
+        acm.import_certificate(Certificate=pem.encode(), PrivateKey=key.encode(), **extra)[
+            "CertificateArn"
+        ]
+    )
+
+
+# A requested certificate waits for validation; moto validates it after MOTO_ACM_VALIDATION_WAIT
+# (1 s), which a loaded machine may take between the request and its describe.
+PENDING = ("PENDING_VALIDATION", "ISSUED")
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def test_validation_options_from_json() -> None:
+    one = {"DomainName": "a.example.com", "ValidationDomain": "example.com"}
+    assert _validation_options(None) == []
+    assert _validation_options([one]) == [one]
+    assert _validation_options(one) == [one]
+    assert _validation_options('[{"DomainName": "x", "ValidationDomain": "x"}]') == [
+        {"DomainName": "x", "ValidationDomain": "x"}
+    ]
+    with pytest.raises(CloudError, match="JSON list"):
+        _validation_options(["example.com"])
+
+
+def test_functions_are_declared() -> None:
+    assert [p for p, _ in CERTIFICATE_IMPORT.params] == [
+        "certificate",
+        "private_key",
+        "chain",
+        "region",
+    ]
+    assert [p for p, _ in CERTIFICATE_REQUEST.params] == [
+        "domain_name",
+        "validation_method",
+        "domain_validation_options",
+        "region",
+    ]
+    assert (
+        CERTIFICATE_IMPORT.columns
+        == CERTIFICATE_REQUEST.columns
+        == (
+            ("arn", "varchar"),
+            ("status", "varchar"),
+        )
+    )
+
+
+# --- RPCs and mapper against moto ----------------------------------------------------------
+
+
+def test_certificate_import_rpc(moto: MotoServer) -> None:
+    pem, key = make_certificate("rpc-import.example.com")
+    [result] = in_cloud(moto, lambda cloud: certificate_import(cloud, pem, key, None, REGION))
+    assert set(result) == {"arn", "status"}  # the key is not handed back
+    assert result["status"] == "ISSUED"
+    found = acm_client(moto).describe_certificate(CertificateArn=result["arn"])["Certificate"]
+    assert found["DomainName"] == "rpc-import.example.com" and found["Type"] == "IMPORTED"
+    # A chain is passed on: the CA's certificate stands in for one here.
+    chain, _ = make_certificate("ca.example.com")
+    [chained] = in_cloud(moto, lambda cloud: certificate_import(cloud, pem, key, chain, REGION))
+    assert chained["arn"] != result["arn"]
+    got = acm_client(moto).get_certificate(CertificateArn=chained["arn"])
+    assert chain.strip() in got["CertificateChain"]  # moto appends a CA of its own
+    with pytest.raises(CloudError, match="private key"):
+        in_cloud(moto, lambda cloud: certificate_import(cloud, pem, "", None, REGION))
+    with pytest.raises(CloudError, match="region"):
+        in_cloud(moto, lambda cloud: certificate_import(cloud, pem, key, None, None))
+
+
+def test_certificate_request_rpc(moto: MotoServer) -> None:
+    options = [{"DomainName": "rpc-request.example.com", "ValidationDomain": "example.com"}]
+    [result] = in_cloud(
+        moto,
+        lambda cloud: certificate_request(cloud, "rpc-request.example.com", "dns", options, REGION),
+    )
+    assert result["status"] in PENDING  # the status of a moment ago
+    found = acm_client(moto).describe_certificate(CertificateArn=result["arn"])["Certificate"]
+    assert found["Type"] == "AMAZON_ISSUED"
+    assert found["DomainValidationOptions"][0]["ValidationMethod"] == "DNS"
+    [email] = in_cloud(
+        moto, lambda cloud: certificate_request(cloud, "mail.example.com", "EMAIL", None, REGION)
+    )
+    described = acm_client(moto).describe_certificate(CertificateArn=email["arn"])
+    assert described["Certificate"]["DomainName"] == "mail.example.com"
+    with pytest.raises(CloudError, match="DNS or EMAIL"):
+        in_cloud(
+            moto, lambda cloud: certificate_request(cloud, "x.example.com", "HTTP", None, REGION)
+        )
+
+
+def test_certificate_mapper(moto: MotoServer) -> None:
+    acm = acm_client(moto)
+    arn = import_with_boto3(acm, "mapper.example.com", Tags=[{"Key": "team", "Value": "web"}])
+    certificates = mapper(CERTIFICATE)
+
+    by_arn = {r["arn"]: r for r in in_cloud(moto, lambda cloud: certificates.read(cloud, REGION))}
+    record = by_arn[arn]
+    assert record == {
+        "arn": arn,
+        "certificate_id": arn.rsplit("/", 1)[-1],
+        "domain_name": "mapper.example.com",
+        "certificate_type": "IMPORTED",
+        "status": "ISSUED",
+        "renewal_eligibility": "INELIGIBLE",
+        "in_use": False,
+        "region": REGION,
+        "tags": {"team": "web"},
+    }
+    with pytest.raises(CloudError, match="certificate_import"):
+        in_cloud(moto, lambda cloud: certificates.create(cloud, {**record, "arn": None}))
+
+    wanted = {**record, "tags": {"env": "prod"}}
+    updated = in_cloud(moto, lambda cloud: certificates.update(cloud, wanted, record))
+    assert updated["tags"] == {"env": "prod"}
+    assert acm.list_tags_for_certificate(CertificateArn=arn)["Tags"] == [
+        {"Key": "env", "Value": "prod"}
+    ]
+    with pytest.raises(CloudError, match="domain name"):
+        in_cloud(
+            moto,
+            lambda cloud: certificates.update(
+                cloud, {**updated, "domain_name": "other.example.com"}, updated
+            ),
+        )
+
+    in_cloud(moto, lambda cloud: certificates.delete(cloud, updated))
+    with pytest.raises(acm.exceptions.ResourceNotFoundException):
+        acm.describe_certificate(CertificateArn=arn)
+    in_cloud(moto, lambda cloud: certificates.delete(cloud, updated))  # already gone: fine
+
+
+# --- through SQL ---------------------------------------------------------------------------
+
+
+def only_one_region(conn: psycopg.Connection) -> None:
+    """Reads only us-east-1 from now on: every read of every table otherwise visits each
+    region. (The first install with credentials fills aws_regions.)"""
+    conn.execute("UPDATE aws_regions SET is_enabled = (region = %s)", (REGION,))
+
+
+@pytest.fixture
+def acm_env(envdb: psycopg.Connection, moto_accounts: Any) -> tuple[psycopg.Connection, Any]:
+    """An environment on its own moto account, with certificates made before install."""
+    moto: MotoServer = moto_accounts()
+    acm = acm_client(moto)
+    import_with_boto3(acm, "imported.example.com", Tags=[{"Key": "team", "Value": "web"}])
+    acm.request_certificate(DomainName="requested.example.com", ValidationMethod="DNS")
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    add_credentials(envdb, moto)
+    envdb.execute("SELECT * FROM iasql_install('aws_acm')")
+    only_one_region(envdb)
+    return envdb, acm
+
+
+def test_certificates_through_sql(acm_env: Any) -> None:
+    conn, acm = acm_env
+    imported = rows(
+        conn,
+        "SELECT domain_name, certificate_type, in_use, region, tags::text"
+        " FROM certificate ORDER BY domain_name",
+    )
+    assert imported == [
+        ("imported.example.com", "IMPORTED", False, REGION, '{"team": "web"}'),
+        ("requested.example.com", "AMAZON_ISSUED", False, REGION, None),
+    ]
+    # moto validates a requested certificate after MOTO_ACM_VALIDATION_WAIT (1 s) seconds.
+    statuses = dict(rows(conn, "SELECT domain_name, status FROM certificate"))
+    assert statuses["imported.example.com"] == "ISSUED"
+    assert statuses["requested.example.com"] in ("PENDING_VALIDATION", "ISSUED")
+    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
+    arn = rows(conn, "SELECT arn FROM certificate WHERE domain_name = 'imported.example.com'")[0][0]
+
+    # Tags change in place.
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        'UPDATE certificate SET tags = \'{"team": "platform", "env": "prod"}\''
+        " WHERE domain_name = 'imported.example.com'"
+    )
+    [(action, table, description, changes)] = rows(
+        conn, "SELECT action, table_name, description, changes FROM iasql_preview()"
+    )
+    assert (action, table, description) == ("update", "certificate", arn)
+    assert changes == {"tags": {"old": {"team": "web"}, "new": {"env": "prod", "team": "platform"}}}
+    conn.execute("SELECT * FROM iasql_commit()")
+    tags = acm.list_tags_for_certificate(CertificateArn=arn)["Tags"]
+    assert sorted((t["Key"], t["Value"]) for t in tags) == [("env", "prod"), ("team", "platform")]
+    assert rows(conn, f"SELECT arn FROM certificate WHERE arn = '{arn}'") == [(arn,)]
+    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
+
+    # A certificate can't be made by INSERT: the commit fails, naming the RPCs.
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("INSERT INTO certificate (domain_name) VALUES ('inserted.example.com')")
+    assert rows(conn, "SELECT action, table_name FROM iasql_preview()") == [
+        ("create", "certificate")
+    ]
+    with pytest.raises(psycopg.errors.SystemError) as error:
+        conn.execute("SELECT * FROM iasql_commit()")
+    assert "certificate_import" in str(error.value) and "certificate_request" in str(error.value)
+    assert rows(conn, "SELECT count(*) FROM certificate WHERE domain_name LIKE 'inserted%'") == [
+        (0,)
+    ]
+    assert len(acm.list_certificates()["CertificateSummaryList"]) == 2
+
+    # Deleting the row deletes the certificate.
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("DELETE FROM certificate WHERE domain_name = 'requested.example.com'")
+    [(action, changes)] = rows(conn, "SELECT action, changes FROM iasql_preview()")
+    assert action == "delete"
+    assert changes["domain_name"] == {"old": "requested.example.com", "new": None}
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert [c["DomainName"] for c in acm.list_certificates()["CertificateSummaryList"]] == [
+        "imported.example.com"
+    ]
+    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
+
+
+def test_rpcs_through_sql(acm_env: Any) -> None:
+    conn, acm = acm_env
+    listed = dict(rows(conn, "SELECT name, module FROM iasql_help() WHERE module = 'aws_acm'"))
+    assert listed == {"certificate_import": "aws_acm", "certificate_request": "aws_acm"}
+    pem, key = make_certificate("sql-import.example.com")
+    [(arn, status)] = rows(
+        conn,
+        f"SELECT * FROM certificate_import('{pem}', '{key}', NULL, 'us-east-1')",
+    )
+    assert status == "ISSUED"
+    assert acm.describe_certificate(CertificateArn=arn)["Certificate"]["Type"] == "IMPORTED"
+    # The RPC's sync brings the new certificate in as a row.
+    assert rows(conn, f"SELECT domain_name FROM certificate WHERE arn = '{arn}'") == [
+        ("sql-import.example.com",)
+    ]
+    # The private key is kept nowhere in the database.
+    kept = rows(
+        conn,
+        "SELECT count(*) FROM iasql_audit_log"
+        " WHERE change::text LIKE '%PRIVATE KEY%' OR message LIKE '%PRIVATE KEY%'",
+    )
+    assert kept == [(0,)]
+
+    [(requested, pending)] = rows(
+        conn,
+        "SELECT * FROM certificate_request('sql-request.example.com', 'DNS',"
+        ' \'[{"DomainName": "sql-request.example.com", "ValidationDomain": "example.com"}]\')',
+    )
+    assert pending in PENDING
+    described = acm.describe_certificate(CertificateArn=requested)["Certificate"]
+    assert described["DomainName"] == "sql-request.example.com"
+    assert rows(conn, f"SELECT region FROM certificate WHERE arn = '{requested}'") == [(REGION,)]
+    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
