@@ -183,6 +183,17 @@ def test_every_table_declares_a_natural_key_of_its_own_columns() -> None:
             assert set(table.natural_key) <= names, table.name
 
 
+def test_module_functions_have_distinct_parameter_and_column_names() -> None:
+    """Each RPC is also a SQL function RETURNS TABLE in every database: Postgres refuses a
+    parameter named like a result column, which would break every iasql_install."""
+    for module in available_modules().values():
+        for function in module.functions:
+            params = {name for name, _type in function.params}
+            columns = {name for name, _type in function.columns}
+            assert not params & columns, f"{function.name}: {params & columns}"
+            assert set(function.optional) <= params, function.name
+
+
 # --- values round-trip exactly through generated SQL (property) --------------------------
 
 ROUND_TRIP = Table(
