@@ -14,12 +14,14 @@ baseline from the same run:
      --unrelated SQS queues (imported as rows), with one bare describe_log_groups as a
      reference.
 
+a and b run --rounds times (medians; ratios of the same round).
+
 It also times the engine's phases (by wrapping engine functions in this process; no engine
 file changes) and the CPU each process used, and prints a Markdown table with PASS/FAIL per
 target. Timings are wall-clock; nothing here is a test.
 
     .venv/bin/python bench/commit.py [--resources 1000] [--delay 0.1] [--unrelated 10000]
-        [--sample 50] [--profile]
+        [--sample 50] [--rounds 3] [--only a|b|c ...] [--profile]
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ CONCURRENCY = TransactionSettings().commit_concurrency  # the engine's default: 
 TARGET_COMMIT_RATIO = 1.3  # a: commit time / bare concurrent loop time
 TARGET_SPEEDUP = 10.0  # b: sequential time / commit time, with the delay
 TARGET_PREVIEW_S = 1.0  # c: absolute
-QUEUES_PER_REGION = 1000  # list_queues without MaxResults returns at most 1000 (see notes)
+QUEUES_PER_REGION = 1000  # the unrelated queues are spread over regions, 1000 per region
 PG_SETTINGS = {
     "max_connections": "200",
     "fsync": "off",  # a throwaway cluster: durability is irrelevant
@@ -497,40 +499,49 @@ class Bench:
     def report_phases(
         self, label: str, seconds: float, cpu: dict[str, float], requests: int = 0
     ) -> None:
-        progress(f"{label}: {seconds:.2f} s")
+        """Progress on stderr; the notes keep the phases of the first round only."""
+        used = ", ".join(f"{k} {v:.2f} s" for k, v in cpu.items())
+        summary = f"{label}: {seconds:.2f} s; CPU {used}" + (
+            f"; {requests} HTTP requests" if requests else ""
+        )
+        progress(summary)
         for line in self.phases.lines():
             progress(line)
-        used = ", ".join(f"{k} {v:.2f} s" for k, v in cpu.items())
-        progress(f"  CPU during it: {used}")
-        if requests:
-            progress(f"  HTTP requests through the relay: {requests}")
-        self.notes.append(
-            f"{label}: {seconds:.2f} s; CPU {used}"
-            + (f"; {requests} HTTP requests" if requests else "")
-        )
-        self.notes += self.phases.lines()
+        first = not any(note.startswith(label) for note in self.notes)
+        self.notes.append(summary)
+        if first:
+            self.notes += self.phases.lines()
+
+    def note(self, text: str) -> None:
+        progress(text)
+        self.notes.append(text)
 
     # a ----------------------------------------------------------------------------------
 
     def commit_vs_bare_loop(self) -> None:
-        n = self.args.resources
+        n, rounds = self.args.resources, self.args.rounds
         progress(f"\n[a] commit of {n} log groups vs a bare loop of {CONCURRENCY} concurrent calls")
-        commit_s, _cpu, _ = self.timed_commit(self.moto.endpoint, "a. iasql_commit, moto direct")
-        self.moto.reset()
-        cpu: dict[str, float] = {}
-        with self.cpu.measure(cpu):
-            bare_s = bare_creates(self.moto.endpoint, self.names(), CONCURRENCY)
-        if count_log_groups(self.moto.endpoint) != n:
-            raise BenchError("a: the bare loop did not create every log group")
-        used = ", ".join(f"{k} {v:.2f} s" for k, v in cpu.items())
-        progress(f"a. bare aiobotocore loop: {bare_s:.2f} s; CPU {used}")
-        self.notes.append(f"a. bare aiobotocore loop: {bare_s:.2f} s; CPU {used}")
-        ratio = commit_s / bare_s
+        pairs = []
+        for round_ in range(1, rounds + 1):
+            commit_s, _cpu, _ = self.timed_commit(
+                self.moto.endpoint, "a. iasql_commit, moto direct"
+            )
+            self.moto.reset()
+            cpu: dict[str, float] = {}
+            with self.cpu.measure(cpu):
+                bare_s = bare_creates(self.moto.endpoint, self.names(), CONCURRENCY)
+            if count_log_groups(self.moto.endpoint) != n:
+                raise BenchError("a: the bare loop did not create every log group")
+            used = ", ".join(f"{k} {v:.2f} s" for k, v in cpu.items())
+            self.note(f"a. bare aiobotocore loop: {bare_s:.2f} s; CPU {used}")
+            self.note(f"a. round {round_}/{rounds}: {commit_s / bare_s:.2f}x")
+            pairs.append((commit_s, bare_s))
+        ratio = statistics.median(c / b for c, b in pairs)
         self.rows.append(
             Row(
                 f"a. commit {n} log groups vs bare loop ({CONCURRENCY} concurrent), moto direct",
-                commit_s,
-                bare_s,
+                statistics.median(c for c, _ in pairs),
+                statistics.median(b for _, b in pairs),
                 ratio,
                 "iasql / baseline",
                 f"≤ {TARGET_COMMIT_RATIO}x",
@@ -541,42 +552,44 @@ class Bench:
     # b ----------------------------------------------------------------------------------
 
     def commit_vs_sequential_with_delay(self) -> None:
-        n, delay = self.args.resources, self.args.delay
+        n, delay, rounds = self.args.resources, self.args.delay, self.args.rounds
         sample = min(self.args.sample, n)
-        progress(f"\n[b] with {delay * 1000:.0f} ms per request: commit vs one call at a time")
+        ms = f"{delay * 1000:.0f} ms"
+        progress(f"\n[b] with {ms} per request: commit vs one call at a time")
+        pairs = []
         with RelayThread(self.moto.endpoint, delay) as relay:
-            commit_s, _cpu, requests = self.timed_commit(
-                relay.endpoint, f"b. iasql_commit through the {delay * 1000:.0f} ms relay", relay
-            )
-            self.moto.reset()
-            sequential_sample = bare_creates(relay.endpoint, self.names()[:sample], 1)
-            sequential_s = sequential_sample * n / sample
-            self.moto.reset()
-            concurrent_s = bare_creates(relay.endpoint, self.names(), CONCURRENCY)
-        self.notes.append(
-            f"b. sequential create_log_group through the relay: {sample} calls took"
-            f" {sequential_sample:.2f} s ({sequential_sample / sample * 1000:.1f} ms each),"
-            f" extrapolated to {n} calls: {sequential_s:.1f} s"
-        )
-        self.notes.append(
-            f"b. reference: a bare loop of {n} calls, {CONCURRENCY} concurrent, through the"
-            f" relay: {concurrent_s:.2f} s (the ideal at this concurrency is"
-            f" {math.ceil(n / CONCURRENCY) * delay:.2f} s; speedup"
-            f" {sequential_s / concurrent_s:.1f}x over sequential)"
-        )
-        self.notes.append(
-            f"b. the commit made {requests} HTTP requests for {n} resources"
-            f" ({requests / n:.2f} per resource)"
-        )
-        progress(self.notes[-3])
-        progress(self.notes[-2])
-        speedup = sequential_s / commit_s
+            for round_ in range(1, rounds + 1):
+                commit_s, _cpu, requests = self.timed_commit(
+                    relay.endpoint, f"b. iasql_commit through the {ms} relay", relay
+                )
+                self.moto.reset()
+                sequential_sample = bare_creates(relay.endpoint, self.names()[:sample], 1)
+                sequential_s = sequential_sample * n / sample
+                self.moto.reset()
+                concurrent_s = bare_creates(relay.endpoint, self.names(), CONCURRENCY)
+                self.note(
+                    f"b. sequential create_log_group through the relay: {sample} calls took"
+                    f" {sequential_sample:.2f} s ({sequential_sample / sample * 1000:.1f} ms"
+                    f" each), extrapolated to {n} calls: {sequential_s:.1f} s"
+                )
+                self.note(
+                    f"b. reference: a bare loop of {n} calls, {CONCURRENCY} concurrent, through"
+                    f" the relay: {concurrent_s:.2f} s, {sequential_s / concurrent_s:.1f}x faster"
+                    f" than sequential (the ideal at this concurrency:"
+                    f" {math.ceil(n / CONCURRENCY) * delay:.2f} s)"
+                )
+                self.note(
+                    f"b. round {round_}/{rounds}: {sequential_s / commit_s:.2f}x; the commit made"
+                    f" {requests} HTTP requests for {n} resources ({requests / n:.2f} each)"
+                )
+                pairs.append((commit_s, sequential_s))
+        speedup = statistics.median(s / c for c, s in pairs)
         self.rows.append(
             Row(
-                f"b. commit {n} log groups, {delay * 1000:.0f} ms/request, vs one at a time"
-                f" (extrapolated from {sample} calls)",
-                commit_s,
-                sequential_s,
+                f"b. commit {n} log groups, {ms}/request, vs one at a time"
+                f" (extrapolated from {sample} sequential calls)",
+                statistics.median(c for c, _ in pairs),
+                statistics.median(s for _, s in pairs),
                 speedup,
                 "baseline / iasql (speedup)",
                 f"≥ {TARGET_SPEEDUP:g}x faster",
@@ -619,6 +632,7 @@ class Bench:
                 (n,),
             )
             times = []
+            first_phases: list[str] = []
             cpu: dict[str, float] = {}
             for attempt in range(3):
                 self.phases.reset()
@@ -635,15 +649,15 @@ class Bench:
             conn.close()
         preview_s = statistics.median(times)
         describe_s = one_describe(self.moto.endpoint)
-        self.notes.append(
+        used_cpu = ", ".join(f"{k} {v:.2f} s" for k, v in cpu.items())
+        self.note(
             f"c. iasql_preview: {', '.join(f'{t:.3f}' for t in times)} s (median"
-            f" {preview_s:.3f} s); one bare describe_log_groups: {describe_s * 1000:.1f} ms"
+            f" {preview_s:.3f} s); one bare describe_log_groups: {describe_s * 1000:.1f} ms;"
+            f" CPU of the last preview: {used_cpu}"
         )
-        self.notes.append("c. phases of the first preview:")
-        self.notes += first_phases
-        progress(self.notes[-2 - len(first_phases)])
+        self.note("c. phases of the first preview:")
         for line in first_phases:
-            progress(line)
+            self.note(line)
         self.rows.append(
             Row(
                 f"c. preview {n} new log groups beside {unrelated} unrelated queue rows"
@@ -661,13 +675,13 @@ class Bench:
 
     def profile_commit(self) -> None:
         progress("\n[profile] one more commit of measurement a under cProfile (server thread)")
-        # Timed by the thread's CPU clock: what the server thread itself computes, not the
-        # time it spends waiting for the CPU that moto and Postgres share with it.
-        profiler = cProfile.Profile(time.thread_time)
+        # cProfile's own clock (wall time): a CPU clock (time.thread_time) would leave out
+        # waiting for a core, but its per-call cost inflates small functions several times.
+        profiler = cProfile.Profile()
         self.timed_commit(self.moto.endpoint, "profiled commit (slower: cProfile)", None, profiler)
         stats = pstats.Stats(profiler)
-        print("\n#### cProfile of the server thread during one commit (a): CPU by package\n")
-        print("| package | own CPU | share |\n|---|---|---|")
+        print("\n#### cProfile of the server thread during one commit (a): own time by package\n")
+        print("| package | own time | share |\n|---|---|---|")
         by_package = own_time_by_package(stats)
         total = sum(by_package.values())
         rest = 0.0
@@ -725,7 +739,11 @@ def report(bench: Bench, versions: dict[str, str]) -> None:
             f" | {row.ratio:.2f}x ({row.ratio_label}) | {row.target}"
             f" | {'PASS' if row.passed else 'FAIL'} |"
         )
-    print("\nDetails (phase times are summed over calls; the steps of a commit overlap):\n")
+    print(
+        f"\na and b: medians of {bench.args.rounds} rounds, each ratio the median of the"
+        " same-round ratios; c: median of 3 previews.\n"
+    )
+    print("Details (phase times are summed over calls; the steps of a commit overlap):\n")
     print(
         "\n".join(
             f"- {note}" if not note.startswith("  ") else f"    {note}" for note in bench.notes
@@ -750,14 +768,17 @@ def parse_args() -> argparse.Namespace:
         "--sample", type=int, default=50, help="sequential calls timed for b's baseline"
     )
     parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of a and b (medians; ratios per round)"
+    )
+    parser.add_argument(
         "--only", choices=("a", "b", "c"), action="append", help="run only these measurements"
     )
     parser.add_argument(
         "--profile", action="store_true", help="also profile one commit (a) with cProfile"
     )
     args = parser.parse_args()
-    if args.resources < 1 or args.sample < 1 or args.delay < 0 or args.unrelated < 0:
-        parser.error("--resources and --sample must be ≥ 1, --delay and --unrelated ≥ 0")
+    if min(args.resources, args.sample, args.rounds) < 1 or min(args.delay, args.unrelated) < 0:
+        parser.error("--resources, --sample, --rounds must be ≥ 1; --delay, --unrelated ≥ 0")
     return args
 
 
@@ -815,23 +836,36 @@ def raise_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwinds through the ExitStack like a Ctrl-C
 
 
-def main() -> int:
-    args = parse_args()
-    signal.signal(signal.SIGTERM, raise_on_sigterm)
+def run_bench(
+    name: str,
+    run: Callable[[argparse.Namespace, contextlib.ExitStack], None],
+    args: argparse.Namespace,
+    errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """Runs a benchmark (`run(args, stack)`, which leaves what it starts to the stack) and
+    returns its exit status: 1 for its own errors (BenchError, PostgresError, SandboxError and
+    `errors`), 130 for an interrupt, after the stack has cleaned up."""
     # Dummy credentials for any client that looks at the environment: never real AWS.
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(key, None)
     os.environ.update(AWS_ACCESS_KEY_ID=AWS_KEY, AWS_SECRET_ACCESS_KEY=AWS_SECRET)
+    own: tuple[type[Exception], ...] = (BenchError, PostgresError, SandboxError, *errors)
     try:
         with contextlib.ExitStack() as stack:
-            bench(args, stack)
-    except (BenchError, PostgresError, SandboxError) as exc:
-        print(f"commit bench: {exc}", file=sys.stderr)
+            run(args, stack)
+    except own as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("commit bench: interrupted; cleaned up", file=sys.stderr)
+        print(f"{name}: interrupted; cleaned up", file=sys.stderr)
         return 130
     return 0
+
+
+def main() -> int:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
+    return run_bench("commit bench", bench, args)
 
 
 if __name__ == "__main__":

@@ -136,3 +136,20 @@ def test_regions_of_a_new_account_get_one_default(envdb: psycopg.Connection, mot
     with pytest.raises(psycopg.errors.CheckViolation, match="exactly one region"):
         envdb.execute("UPDATE aws_regions SET is_default = true WHERE region = 'us-east-2'")
     assert rows(envdb, "SELECT default_aws_region()") == [("eu-west-1",)]
+
+
+def test_import_pages_through_more_than_a_thousand_queues(
+    envdb: psycopg.Connection, moto_accounts
+) -> None:
+    """list_queues answers at most 1000 queues unless asked for pages: all are imported."""
+    moto = moto_accounts()
+    sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=moto.endpoint)
+    for i in range(1005):
+        sqs.create_queue(QueueName=f"q{i:04}")
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    add_credentials(envdb, moto)
+    envdb.execute("SELECT * FROM iasql_sync()")
+    envdb.execute("UPDATE aws_regions SET is_enabled = (region = 'us-east-1')")
+    installed = rows(envdb, "SELECT * FROM iasql_install('aws_sqs')")
+    assert installed == [("aws_sqs", "queue", 1005)]
+    assert rows(envdb, "SELECT count(DISTINCT url), max(name) FROM queue") == [(1005, "q1004")]

@@ -8,6 +8,7 @@ from typing import Any
 
 from modules import VERSION
 from modules.aws_account import region_column
+from modules.concurrency import gather_bounded
 from modules.spec import Cloud, Column, ModuleSpec, Record, Table
 
 # column -> SQS attribute, for the attributes a user sets
@@ -51,12 +52,11 @@ def _attributes(record: Record) -> dict[str, str]:
 
 class QueueMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
-        records = []
         async with cloud.client("sqs", region) as sqs:
-            async for page in sqs.get_paginator("list_queues").paginate():
-                for url in page.get("QueueUrls", []):
-                    records.append(await self._read_one(sqs, url))
-        return records
+            # Without a page size, list_queues returns at most 1000 queues and no token.
+            pages = sqs.get_paginator("list_queues").paginate(PaginationConfig={"PageSize": 1000})
+            urls = [url async for page in pages for url in page.get("QueueUrls", [])]
+            return await gather_bounded(self._read_one(sqs, url) for url in urls)
 
     async def _read_one(self, sqs: Any, url: str) -> Record:
         answer = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
