@@ -70,6 +70,26 @@ class Column:
     cloud_ref: Ref | None = None
 
 
+def foreign_key(
+    name: str,
+    table: str,
+    cloud: str,
+    *,
+    on_delete: str = "NO ACTION",
+    nullable: bool = False,
+    replaces: bool = True,
+    optional: bool = False,
+) -> Column:
+    """An integer column holding the serial `id` of a row of `table`, which records hold as
+    that row's `cloud` column (e.g. `foreign_key("vpc_id", "vpc", "vpc_id")`: a subnet's VPC).
+
+    The defaults fit most references: the column is required and changing it means a new
+    resource. `on_delete` is Ref's own default (NO ACTION): a cascade is always asked for by
+    name. `optional` is Ref's: a parent without a row is stored as NULL."""
+    ref = Ref(table, key="id", cloud=cloud, on_delete=on_delete, optional=optional)
+    return Column(name, "integer", nullable=nullable, ref=ref, replaces=replaces)
+
+
 class Cloud(Protocol):
     """AWS access for one environment database (credentials, endpoint, retries)."""
 

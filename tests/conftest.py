@@ -8,9 +8,10 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import psycopg
@@ -19,6 +20,7 @@ import uvloop
 
 from engine import Engine, EngineConfig
 from engine.admin import PublicAddress
+from engine.cloud import AwsCloud, Credentials
 from engine.transaction import TransactionSettings
 from iasql.postgres import LocalPostgres, free_port
 from iasql.sandbox import MotoServer
@@ -26,6 +28,8 @@ from proxy.server import BackendAddress, ProxyServer
 
 SUPERUSER = "iasql_test"
 PASSWORD = "test-pw-'\"-é"
+
+T = TypeVar("T")
 
 
 def reachable_tempdir(prefix: str) -> Path:
@@ -155,6 +159,32 @@ def envdb(env_url: str) -> Iterator[psycopg.Connection]:
 
 def rows(conn: psycopg.Connection, sql: str) -> list[tuple]:
     return conn.execute(sql).fetchall()
+
+
+def one(conn: psycopg.Connection, sql: str) -> Any:
+    """The single value the query returns."""
+    [(value,)] = rows(conn, sql)
+    return value
+
+
+def commit(conn: psycopg.Connection) -> None:
+    """Commits, and checks that nothing is left to do."""
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
+
+
+def in_cloud(moto: MotoServer, scenario: Callable[[AwsCloud], Awaitable[T]]) -> T:
+    """Runs `scenario` with the engine's own AWS access, pointed at moto (the credentials
+    add_credentials gives an environment)."""
+
+    async def run() -> T:
+        cloud = AwsCloud(Credentials("AKIDTEST", "a-very-secret-key", None, moto.endpoint))
+        try:
+            return await scenario(cloud)
+        finally:
+            await cloud.close()
+
+    return asyncio.run(run())
 
 
 def add_credentials(conn: psycopg.Connection, moto: MotoServer) -> None:

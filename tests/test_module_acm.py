@@ -25,8 +25,8 @@ from modules.aws_acm import (
     certificate_request,
 )
 from modules.spec import CloudError
-from tests.conftest import add_credentials, rows
-from tests.test_module_vpc import REGION, in_cloud, mapper
+from tests.conftest import add_credentials, in_cloud, rows
+from tests.test_module_vpc import REGION, mapper
 
 
 def make_certificate(domain: str) -> tuple[str, str]:

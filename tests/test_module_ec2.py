@@ -3,7 +3,6 @@ moto, every cloud effect read back with boto3; the key pair RPCs run directly to
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -14,10 +13,17 @@ import boto3
 import psycopg
 import pytest
 
-from engine.cloud import AwsCloud, Credentials
 from iasql.sandbox import MotoServer
 from modules.aws_ec2.key_pair import key_pair_import, key_pair_request
-from tests.conftest import RunningServer, add_credentials, reachable_tempdir, rows
+from tests.conftest import (
+    RunningServer,
+    add_credentials,
+    commit,
+    in_cloud,
+    one,
+    reachable_tempdir,
+    rows,
+)
 
 REGION = "us-east-1"
 SSM_AMI = "resolve:ssm:/aws/service/ami-amazon-linux-latest/amzn2-ami-hvm-x86_64-gp2"
@@ -109,30 +115,9 @@ def preview(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
     return rows(conn, "SELECT action, table_name, changes FROM iasql_preview() ORDER BY 2, 1")
 
 
-def commit(conn: psycopg.Connection) -> None:
-    conn.execute("SELECT * FROM iasql_commit()")
-    assert preview(conn) == []
-
-
 def instance(ec2: Any, instance_id: str) -> dict[str, Any]:
     found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
     return dict(found[0])
-
-
-def one(conn: psycopg.Connection, sql: str) -> Any:
-    [(value,)] = rows(conn, sql)
-    return value
-
-
-def run(moto: MotoServer, coro: Callable[[AwsCloud], Any]) -> Any:
-    async def scenario() -> Any:
-        cloud = AwsCloud(Credentials("AKIDTEST", "a-very-secret-key", None, moto.endpoint))
-        try:
-            return await coro(cloud)
-        finally:
-            await cloud.close()
-
-    return asyncio.run(scenario())
 
 
 # --- import at install ---------------------------------------------------------------------
@@ -280,9 +265,9 @@ def test_key_pair_lifecycle(envdb: psycopg.Connection, aws: MotoServer) -> None:
 def test_key_pair_rpcs_run_and_through_sql(envdb: psycopg.Connection, aws: MotoServer) -> None:
     ec2 = client(aws, "ec2")
     key = public_key()
-    [imported] = run(aws, lambda cloud: key_pair_import(cloud, "direct", key, REGION))
+    [imported] = in_cloud(aws, lambda cloud: key_pair_import(cloud, "direct", key, REGION))
     assert imported["status"] == "OK" and imported["type"] == "rsa"
-    [requested] = run(aws, lambda cloud: key_pair_request(cloud, "made", REGION))
+    [requested] = in_cloud(aws, lambda cloud: key_pair_request(cloud, "made", REGION))
     assert requested["private_key"].startswith("-----BEGIN")
     names = {p["KeyName"] for p in ec2.describe_key_pairs()["KeyPairs"]}
     assert names == {"direct", "made"}

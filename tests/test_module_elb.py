@@ -24,9 +24,9 @@ from modules.aws_elb import (
     visible_groups,
 )
 from modules.spec import TOKEN
-from tests.conftest import add_credentials, rows
+from tests.conftest import add_credentials, commit, in_cloud, rows
 from tests.test_module_acm import make_certificate, only_one_region
-from tests.test_module_vpc import REGION, in_cloud, mapper
+from tests.test_module_vpc import REGION, mapper
 
 ASSIGNED = "iasql:assigned-security-groups"
 
@@ -323,11 +323,6 @@ def preview(conn: psycopg.Connection) -> dict[str, list[tuple[str, dict[str, Any
     ):
         planned.setdefault(table, []).append((action, changes))
     return planned
-
-
-def commit(conn: psycopg.Connection) -> None:
-    conn.execute("SELECT * FROM iasql_commit()")
-    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
 
 
 STACK = """  -- one statement at a time: psycopg sends parameters

@@ -3,7 +3,6 @@ install, the canonical policy compare, and the RPCs that hand out secrets once."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import psycopg
 import pytest
 from botocore.exceptions import ClientError
 
-from engine.cloud import AwsCloud, Credentials
+from engine.cloud import AwsCloud
 from iasql.sandbox import MotoServer
 from modules.aws_iam import (
     ACCESS_KEY,
@@ -26,7 +25,7 @@ from modules.aws_iam import (
     trusts_ec2,
 )
 from modules.spec import CloudError
-from tests.conftest import RunningServer, add_credentials, rows
+from tests.conftest import RunningServer, add_credentials, in_cloud, rows
 
 ACCOUNT = "123456789012"  # moto's account
 READ_ONLY = "arn:aws:iam::aws:policy/ReadOnlyAccess"  # AWS-managed: needs the sandbox switch
@@ -549,17 +548,6 @@ def test_replayed_access_key_sql_does_nothing_in_another_account(
 
 
 # --- the RPCs, run directly against moto ----------------------------------------------------
-
-
-def in_cloud(moto: MotoServer, scenario: Callable[[AwsCloud], Any]) -> Any:
-    async def run() -> Any:
-        cloud = AwsCloud(Credentials("AKIDTEST", "a-very-secret-key", None, moto.endpoint))
-        try:
-            return await scenario(cloud)
-        finally:
-            await cloud.close()
-
-    return asyncio.run(run())
 
 
 def test_rpcs_hand_out_secrets_once(iam_moto: MotoServer, iam: Any) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import boto3
 import pytest
 
-from engine.cloud import AwsCloud, Credentials
+from engine.cloud import AwsCloud
 from iasql.sandbox import MotoServer
 from modules.aws_vpc import AVAILABILITY_ZONE, SUBNET, VPC, attribute_order
 from modules.aws_vpc.ec2 import (
@@ -21,22 +19,10 @@ from modules.aws_vpc.ec2 import (
     with_token,
 )
 from modules.spec import TOKEN, TOKEN_TAG, CloudError, Mapper, Record
+from tests.conftest import in_cloud
 
 T = TypeVar("T")
 REGION = "us-east-1"
-
-
-def in_cloud(moto: MotoServer, scenario: Callable[[AwsCloud], Awaitable[T]]) -> T:
-    """Runs `scenario` with the engine's own AWS access, pointed at moto."""
-
-    async def run() -> T:
-        cloud = AwsCloud(Credentials("AKIDTEST", "a-very-secret-key", None, moto.endpoint))
-        try:
-            return await scenario(cloud)
-        finally:
-            await cloud.close()
-
-    return asyncio.run(run())
 
 
 def ec2_client(moto: MotoServer, region: str = REGION) -> Any:

@@ -23,7 +23,7 @@ from modules.aws_vpc.network import (
     service_name,
     short_service,
 )
-from tests.conftest import RunningServer, add_credentials, rows
+from tests.conftest import RunningServer, add_credentials, one, rows
 
 REGION = "us-east-1"
 MINE = (
@@ -190,11 +190,6 @@ def replay_sql(conn: psycopg.Connection) -> list[str]:
     return sql
 
 
-def one(conn: psycopg.Connection, sql: str) -> Any:
-    [(value,)] = rows(conn, sql)
-    return value
-
-
 def acl_entries(ec2: Any, acl_id: str) -> list[dict[str, Any]]:
     [acl] = ec2.describe_network_acls(NetworkAclIds=[acl_id])["NetworkAcls"]
     return normalize_entries(acl["Entries"]) or []
@@ -204,6 +199,17 @@ def acl_of_subnet(ec2: Any, subnet_id: str) -> str:
     filters = [{"Name": "association.subnet-id", "Values": [subnet_id]}]
     [acl] = ec2.describe_network_acls(Filters=filters)["NetworkAcls"]
     return str(acl["NetworkAclId"])
+
+
+def row_acl_of_subnet(conn: psycopg.Connection, subnet_id: str) -> str:
+    """The cloud id of the ACL the subnet's row names."""
+    return str(
+        one(
+            conn,
+            "SELECT a.network_acl_id FROM subnet s JOIN network_acl a ON a.id = s.network_acl_id"
+            f" WHERE s.subnet_id = '{subnet_id}'",
+        )
+    )
 
 
 def acl_exists(ec2: Any, acl_id: str) -> bool:
@@ -292,14 +298,7 @@ def test_install_imports_acls_peerings_and_endpoints(
     # The default ACL AWS made with the VPC: allow all both ways.
     default_entries = json.loads(acls[1][2])
     assert acls[1][1] is True and {e["RuleAction"] for e in default_entries} == {"allow"}
-    assert (
-        one(
-            envdb,
-            "SELECT a.network_acl_id FROM subnet s JOIN network_acl a ON a.id = s.network_acl_id"
-            f" WHERE s.subnet_id = '{subnet_id}'",
-        )
-        == acl_id
-    )
+    assert row_acl_of_subnet(envdb, subnet_id) == acl_id
     # Every VPC's subnets point at an ACL row, the default VPC's included.
     assert one(envdb, "SELECT count(*) FROM subnet WHERE network_acl_id IS NULL") == 0
 
@@ -373,14 +372,7 @@ def test_network_acl_lifecycle_and_subnet_association(net_env: Any) -> None:
         conn, f"SELECT network_acl_id FROM network_acl WHERE vpc_id = {vpc1} AND is_default"
     )
     assert acl_of_subnet(ec2, subnet_id) == default_acl
-    assert (
-        one(
-            conn,
-            "SELECT a.network_acl_id FROM subnet s JOIN network_acl a ON a.id = s.network_acl_id"
-            f" WHERE s.subnet_id = '{subnet_id}'",
-        )
-        == default_acl
-    )
+    assert row_acl_of_subnet(conn, subnet_id) == default_acl
     settled(conn)
 
     # A new ACL, and the subnet moved to it in place, in one commit.
@@ -464,14 +456,7 @@ def test_network_acl_lifecycle_and_subnet_association(net_env: Any) -> None:
         (default_acl,)
     ]
     assert acl_of_subnet(ec2, subnet_id) == default_acl
-    assert (
-        one(
-            conn,
-            "SELECT a.network_acl_id FROM subnet s JOIN network_acl a ON a.id = s.network_acl_id"
-            f" WHERE s.subnet_id = '{subnet_id}'",
-        )
-        == default_acl
-    )
+    assert row_acl_of_subnet(conn, subnet_id) == default_acl
     settled(conn)
 
     # The VPCs go with their subnet and ACLs in one commit; AWS removes the default ACLs.

@@ -20,7 +20,7 @@ from modules.aws_vpc.routing import (
     normalize_destination,
     normalize_dhcp_configurations,
 )
-from tests.conftest import RunningServer, add_credentials, rows
+from tests.conftest import RunningServer, add_credentials, commit, one, rows
 
 REGION = "us-east-1"
 
@@ -75,18 +75,8 @@ def install(conn: psycopg.Connection) -> dict[str, int]:
     return dict(found)
 
 
-def commit(conn: psycopg.Connection) -> None:
-    conn.execute("SELECT * FROM iasql_commit()")
-    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
-
-
 def preview(conn: psycopg.Connection) -> list[tuple[str, str, dict[str, Any]]]:
     return rows(conn, "SELECT action, table_name, changes FROM iasql_preview() ORDER BY 2, 1")
-
-
-def one(conn: psycopg.Connection, sql: str) -> Any:
-    [(value,)] = rows(conn, sql)
-    return value
 
 
 def tags(pairs: list[dict[str, str]] | None) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from modules import VERSION
 from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import ignoring, normalize_tags, user_tags
+from modules.aws_vpc.ec2 import ignoring, normalize_tags, tags_column, user_tags
 from modules.spec import Cloud, CloudError, Column, ModuleFunction, ModuleSpec, Record, Table
 
 T = TypeVar("T")
@@ -135,7 +135,7 @@ CERTIFICATE = Table(
         ),
         Column("in_use", "boolean", nullable=False, default="false", cloud_assigned=True),
         region_column(),
-        Column("tags", "json", normalize=normalize_tags),
+        tags_column(),
     ),
     mapper=CertificateMapper(),
     # A certificate has no name but its domain: in another account the certificate for the

@@ -23,7 +23,17 @@ from modules.aws_ec2.common import (
     token_tag,
 )
 from modules.aws_vpc.ec2 import ignoring, sync_tags, wait_for, with_token
-from modules.spec import TOKEN, TOKEN_TAG, Cloud, CloudError, Column, Record, Ref, Table
+from modules.spec import (
+    TOKEN,
+    TOKEN_TAG,
+    Cloud,
+    CloudError,
+    Column,
+    Record,
+    Ref,
+    Table,
+    foreign_key,
+)
 
 SSM_PREFIX = "resolve:ssm:"
 
@@ -252,12 +262,7 @@ INSTANCE = Table(
         Column("hibernation_enabled", "boolean", nullable=False, default="false", replaces=True),
         region_column(),
         Column("role_name", "varchar", ref=Ref("iam_role", key="role_name"), replaces=True),
-        Column(
-            "subnet_id",
-            "integer",
-            ref=Ref("subnet", key="id", cloud="subnet_id"),
-            replaces=True,
-        ),
+        foreign_key("subnet_id", "subnet", "subnet_id", nullable=True),
     ),
     mapper=InstanceMapper(),
     # An instance has no name in AWS. Users name theirs with tags (IaSQL's examples tag
@@ -337,17 +342,9 @@ class InstanceSecurityGroupsMapper:
 INSTANCE_SECURITY_GROUPS = Table(
     name="instance_security_groups",
     columns=(
-        Column(
-            "instance_id",
-            "integer",
-            nullable=False,
-            ref=Ref("instance", key="id", cloud="instance_id", on_delete="CASCADE"),
-        ),
-        Column(
-            "security_group_id",
-            "integer",
-            nullable=False,
-            ref=Ref("security_group", key="id", cloud="group_id", on_delete="CASCADE"),
+        foreign_key("instance_id", "instance", "instance_id", on_delete="CASCADE", replaces=False),
+        foreign_key(
+            "security_group_id", "security_group", "group_id", on_delete="CASCADE", replaces=False
         ),
     ),
     mapper=InstanceSecurityGroupsMapper(),

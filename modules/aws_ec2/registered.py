@@ -6,7 +6,7 @@ from typing import Any
 
 from modules.aws_account import region_column
 from modules.aws_vpc.ec2 import ignoring
-from modules.spec import Cloud, Column, Record, Ref, Table
+from modules.spec import Cloud, Column, Record, Table, foreign_key
 
 
 async def _instance_groups(elb: Any) -> list[str]:
@@ -97,15 +97,21 @@ REGISTERED_INSTANCE = Table(
         Column("id", "serial", nullable=False),
         Column("port", "integer"),
         region_column(),
-        Column(
+        foreign_key(
             "instance",
-            "integer",
-            ref=Ref("instance", key="id", cloud="instance_id", on_delete="CASCADE"),
+            "instance",
+            "instance_id",
+            on_delete="CASCADE",
+            nullable=True,
+            replaces=False,
         ),
-        Column(
+        foreign_key(
             "target_group_id",
-            "integer",
-            ref=Ref("target_group", key="id", cloud="target_group_arn", on_delete="CASCADE"),
+            "target_group",
+            "target_group_arn",
+            on_delete="CASCADE",
+            nullable=True,
+            replaces=False,
         ),
     ),
     mapper=RegisteredInstanceMapper(),

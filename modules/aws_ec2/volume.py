@@ -14,8 +14,9 @@ from modules.aws_ec2.common import (
     specification,
     token_tag,
 )
+from modules.aws_vpc import availability_zone_column
 from modules.aws_vpc.ec2 import ignoring, sync_tags, wait_for, with_token
-from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Ref, Table
+from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Table, foreign_key
 
 GENERAL_PURPOSE = ("gp2", "gp3")
 
@@ -163,13 +164,7 @@ GENERAL_PURPOSE_VOLUME = Table(
         Column("snapshot_id", "varchar", replaces=True),
         Column("tags", "json", normalize=normalize_instance_tags),
         region_column(),
-        Column(
-            "availability_zone",
-            "varchar",
-            nullable=False,
-            ref=Ref("availability_zone", key="name"),
-            replaces=True,
-        ),
+        availability_zone_column(),
     ),
     mapper=VolumeMapper(),
     # A volume has no name either: as for instances, its tags (compared as jsonb) with where
@@ -268,17 +263,9 @@ INSTANCE_BLOCK_DEVICE_MAPPING = Table(
     columns=(
         Column("id", "serial", nullable=False),
         Column("device_name", "varchar", nullable=False),
-        Column(
-            "instance_id",
-            "integer",
-            nullable=False,
-            ref=Ref("instance", key="id", cloud="instance_id", on_delete="CASCADE"),
-        ),
-        Column(
-            "volume_id",
-            "integer",
-            ref=Ref("general_purpose_volume", key="id", cloud="volume_id", on_delete="CASCADE"),
-            replaces=True,
+        foreign_key("instance_id", "instance", "instance_id", on_delete="CASCADE", replaces=False),
+        foreign_key(
+            "volume_id", "general_purpose_volume", "volume_id", on_delete="CASCADE", nullable=True
         ),
         Column("delete_on_termination", "boolean", nullable=False, default="true"),
         region_column(),

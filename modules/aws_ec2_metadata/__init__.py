@@ -8,7 +8,7 @@ from typing import Any
 from modules import VERSION
 from modules.aws_account import region_column
 from modules.aws_ec2.common import live_instances
-from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
+from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Table, foreign_key
 
 
 async def _type_info(ec2: Any, types: set[str]) -> dict[str, dict[str, Any]]:
@@ -81,12 +81,7 @@ def _aws(name: str, kind: str, *, nullable: bool = True, check: str | None = Non
 INSTANCE_METADATA = Table(
     name="instance_metadata",
     columns=(
-        Column(
-            "id",
-            "integer",
-            nullable=False,
-            ref=Ref("instance", key="id", cloud="instance_id", on_delete="CASCADE"),
-        ),
+        foreign_key("id", "instance", "instance_id", on_delete="CASCADE", replaces=False),
         _aws("instance_id", "varchar", nullable=False),
         _aws(
             "architecture",

@@ -11,7 +11,18 @@ from modules import VERSION
 from modules.aws_account import region_column
 from modules.aws_acm import gather_bounded
 from modules.aws_vpc.ec2 import ignoring, with_token
-from modules.spec import TOKEN, TOKEN_TAG, Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
+from modules.spec import (
+    TOKEN,
+    TOKEN_TAG,
+    Cloud,
+    CloudError,
+    Column,
+    ModuleSpec,
+    Record,
+    Ref,
+    Table,
+    foreign_key,
+)
 
 _PROTOCOLS = "('GENEVE', 'HTTP', 'HTTPS', 'TCP', 'TCP_UDP', 'TLS', 'UDP')"
 _TAGS_PER_CALL = 20  # DescribeTags takes at most 20 ARNs
@@ -186,7 +197,7 @@ TARGET_GROUP = Table(
             replaces=True,
         ),
         region_column(),
-        Column("vpc", "integer", ref=Ref("vpc", key="id", cloud="vpc_id"), replaces=True),
+        foreign_key("vpc", "vpc", "vpc_id", nullable=True),
     ),
     mapper=TargetGroupMapper(),
     # AWS keeps target group names unique per region.
@@ -404,7 +415,7 @@ LOAD_BALANCER = Table(
         Column("attributes", "json", normalize=normalize_attributes),
         # The VPC of the subnets; with no subnets named, the load balancer takes one subnet
         # per zone of this VPC.
-        Column("vpc", "integer", ref=Ref("vpc", key="id", cloud="vpc_id"), replaces=True),
+        foreign_key("vpc", "vpc", "vpc_id", nullable=True),
     ),
     mapper=LoadBalancerMapper(),
     # AWS keeps load balancer names unique per region.
@@ -506,17 +517,15 @@ class LoadBalancerSecurityGroupsMapper:
 LOAD_BALANCER_SECURITY_GROUPS = Table(
     name="load_balancer_security_groups",
     columns=(
-        Column(
+        foreign_key(
             "load_balancer_id",
-            "integer",
-            nullable=False,
-            ref=Ref("load_balancer", key="id", cloud="load_balancer_arn", on_delete="CASCADE"),
+            "load_balancer",
+            "load_balancer_arn",
+            on_delete="CASCADE",
+            replaces=False,
         ),
-        Column(
-            "security_group_id",
-            "integer",
-            nullable=False,
-            ref=Ref("security_group", key="id", cloud="group_id", on_delete="CASCADE"),
+        foreign_key(
+            "security_group_id", "security_group", "group_id", on_delete="CASCADE", replaces=False
         ),
     ),
     mapper=LoadBalancerSecurityGroupsMapper(),
@@ -642,20 +651,9 @@ LISTENER = Table(
             check="action_type IN ('forward')",
         ),
         Column("ssl_policy", "varchar"),
-        Column(
-            "load_balancer_id",
-            "integer",
-            nullable=False,
-            ref=Ref("load_balancer", key="id", cloud="load_balancer_arn", on_delete="CASCADE"),
-            replaces=True,
-        ),
-        Column(
-            "target_group_id",
-            "integer",
-            nullable=False,
-            ref=Ref("target_group", key="id", cloud="target_group_arn"),
-        ),
-        Column("certificate_id", "integer", ref=Ref("certificate", key="id", cloud="arn")),
+        foreign_key("load_balancer_id", "load_balancer", "load_balancer_arn", on_delete="CASCADE"),
+        foreign_key("target_group_id", "target_group", "target_group_arn", replaces=False),
+        foreign_key("certificate_id", "certificate", "arn", nullable=True, replaces=False),
     ),
     mapper=ListenerMapper(),
     # AWS allows one listener per port of a load balancer.

@@ -13,7 +13,16 @@ from modules.aws_vpc.ec2 import (
     wait_for,
     with_token,
 )
-from modules.spec import TOKEN, Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
+from modules.spec import (
+    TOKEN,
+    Cloud,
+    CloudError,
+    Column,
+    ModuleSpec,
+    Record,
+    Table,
+    foreign_key,
+)
 
 # --- security_group ------------------------------------------------------------------------
 
@@ -99,7 +108,7 @@ SECURITY_GROUP = Table(
         Column("owner_id", "varchar", cloud_assigned=True),
         Column("group_id", "varchar", cloud_assigned=True),
         region_column(),
-        Column("vpc_id", "integer", ref=Ref("vpc", key="id", cloud="vpc_id"), replaces=True),
+        foreign_key("vpc_id", "vpc", "vpc_id", nullable=True),
     ),
     mapper=SecurityGroupMapper(),
     # AWS keeps group names unique per VPC (and the VPC brings the region).
@@ -288,19 +297,15 @@ SECURITY_GROUP_RULE = Table(
         Column("prefix_list_id", "varchar", replaces=True),
         Column("description", "varchar", normalize=normalize_description),
         region_column(),
-        Column(
-            "security_group_id",
-            "integer",
-            ref=Ref("security_group", key="id", cloud="group_id", on_delete="CASCADE"),
-            replaces=True,
+        foreign_key(
+            "security_group_id", "security_group", "group_id", on_delete="CASCADE", nullable=True
         ),
-        Column(
+        foreign_key(
             "source_security_group",
-            "integer",
-            # A rule naming a group goes with it: AWS refuses to delete a group that another
-            # group's rule names, so the commit deletes such rules first.
-            ref=Ref("security_group", key="id", cloud="group_id", on_delete="CASCADE"),
-            replaces=True,
+            "security_group",
+            "group_id",
+            on_delete="CASCADE",
+            nullable=True,
         ),
     ),
     mapper=SecurityGroupRuleMapper(),

@@ -10,9 +10,9 @@ from modules.aws_account import region_column
 from modules.aws_vpc.ec2 import (
     ignoring,
     normalize_cidr,
-    normalize_tags,
     sync_tags,
     tag_specifications,
+    tags_column,
     user_tags,
     wait_for,
     with_token,
@@ -30,7 +30,17 @@ from modules.aws_vpc.network import (
     subnet_network_acl_column,
 )
 from modules.aws_vpc.routing import DHCP_OPTIONS, ROUTING_TABLES, associate_dhcp_options
-from modules.spec import TOKEN, Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
+from modules.spec import (
+    TOKEN,
+    Cloud,
+    CloudError,
+    Column,
+    ModuleSpec,
+    Record,
+    Ref,
+    Table,
+    foreign_key,
+)
 
 # --- availability_zone ---------------------------------------------------------------------
 
@@ -67,6 +77,18 @@ AVAILABILITY_ZONE = Table(
     primary_key=("name",),
     protected=lambda record: True,
 )
+
+
+def availability_zone_column() -> Column:
+    """The zone a resource is in (a subnet, a volume): moving it means a new resource."""
+    return Column(
+        "availability_zone",
+        "varchar",
+        nullable=False,
+        ref=Ref("availability_zone", key="name"),
+        replaces=True,
+    )
+
 
 # --- vpc -----------------------------------------------------------------------------------
 
@@ -190,13 +212,16 @@ VPC = Table(
         Column("enable_dns_hostnames", "boolean", nullable=False, default="false"),
         Column("enable_dns_support", "boolean", nullable=False, default="false"),
         Column("enable_network_address_usage_metrics", "boolean", nullable=False, default="false"),
-        Column("tags", "json", normalize=normalize_tags),
+        tags_column(),
         region_column(),
         # NULL: no DHCP options ("default" to AWS). Changed in place.
-        Column(
+        foreign_key(
             "dhcp_options_id",
-            "integer",
-            ref=Ref("dhcp_options", key="id", cloud="dhcp_options_id", optional=True),
+            "dhcp_options",
+            "dhcp_options_id",
+            nullable=True,
+            replaces=False,
+            optional=True,
         ),
     ),
     mapper=VpcMapper(),
@@ -292,20 +317,8 @@ SUBNET = Table(
         Column("owner_id", "varchar", cloud_assigned=True),
         Column("subnet_arn", "varchar", cloud_assigned=True),
         region_column(),
-        Column(
-            "availability_zone",
-            "varchar",
-            nullable=False,
-            ref=Ref("availability_zone", key="name"),
-            replaces=True,
-        ),
-        Column(
-            "vpc_id",
-            "integer",
-            nullable=False,
-            ref=Ref("vpc", key="id", cloud="vpc_id"),
-            replaces=True,
-        ),
+        availability_zone_column(),
+        foreign_key("vpc_id", "vpc", "vpc_id"),
         subnet_network_acl_column(),
     ),
     mapper=SubnetMapper(),

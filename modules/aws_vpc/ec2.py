@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from modules.spec import TOKEN, TOKEN_TAG, Record
+from modules.spec import TOKEN, TOKEN_TAG, Cloud, Column, Record
 
 Tags = dict[str, str]
 
@@ -43,6 +43,11 @@ def normalize_tags(value: Any) -> Tags | None:
         value = json.loads(value)
     tags = {str(k): "" if v is None else str(v) for k, v in value.items() if not _hidden(str(k))}
     return dict(sorted(tags.items())) or None
+
+
+def tags_column() -> Column:
+    """The `tags` column of an EC2 resource: a JSON object, compared as `normalize_tags` does."""
+    return Column("tags", "json", normalize=normalize_tags)
 
 
 def _as_dict(aws_tags: list[dict[str, str]] | None) -> Tags:
@@ -80,6 +85,22 @@ async def sync_tags(ec2: Any, resource_id: str, wanted: Any, current: Any) -> No
         await ec2.delete_tags(Resources=[resource_id], Tags=removed)
     if changed:
         await ec2.create_tags(Resources=[resource_id], Tags=changed)
+
+
+async def update_tags(
+    cloud: Cloud,
+    record: Record,
+    current: Record,
+    id_column: str,
+    read_one: Callable[[Any, str, str], Awaitable[Record]],
+) -> Record:
+    """A mapper's update for a resource whose tags are all that changes in place: syncs the
+    tags of the resource `current[id_column]`, then returns it as `read_one(ec2, id, region)`
+    reads it."""
+    resource_id = current[id_column]
+    async with cloud.client("ec2", current["region"]) as ec2:
+        await sync_tags(ec2, resource_id, record.get("tags"), current.get("tags"))
+        return await read_one(ec2, resource_id, current["region"])
 
 
 async def wait_for(ec2: Any, waiter: str, **params: Any) -> None:

@@ -3,6 +3,7 @@ and VPC endpoints (gateway, interface, and the subnets of an interface endpoint)
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -17,14 +18,15 @@ from modules.aws_s3 import canonical_policy
 from modules.aws_vpc.ec2 import (
     ignoring,
     normalize_cidr,
-    normalize_tags,
     sync_tags,
     tag_specifications,
+    tags_column,
+    update_tags,
     user_tags,
     wait_for,
     with_token,
 )
-from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Ref, Table
+from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Ref, Table, foreign_key
 
 # --- network_acl ---------------------------------------------------------------------------
 
@@ -255,15 +257,9 @@ NETWORK_ACL = Table(
         # Not in TABLES.md's list, but IaSQL had it: the ACL AWS made with the VPC.
         Column("is_default", "boolean", nullable=False, default="false", cloud_assigned=True),
         Column("entries", "json", normalize=normalize_entries),
-        Column("tags", "json", normalize=normalize_tags),
+        tags_column(),
         region_column(),
-        Column(
-            "vpc_id",
-            "integer",
-            nullable=False,
-            ref=Ref("vpc", key="id", cloud="vpc_id", on_delete="CASCADE"),
-            replaces=True,
-        ),
+        foreign_key("vpc_id", "vpc", "vpc_id", on_delete="CASCADE"),
     ),
     mapper=NetworkAclMapper(),
     # An ACL has no name. A VPC's default ACL is (vpc, is_default) in any account; a user's
@@ -297,12 +293,14 @@ SUBNET_ACL_DDL = (
 def subnet_network_acl_column() -> Column:
     """The subnet's ACL, changed in place by replacing the subnet's association. Deleting the
     ACL's row moves the subnet back to its VPC's default ACL (SET NULL, then the trigger)."""
-    return Column(
+    return foreign_key(
         "network_acl_id",
-        "integer",
-        ref=Ref(
-            "network_acl", key="id", cloud="network_acl_id", on_delete="SET NULL", optional=True
-        ),
+        "network_acl",
+        "network_acl_id",
+        on_delete="SET NULL",
+        nullable=True,
+        replaces=False,
+        optional=True,
     )
 
 
@@ -381,10 +379,7 @@ class PeeringConnectionMapper:
             return await self._read_one(ec2, peering_id, region)
 
     async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
-        async with cloud.client("ec2", current["region"]) as ec2:
-            peering_id = current["peering_connection_id"]
-            await sync_tags(ec2, peering_id, record.get("tags"), current.get("tags"))
-            return await self._read_one(ec2, peering_id, current["region"])
+        return await update_tags(cloud, record, current, "peering_connection_id", self._read_one)
 
     async def delete(self, cloud: Cloud, current: Record) -> None:
         async with cloud.client("ec2", current["region"]) as ec2:
@@ -415,21 +410,15 @@ _PEERING_REGION_DDL = (
 )
 
 
-def _vpc_end(name: str) -> Column:
-    return Column(
-        name, "integer", nullable=False, ref=Ref("vpc", key="id", cloud="vpc_id"), replaces=True
-    )
-
-
 PEERING_CONNECTION = Table(
     name="peering_connection",
     columns=(
         Column("id", "serial", nullable=False),
         Column("peering_connection_id", "varchar", cloud_assigned=True),
         Column("state", "varchar", check=f"state IN ({_PEERING_STATES})", cloud_assigned=True),
-        Column("tags", "json", normalize=normalize_tags),
-        _vpc_end("requester_id"),
-        _vpc_end("accepter_id"),
+        tags_column(),
+        foreign_key("requester_id", "vpc", "vpc_id"),
+        foreign_key("accepter_id", "vpc", "vpc_id"),
         region_column(),  # ours: see _PEERING_REGION_DDL
     ),
     mapper=PeeringConnectionMapper(),
@@ -518,64 +507,50 @@ def normalize_route_tables(value: Any) -> list[str] | None:
     return sorted({str(v) for v in value}) or None
 
 
+def _endpoint_states(result: str, matcher: str, *states: str) -> list[dict[str, Any]]:
+    """Waiter acceptors: `result` when the endpoint's state (all of them: pathAll; any:
+    pathAny) is one of `states`."""
+    return [
+        {"state": result, "matcher": matcher, "argument": "VpcEndpoints[].State", "expected": s}
+        for s in states
+    ]
+
+
+def _endpoint_waiter(*acceptors: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "operation": "DescribeVpcEndpoints",
+        "delay": 2,
+        "maxAttempts": 300,
+        "acceptors": list(acceptors),
+    }
+
+
 _ENDPOINT_WAITERS = WaiterModel(
     {
         "version": 2,
         "waiters": {
             # AWS spells states in lower case ("available"); both spellings are accepted.
-            "EndpointAvailable": {
-                "operation": "DescribeVpcEndpoints",
-                "delay": 2,
-                "maxAttempts": 300,
-                "acceptors": [
-                    *(
-                        {
-                            "state": "success",
-                            "matcher": "pathAll",
-                            "argument": "VpcEndpoints[].State",
-                            "expected": state,
-                        }
-                        # pendingAcceptance: waits for the service's owner, not for AWS.
-                        for state in ("available", "Available", "pendingAcceptance")
-                    ),
-                    *(
-                        {
-                            "state": "failure",
-                            "matcher": "pathAny",
-                            "argument": "VpcEndpoints[].State",
-                            "expected": state,
-                        }
-                        for state in ("failed", "Failed", "rejected", "Rejected")
-                    ),
-                ],
-            },
-            "EndpointDeleted": {
-                "operation": "DescribeVpcEndpoints",
-                "delay": 2,
-                "maxAttempts": 300,
-                "acceptors": [
-                    *(
-                        {
-                            "state": "success",
-                            "matcher": "pathAll",
-                            "argument": "VpcEndpoints[].State",
-                            "expected": state,
-                        }
-                        for state in ("deleted", "Deleted")
-                    ),
-                    {
-                        "state": "success",
-                        "matcher": "path",
-                        "argument": "length(VpcEndpoints[]) == `0`",
-                        "expected": True,
-                    },
-                    {
-                        "state": "success",
-                        "matcher": "error",
-                        "expected": "InvalidVpcEndpointId.NotFound",
-                    },
-                ],
-            },
+            "EndpointAvailable": _endpoint_waiter(
+                # pendingAcceptance: waits for the service's owner, not for AWS.
+                *_endpoint_states(
+                    "success", "pathAll", "available", "Available", "pendingAcceptance"
+                ),
+                *_endpoint_states("failure", "pathAny", "failed", "Failed", "rejected", "Rejected"),
+            ),
+            "EndpointDeleted": _endpoint_waiter(
+                *_endpoint_states("success", "pathAll", "deleted", "Deleted"),
+                {
+                    "state": "success",
+                    "matcher": "path",
+                    "argument": "length(VpcEndpoints[]) == `0`",
+                    "expected": True,
+                },
+                {
+                    "state": "success",
+                    "matcher": "error",
+                    "expected": "InvalidVpcEndpointId.NotFound",
+                },
+            ),
         },
     }
 )
@@ -670,6 +645,48 @@ async def _set_policy_and_tags(ec2: Any, record: Record, current: Record) -> Non
     await sync_tags(ec2, endpoint_id, record.get("tags"), current.get("tags"))
 
 
+class _EndpointMapper(abc.ABC):
+    """What gateway and interface endpoints share. A subclass names its `kind`, makes its
+    records, and turns its own columns into arguments of create_vpc_endpoint
+    (`_create_options`) and modify_vpc_endpoint (`_changes`)."""
+
+    kind: str
+
+    @abc.abstractmethod
+    def _record(self, endpoint: dict[str, Any], region: str | None) -> Record: ...
+
+    @abc.abstractmethod
+    def _create_options(self, record: Record) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def _changes(self, record: Record, current: Record) -> dict[str, Any]:
+        """What differs in this kind's own columns ({}: nothing to modify)."""
+
+    async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
+        async with cloud.client("ec2", region) as ec2:
+            found = await _describe_endpoints(ec2, self.kind)
+        return [self._record(e, region) for e in found]
+
+    async def create(self, cloud: Cloud, record: Record) -> Record:
+        extra = self._create_options(record)
+        async with cloud.client("ec2", record["region"]) as ec2:
+            endpoint = await _create_endpoint(ec2, self.kind, record, **extra)
+        return self._record(endpoint, record["region"])
+
+    async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
+        endpoint_id = current["vpc_endpoint_id"]
+        changes = self._changes(record, current)
+        async with cloud.client("ec2", current["region"]) as ec2:
+            if changes:
+                async with _changing(ec2, endpoint_id):
+                    await ec2.modify_vpc_endpoint(VpcEndpointId=endpoint_id, **changes)
+            await _set_policy_and_tags(ec2, record, current)
+            return self._record(await _describe_endpoint(ec2, endpoint_id), current["region"])
+
+    async def delete(self, cloud: Cloud, current: Record) -> None:
+        await _delete_endpoint(cloud, current)
+
+
 def _endpoint_columns(service_check: str) -> tuple[Column, ...]:
     return (
         Column("id", "serial", nullable=False),
@@ -677,16 +694,6 @@ def _endpoint_columns(service_check: str) -> tuple[Column, ...]:
         Column("service", "varchar", nullable=False, check=service_check, replaces=True),
         Column("policy", "json", normalize=normalize_endpoint_policy),
         Column("state", "varchar", cloud_assigned=True),
-    )
-
-
-def _endpoint_vpc() -> Column:
-    return Column(
-        "vpc_id",
-        "integer",
-        nullable=False,
-        ref=Ref("vpc", key="id", cloud="vpc_id"),
-        replaces=True,
     )
 
 
@@ -707,36 +714,24 @@ def _gateway_record(endpoint: dict[str, Any], region: str | None) -> Record:
     return with_token(record, endpoint.get("Tags"))
 
 
-class EndpointGatewayMapper:
-    async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
-        async with cloud.client("ec2", region) as ec2:
-            found = await _describe_endpoints(ec2, "Gateway")
-        return [_gateway_record(e, region) for e in found]
+class EndpointGatewayMapper(_EndpointMapper):
+    kind = "Gateway"
 
-    async def create(self, cloud: Cloud, record: Record) -> Record:
+    def _record(self, endpoint: dict[str, Any], region: str | None) -> Record:
+        return _gateway_record(endpoint, region)
+
+    def _create_options(self, record: Record) -> dict[str, Any]:
         tables = normalize_route_tables(record.get("route_table_ids"))
-        extra = {"RouteTableIds": tables} if tables else {}
-        async with cloud.client("ec2", record["region"]) as ec2:
-            endpoint = await _create_endpoint(ec2, "Gateway", record, **extra)
-        return _gateway_record(endpoint, record["region"])
+        return {"RouteTableIds": tables} if tables else {}
 
-    async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
-        endpoint_id = current["vpc_endpoint_id"]
+    def _changes(self, record: Record, current: Record) -> dict[str, Any]:
         new = set(normalize_route_tables(record.get("route_table_ids")) or ())
         old = set(normalize_route_tables(current.get("route_table_ids")) or ())
-        async with cloud.client("ec2", current["region"]) as ec2:
-            if new != old:
-                # AWS adds and removes the prefix-list routes to the service itself.
-                changes = {"AddRouteTableIds": sorted(new - old)} if new - old else {}
-                if old - new:
-                    changes["RemoveRouteTableIds"] = sorted(old - new)
-                async with _changing(ec2, endpoint_id):
-                    await ec2.modify_vpc_endpoint(VpcEndpointId=endpoint_id, **changes)
-            await _set_policy_and_tags(ec2, record, current)
-            return _gateway_record(await _describe_endpoint(ec2, endpoint_id), current["region"])
-
-    async def delete(self, cloud: Cloud, current: Record) -> None:
-        await _delete_endpoint(cloud, current)
+        # AWS adds and removes the prefix-list routes to the service itself.
+        changes = {"AddRouteTableIds": sorted(new - old)} if new - old else {}
+        if old - new:
+            changes["RemoveRouteTableIds"] = sorted(old - new)
+        return changes
 
 
 ENDPOINT_GATEWAY = Table(
@@ -752,9 +747,9 @@ ENDPOINT_GATEWAY = Table(
             normalize=normalize_route_tables,
             cloud_ref=Ref("route_table", key="route_table_id"),
         ),
-        Column("tags", "json", normalize=normalize_tags),
+        tags_column(),
         region_column(),
-        _endpoint_vpc(),
+        foreign_key("vpc_id", "vpc", "vpc_id"),
     ),
     mapper=EndpointGatewayMapper(),
     # The VPC and the service: one gateway endpoint per service and VPC is the rule (AWS
@@ -791,27 +786,24 @@ def _interface_record(endpoint: dict[str, Any], region: str | None) -> Record:
     return with_token(record, endpoint.get("Tags"))
 
 
-class EndpointInterfaceMapper:
+class EndpointInterfaceMapper(_EndpointMapper):
     """The endpoint itself; its subnets are rows of endpoint_interface_subnets, added once
     the endpoint exists."""
 
-    async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
-        async with cloud.client("ec2", region) as ec2:
-            found = await _describe_endpoints(ec2, "Interface")
-        return [_interface_record(e, region) for e in found]
+    kind = "Interface"
 
-    async def create(self, cloud: Cloud, record: Record) -> Record:
+    def _record(self, endpoint: dict[str, Any], region: str | None) -> Record:
+        return _interface_record(endpoint, region)
+
+    def _create_options(self, record: Record) -> dict[str, Any]:
         # AWS turns private DNS on unless told otherwise; the column's default is off.
         extra: dict[str, Any] = {"PrivateDnsEnabled": bool(record.get("private_dns_enabled"))}
         record_type = normalize_dns_record_type(record.get("dns_name_record_type"))
         if record_type != "ipv4":
             extra["DnsOptions"] = {"DnsRecordIpType": record_type}
-        async with cloud.client("ec2", record["region"]) as ec2:
-            endpoint = await _create_endpoint(ec2, "Interface", record, **extra)
-        return _interface_record(endpoint, record["region"])
+        return extra
 
-    async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
-        endpoint_id = current["vpc_endpoint_id"]
+    def _changes(self, record: Record, current: Record) -> dict[str, Any]:
         changes: dict[str, Any] = {}
         private_dns = bool(record.get("private_dns_enabled"))
         if private_dns != bool(current.get("private_dns_enabled")):
@@ -819,15 +811,7 @@ class EndpointInterfaceMapper:
         record_type = normalize_dns_record_type(record.get("dns_name_record_type"))
         if record_type != normalize_dns_record_type(current.get("dns_name_record_type")):
             changes["DnsOptions"] = {"DnsRecordIpType": record_type}
-        async with cloud.client("ec2", current["region"]) as ec2:
-            if changes:
-                async with _changing(ec2, endpoint_id):
-                    await ec2.modify_vpc_endpoint(VpcEndpointId=endpoint_id, **changes)
-            await _set_policy_and_tags(ec2, record, current)
-            return _interface_record(await _describe_endpoint(ec2, endpoint_id), current["region"])
-
-    async def delete(self, cloud: Cloud, current: Record) -> None:
-        await _delete_endpoint(cloud, current)
+        return changes
 
 
 ENDPOINT_INTERFACE = Table(
@@ -843,9 +827,9 @@ ENDPOINT_INTERFACE = Table(
             check=f"dns_name_record_type IN {_DNS_RECORD_TYPES!r}",
             normalize=normalize_dns_record_type,
         ),
-        Column("tags", "json", normalize=normalize_tags),
+        tags_column(),
         region_column(),
-        _endpoint_vpc(),
+        foreign_key("vpc_id", "vpc", "vpc_id"),
     ),
     mapper=EndpointInterfaceMapper(),
     # The VPC and the service, as for gateway endpoints (with private DNS on, AWS allows
@@ -914,20 +898,10 @@ _SUBNETS_REGION_DDL = (
 ENDPOINT_INTERFACE_SUBNETS = Table(
     name="endpoint_interface_subnets",
     columns=(
-        Column(
-            "endpoint_interface_id",
-            "integer",
-            nullable=False,
-            ref=Ref("endpoint_interface", key="id", cloud="vpc_endpoint_id", on_delete="CASCADE"),
-            replaces=True,
+        foreign_key(
+            "endpoint_interface_id", "endpoint_interface", "vpc_endpoint_id", on_delete="CASCADE"
         ),
-        Column(
-            "subnet_id",
-            "integer",
-            nullable=False,
-            ref=Ref("subnet", key="id", cloud="subnet_id", on_delete="CASCADE"),
-            replaces=True,
-        ),
+        foreign_key("subnet_id", "subnet", "subnet_id", on_delete="CASCADE"),
         region_column(),  # ours: see _SUBNETS_REGION_DDL
     ),
     mapper=EndpointInterfaceSubnetsMapper(),

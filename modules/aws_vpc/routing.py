@@ -14,19 +14,15 @@ from modules.aws_account import region_column
 from modules.aws_vpc.ec2 import (
     ignoring,
     normalize_cidr,
-    normalize_tags,
     sync_tags,
     tag_specifications,
+    tags_column,
+    update_tags,
     user_tags,
     wait_for,
     with_token,
 )
-from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Ref, Table
-
-
-def _tags_column() -> Column:
-    return Column("tags", "json", normalize=normalize_tags)
-
+from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Ref, Table, foreign_key
 
 # --- dhcp_options --------------------------------------------------------------------------
 
@@ -154,7 +150,7 @@ DHCP_OPTIONS = Table(
         Column("dhcp_options_id", "varchar", cloud_assigned=True),
         # Changing the options makes a new set in place of the old one (see the mapper).
         Column("dhcp_configurations", "json", normalize=normalize_dhcp_configurations),
-        _tags_column(),
+        tags_column(),
         region_column(),
     ),
     mapper=DhcpOptionsMapper(),
@@ -200,10 +196,7 @@ class ElasticIpMapper:
             return await self._read_one(ec2, answer["AllocationId"], record["region"])
 
     async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
-        async with cloud.client("ec2", current["region"]) as ec2:
-            allocation_id = current["allocation_id"]
-            await sync_tags(ec2, allocation_id, record.get("tags"), current.get("tags"))
-            return await self._read_one(ec2, allocation_id, current["region"])
+        return await update_tags(cloud, record, current, "allocation_id", self._read_one)
 
     async def delete(self, cloud: Cloud, current: Record) -> None:
         async with cloud.client("ec2", current["region"]) as ec2:
@@ -217,7 +210,7 @@ ELASTIC_IP = Table(
         Column("id", "serial", nullable=False),
         Column("allocation_id", "varchar", cloud_assigned=True),
         Column("public_ip", "varchar", cloud_assigned=True),
-        _tags_column(),
+        tags_column(),
         region_column(),
     ),
     mapper=ElasticIpMapper(),
@@ -312,10 +305,10 @@ INTERNET_GATEWAY = Table(
     columns=(
         Column("id", "serial", nullable=False),
         Column("internet_gateway_id", "varchar", cloud_assigned=True),
-        _tags_column(),
+        tags_column(),
         region_column(),
         # Attached to this VPC; NULL: detached. Changing it detaches and attaches in place.
-        Column("vpc_id", "integer", ref=Ref("vpc", key="id", cloud="vpc_id")),
+        foreign_key("vpc_id", "vpc", "vpc_id", nullable=True, replaces=False),
     ),
     mapper=InternetGatewayMapper(),
     # A VPC has at most one gateway attached, so an attached gateway is known by its VPC; a
@@ -398,10 +391,7 @@ class NatGatewayMapper:
             return await self._read_one(ec2, gateway_id, region)
 
     async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
-        gateway_id = current["nat_gateway_id"]
-        async with cloud.client("ec2", current["region"]) as ec2:
-            await sync_tags(ec2, gateway_id, record.get("tags"), current.get("tags"))
-            return await self._read_one(ec2, gateway_id, current["region"])
+        return await update_tags(cloud, record, current, "nat_gateway_id", self._read_one)
 
     async def delete(self, cloud: Cloud, current: Record) -> None:
         gateway_id = current["nat_gateway_id"]
@@ -430,21 +420,10 @@ NAT_GATEWAY = Table(
             check="state IN ('pending', 'failed', 'available', 'deleting', 'deleted')",
             cloud_assigned=True,
         ),
-        _tags_column(),
+        tags_column(),
         region_column(),
-        Column(
-            "subnet_id",
-            "integer",
-            nullable=False,
-            ref=Ref("subnet", key="id", cloud="subnet_id"),
-            replaces=True,
-        ),
-        Column(
-            "elastic_ip_id",
-            "integer",
-            ref=Ref("elastic_ip", key="id", cloud="allocation_id"),
-            replaces=True,
-        ),
+        foreign_key("subnet_id", "subnet", "subnet_id"),
+        foreign_key("elastic_ip_id", "elastic_ip", "allocation_id", nullable=True),
     ),
     mapper=NatGatewayMapper(),
     # A public gateway is known by its address (one gateway per address); a private one by
@@ -499,14 +478,13 @@ class RouteTableMapper:
                     "route-table", record.get("tags"), record.get(TOKEN)
                 ),
             )
-            table_id = answer["RouteTable"]["RouteTableId"]
-            return _table_record(await _route_table(ec2, table_id), region)
+            return await self._read_one(ec2, answer["RouteTable"]["RouteTableId"], region)
+
+    async def _read_one(self, ec2: Any, table_id: str, region: str) -> Record:
+        return _table_record(await _route_table(ec2, table_id), region)
 
     async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
-        table_id = current["route_table_id"]
-        async with cloud.client("ec2", current["region"]) as ec2:
-            await sync_tags(ec2, table_id, record.get("tags"), current.get("tags"))
-            return _table_record(await _route_table(ec2, table_id), current["region"])
+        return await update_tags(cloud, record, current, "route_table_id", self._read_one)
 
     async def delete(self, cloud: Cloud, current: Record) -> None:
         async with cloud.client("ec2", current["region"]) as ec2:
@@ -519,17 +497,11 @@ ROUTE_TABLE = Table(
     columns=(
         Column("id", "serial", nullable=False),
         Column("route_table_id", "varchar", cloud_assigned=True),
-        _tags_column(),
+        tags_column(),
         region_column(),
         # Deleting a VPC's row takes its tables' rows with it: AWS deletes the main table with
         # the VPC, and refuses to delete a VPC that has other tables.
-        Column(
-            "vpc_id",
-            "integer",
-            nullable=False,
-            ref=Ref("vpc", key="id", cloud="vpc_id", on_delete="CASCADE"),
-            replaces=True,
-        ),
+        foreign_key("vpc_id", "vpc", "vpc_id", on_delete="CASCADE"),
     ),
     mapper=RouteTableMapper(),
     # A route table has no name and nothing of its own but its VPC and its tags, so those
@@ -640,26 +612,12 @@ ROUTE_TABLE_ASSOCIATION = Table(
         # create has to know where its route table is. Same default as everywhere.
         region_column(),
         # Changed in place (replace_route_table_association), for the main one too.
-        Column(
-            "route_table_id",
-            "integer",
-            nullable=False,
-            ref=Ref("route_table", key="id", cloud="route_table_id", on_delete="CASCADE"),
+        foreign_key(
+            "route_table_id", "route_table", "route_table_id", on_delete="CASCADE", replaces=False
         ),
         # AWS drops a subnet's association with the subnet.
-        Column(
-            "subnet_id",
-            "integer",
-            ref=Ref("subnet", key="id", cloud="subnet_id", on_delete="CASCADE"),
-            replaces=True,
-        ),
-        Column(
-            "vpc_id",
-            "integer",
-            nullable=False,
-            ref=Ref("vpc", key="id", cloud="vpc_id", on_delete="CASCADE"),
-            replaces=True,
-        ),
+        foreign_key("subnet_id", "subnet", "subnet_id", on_delete="CASCADE", nullable=True),
+        foreign_key("vpc_id", "vpc", "vpc_id", on_delete="CASCADE"),
     ),
     mapper=RouteTableAssociationMapper(),
     # A VPC has one main association, and a subnet one association.
@@ -825,8 +783,15 @@ def _target_column(name: str) -> Column:
 def _target_row_column(name: str) -> Column:
     table = name  # the column is named after the table it references
     cloud_column = f"{table}_id"
-    ref = Ref(table, key="id", cloud=cloud_column, on_delete="CASCADE", optional=True)
-    return Column(name, "integer", ref=ref)
+    return foreign_key(
+        name,
+        table,
+        cloud_column,
+        on_delete="CASCADE",
+        nullable=True,
+        replaces=False,
+        optional=True,
+    )
 
 
 def _target_row_trigger() -> str:
@@ -873,13 +838,7 @@ ROUTE = Table(
         _target_column("vpc_peering_connection_id"),
         _target_column("core_network_arn"),
         region_column(),
-        Column(
-            "route_table_id",
-            "integer",
-            nullable=False,
-            ref=Ref("route_table", key="id", cloud="route_table_id", on_delete="CASCADE"),
-            replaces=True,
-        ),
+        foreign_key("route_table_id", "route_table", "route_table_id", on_delete="CASCADE"),
         *(_target_row_column(name) for name in _TARGET_ROWS),
     ),
     mapper=RouteMapper(),
