@@ -3,10 +3,7 @@ the platform schema, the installed modules and the AWS account behind it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import asyncpg
 
@@ -115,14 +112,3 @@ def dependency_order(tables: list[Table]) -> list[Table]:
     for table in tables:
         visit(table)
     return ordered
-
-
-async def gather_limited(limit: int, jobs: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
-    """Runs the jobs concurrently, at most `limit` at a time, results in order."""
-    semaphore = asyncio.Semaphore(limit)
-
-    async def run(job: Callable[[], Awaitable[Any]]) -> Any:
-        async with semaphore:
-            return await job()
-
-    return list(await asyncio.gather(*(run(job) for job in jobs)))

@@ -7,15 +7,14 @@ names a referenced resource by its cloud id, a row by the referenced row's key.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from engine.database import gather_limited
 from engine.ddl import quote_ident
+from modules.concurrency import gather_bounded
 from modules.spec import Cloud, Column, Record, Table
 
 READ_CONCURRENCY = 16
@@ -34,8 +33,7 @@ async def read_cloud(cloud: Cloud, table: Table, regions: list[str]) -> list[Rec
             record["region"] = region
         return records
 
-    jobs = [functools.partial(read_region, region) for region in regions]
-    found = await gather_limited(READ_CONCURRENCY, jobs)
+    found = await gather_bounded((read_region(r) for r in regions), READ_CONCURRENCY)
     return [record for records in found for record in records]
 
 

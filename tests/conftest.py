@@ -187,6 +187,14 @@ def in_cloud(moto: MotoServer, scenario: Callable[[AwsCloud], Awaitable[T]]) -> 
     return asyncio.run(run())
 
 
+def only_regions(conn: psycopg.Connection, *regions: str) -> None:
+    """Reads the account's regions, then enables only `regions` (us-east-1 by default):
+    installs and syncs then read those alone, where moto offers thirty-odd."""
+    conn.execute("SELECT * FROM iasql_sync()")
+    enabled = list(regions or ("us-east-1",))
+    conn.execute("UPDATE aws_regions SET is_enabled = (region = ANY(%s))", (enabled,))
+
+
 def add_credentials(conn: psycopg.Connection, moto: MotoServer) -> None:
     conn.execute(
         "INSERT INTO aws_credentials (access_key_id, secret_access_key, endpoint_url)"

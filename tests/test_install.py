@@ -10,7 +10,7 @@ import pytest
 
 from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
-from tests.conftest import RunningServer, add_credentials, rows
+from tests.conftest import RunningServer, add_credentials, only_regions, rows
 
 
 def logs_client(moto: MotoServer, region: str) -> object:
@@ -148,8 +148,7 @@ def test_import_pages_through_more_than_a_thousand_queues(
         sqs.create_queue(QueueName=f"q{i:04}")
     envdb.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(envdb, moto)
-    envdb.execute("SELECT * FROM iasql_sync()")
-    envdb.execute("UPDATE aws_regions SET is_enabled = (region = 'us-east-1')")
+    only_regions(envdb)
     installed = rows(envdb, "SELECT * FROM iasql_install('aws_sqs')")
     assert installed == [("aws_sqs", "queue", 1005)]
     assert rows(envdb, "SELECT count(DISTINCT url), max(name) FROM queue") == [(1005, "q1004")]

@@ -23,7 +23,7 @@ from modules.aws_vpc.network import (
     service_name,
     short_service,
 )
-from tests.conftest import RunningServer, add_credentials, one, rows
+from tests.conftest import RunningServer, add_credentials, one, only_regions, rows
 
 REGION = "us-east-1"
 MINE = (
@@ -134,10 +134,7 @@ def test_default_acl_is_protected() -> None:
 def install(envdb: psycopg.Connection, moto: MotoServer) -> None:
     envdb.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(envdb, moto)
-    # One region: on moto every read of every other region costs time. A module quick to
-    # import over every region fills aws_regions (and picks us-east-1 as the default).
-    envdb.execute("SELECT * FROM iasql_install('aws_sqs')")
-    envdb.execute("UPDATE aws_regions SET is_enabled = (region = %s)", (REGION,))
+    only_regions(envdb, REGION)  # on moto every read of every other region costs time
     envdb.execute("SELECT * FROM iasql_install('aws_vpc')")
 
 

@@ -20,7 +20,7 @@ from modules.aws_vpc.routing import (
     normalize_destination,
     normalize_dhcp_configurations,
 )
-from tests.conftest import RunningServer, add_credentials, commit, one, rows
+from tests.conftest import RunningServer, add_credentials, commit, one, only_regions, rows
 
 REGION = "us-east-1"
 
@@ -35,9 +35,7 @@ def connect_env(iasql: RunningServer, moto: MotoServer) -> psycopg.Connection:
     conn = psycopg.connect(str(url[0]), autocommit=True)
     conn.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(conn, moto)
-    # Installing a light module fills aws_regions (and picks the default region) first.
-    conn.execute("SELECT * FROM iasql_install('aws_sqs')")
-    conn.execute("UPDATE aws_regions SET is_enabled = (region = %s)", (REGION,))
+    only_regions(conn, REGION)
     return conn
 
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from iasql.sandbox import MotoServer
-from tests.conftest import add_credentials, rows
+from tests.conftest import add_credentials, only_regions, rows
 
 MODULES = ("aws_s3", "aws_cloudwatch", "aws_sqs", "aws_vpc", "aws_security_group")
 
@@ -22,6 +22,7 @@ def network_env(envdb: psycopg.Connection, moto_accounts: Any) -> tuple[psycopg.
     moto: MotoServer = moto_accounts()
     envdb.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(envdb, moto)
+    only_regions(envdb)
     envdb.execute(f"SELECT * FROM iasql_install({', '.join(repr(m) for m in MODULES)})")
     return envdb, boto3.client("ec2", region_name="us-east-1", endpoint_url=moto.endpoint)
 

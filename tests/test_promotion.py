@@ -22,7 +22,7 @@ from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
 from modules import available_modules
 from modules.spec import Column, Table
-from tests.conftest import RunningServer, add_credentials, rows
+from tests.conftest import RunningServer, add_credentials, only_regions, rows
 from tests.test_cli import IASQL, cli_env
 
 MODULES = ("aws_cloudwatch", "aws_sqs", "aws_vpc", "aws_security_group")
@@ -39,6 +39,7 @@ def environment(iasql: RunningServer, alias: str, moto: MotoServer) -> psycopg.C
     URLS[id(conn)] = str(row[0])
     conn.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(conn, moto)
+    only_regions(conn)
     conn.execute(f"SELECT * FROM iasql_install({', '.join(repr(m) for m in MODULES)})")
     return conn
 

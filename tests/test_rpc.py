@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from iasql.sandbox import MotoServer
-from tests.conftest import add_credentials, rows
+from tests.conftest import add_credentials, only_regions, rows
 
 
 @pytest.fixture
@@ -17,8 +17,7 @@ def rpc_env(envdb: psycopg.Connection, moto_accounts: Any) -> tuple[psycopg.Conn
     moto: MotoServer = moto_accounts()
     envdb.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(envdb, moto)
-    envdb.execute("SELECT * FROM iasql_sync()")  # fills aws_regions; us-east-1 is the default
-    envdb.execute("UPDATE aws_regions SET is_enabled = (region IN ('us-east-1', 'eu-west-1'))")
+    only_regions(envdb, "us-east-1", "eu-west-1")
     return envdb, moto
 
 

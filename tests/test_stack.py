@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from iasql.sandbox import MotoServer
-from tests.conftest import RunningServer, add_credentials, rows
+from tests.conftest import RunningServer, add_credentials, only_regions, rows
 from tests.test_cli import IASQL, cli_env
 from tests.test_module_acm import make_certificate
 
@@ -137,9 +137,7 @@ class Account:
         self.conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
         self.conn.execute("SELECT * FROM iasql_install('aws_account')")
         add_credentials(self.conn, moto)
-        # Only one region: installs read every enabled region of the account.
-        self.conn.execute("SELECT * FROM iasql_sync()")
-        self.conn.execute("UPDATE aws_regions SET is_enabled = (region = %s)", (REGION,))
+        only_regions(self.conn, REGION)
         self.conn.execute(f"SELECT * FROM iasql_install({', '.join(map(repr, MODULES))})")
 
     def client(self, service: str) -> Any:

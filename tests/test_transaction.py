@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from iasql.sandbox import MotoServer
-from tests.conftest import add_credentials, rows
+from tests.conftest import add_credentials, only_regions, rows
 
 
 @pytest.fixture
@@ -23,6 +23,7 @@ def moto_env(
     moto = moto_accounts()
     envdb.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(envdb, moto)
+    only_regions(envdb, "us-east-1", "eu-west-1")
     envdb.execute("SELECT * FROM iasql_install('aws_cloudwatch', 'aws_sqs')")
     return envdb, moto
 

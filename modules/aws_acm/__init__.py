@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from modules import VERSION
 from modules.aws_account import region_column
 from modules.aws_vpc.ec2 import ignoring, normalize_tags, tags_column, user_tags
+from modules.concurrency import gather_bounded
 from modules.spec import Cloud, CloudError, Column, ModuleFunction, ModuleSpec, Record, Table
-
-T = TypeVar("T")
 
 # list_certificates leaves out every key type but RSA_1024 and RSA_2048 unless asked.
 _KEY_TYPES = [
@@ -32,18 +30,6 @@ _HOW_TO_MAKE_ONE = (
     " certificate_import(certificate, private_key, chain, region) or ask ACM for one with"
     " certificate_request(domain_name, validation_method, domain_validation_options, region)"
 )
-
-
-async def gather_bounded(jobs: Iterable[Awaitable[T]], limit: int = 8) -> list[T]:
-    """Runs `jobs` concurrently, at most `limit` at a time: describe calls per resource stay
-    under the API's rate limit (ACM's DescribeCertificate allows about 10 a second)."""
-    gate = asyncio.Semaphore(limit)
-
-    async def one(job: Awaitable[T]) -> T:
-        async with gate:
-            return await job
-
-    return list(await asyncio.gather(*(one(job) for job in jobs)))
 
 
 def _certificate_record(cert: dict[str, Any], tags: list[dict[str, str]], region: str) -> Record:

@@ -11,17 +11,15 @@ import asyncio
 import contextlib
 import json
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from modules import VERSION
 from modules.aws_vpc.ec2 import ignoring
+from modules.concurrency import gather_bounded
 from modules.spec import Cloud, CloudError, Column, ModuleFunction, ModuleSpec, Record, Ref, Table
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 # IAM throttles far sooner than EC2: per-resource reads (attached policies, keys) go a few at a
 # time; botocore's standard retry mode takes care of the occasional Throttling answer.
@@ -147,16 +145,6 @@ def _message(error: ClientError) -> str:
     return f"{details.get('Code', 'Error')}: {details.get('Message', '')}"
 
 
-async def _bounded(items: Iterable[T], job: Callable[[T], Awaitable[R]]) -> list[R]:
-    semaphore = asyncio.Semaphore(IAM_CONCURRENCY)
-
-    async def one(item: T) -> R:
-        async with semaphore:
-            return await job(item)
-
-    return list(await asyncio.gather(*(one(i) for i in items)))
-
-
 async def _listed(iam: Any, operation: str, key: str, **params: Any) -> list[Any]:
     """Every item of a paginated IAM list call; nothing when its owner is gone (deleted since
     it was listed, or by someone else before our delete)."""
@@ -272,7 +260,7 @@ class RoleMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         async with cloud.client("iam", None) as iam:
             roles = await _listed(iam, "list_roles", "Roles")
-            return await _bounded(roles, lambda role: self._complete(iam, role))
+            return await gather_bounded((self._complete(iam, r) for r in roles), IAM_CONCURRENCY)
 
     async def _complete(self, iam: Any, role: dict[str, Any]) -> Record:
         return _role_record(role, await _attached(iam, "role", role["RoleName"]))
@@ -410,7 +398,7 @@ class UserMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         async with cloud.client("iam", None) as iam:
             users = await _listed(iam, "list_users", "Users")
-            return await _bounded(users, lambda user: self._complete(iam, user))
+            return await gather_bounded((self._complete(iam, u) for u in users), IAM_CONCURRENCY)
 
     async def _complete(self, iam: Any, user: dict[str, Any]) -> Record:
         return _user_record(user, await _attached(iam, "user", user["UserName"]))
@@ -494,7 +482,9 @@ class AccessKeyMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         async with cloud.client("iam", None) as iam:
             users = await _listed(iam, "list_users", "Users")
-            found = await _bounded(users, lambda user: _user_keys(iam, user["UserName"]))
+            found = await gather_bounded(
+                (_user_keys(iam, u["UserName"]) for u in users), IAM_CONCURRENCY
+            )
         return [key for keys in found for key in keys]
 
     async def create(self, cloud: Cloud, record: Record) -> Record:
