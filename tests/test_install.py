@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import boto3
@@ -152,3 +153,15 @@ def test_import_pages_through_more_than_a_thousand_queues(
     installed = rows(envdb, "SELECT * FROM iasql_install('aws_sqs')")
     assert installed == [("aws_sqs", "queue", 1005)]
     assert rows(envdb, "SELECT count(DISTINCT url), max(name) FROM queue") == [(1005, "q1004")]
+
+
+def test_modules_list_shows_every_module(envdb: psycopg.Connection) -> None:
+    listed = dict(rows(envdb, "SELECT module_name, dependencies::text FROM iasql_modules_list()"))
+    for name in (
+        "aws_account", "aws_s3", "aws_cloudwatch", "aws_sqs", "aws_vpc", "aws_security_group",
+        "aws_iam", "aws_acm", "aws_elb", "aws_ec2", "aws_ec2_metadata",
+    ):  # fmt: skip
+        assert name in listed, name
+    assert set(json.loads(listed["aws_ec2"])) == {
+        "aws_account", "aws_security_group", "aws_vpc", "aws_iam", "aws_elb",
+    }  # fmt: skip

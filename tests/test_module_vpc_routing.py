@@ -790,3 +790,48 @@ def test_route_tables_life_cycle(vpc_env: Any) -> None:
     )
     assert rows(conn, f"SELECT count(*) FROM route_table WHERE vpc_id = {vpc_row}") == [(0,)]
     assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
+
+
+def test_route_table_moves_to_another_vpc_by_replace(vpc_env: Any) -> None:
+    """A route table's VPC can't change in place: the table is replaced, and the new table
+    comes with its own local route (AWS's)."""
+    conn, ec2 = vpc_env
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("INSERT INTO vpc (cidr_block) VALUES ('10.61.0.0/16'), ('10.62.0.0/16')")
+    conn.execute(
+        "INSERT INTO route_table (vpc_id, tags)"
+        " SELECT id, '{\"Name\": \"moving\"}' FROM vpc WHERE cidr_block = '10.61.0.0/16'"
+    )
+    commit(conn)
+    old_id = one(conn, f"SELECT route_table_id FROM route_table WHERE id = {table_row('moving')}")
+
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "UPDATE route_table SET vpc_id = (SELECT id FROM vpc WHERE cidr_block = '10.62.0.0/16')"
+        f" WHERE id = {table_row('moving')}"
+    )
+    planned = [(a, t) for a, t, _ in preview(conn)]
+    assert planned == [("replace", "route_table")]
+    commit(conn)
+    new_id = one(conn, f"SELECT route_table_id FROM route_table WHERE id = {table_row('moving')}")
+    assert new_id != old_id
+    moved = route_table(ec2, new_id)
+    target_vpc = one(conn, "SELECT vpc_id FROM vpc WHERE cidr_block = '10.62.0.0/16'")
+    assert moved["VpcId"] == target_vpc and tags(moved["Tags"]) == {"Name": "moving"}
+    assert set(routes(ec2, new_id)) == {"10.62.0.0/16"}  # the new VPC's local route
+    assert not ec2.describe_route_tables(Filters=[{"Name": "route-table-id", "Values": [old_id]}])[
+        "RouteTables"
+    ]
+    assert rows(
+        conn,
+        "SELECT r.destination, r.gateway_id FROM route r JOIN route_table t"
+        f" ON t.id = r.route_table_id WHERE t.route_table_id = '{new_id}'",
+    ) == [("10.62.0.0/16", "local")]
+
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(f"DELETE FROM route_table WHERE id = {table_row('moving')}")
+    conn.execute("DELETE FROM vpc WHERE cidr_block IN ('10.61.0.0/16', '10.62.0.0/16')")
+    commit(conn)
+    assert not ec2.describe_vpcs(Filters=[{"Name": "cidr-block", "Values": ["10.61.0.0/16"]}])[
+        "Vpcs"
+    ]
