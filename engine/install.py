@@ -129,15 +129,10 @@ async def _import(
 
 
 async def ensure_regions(db: Database, conn: asyncpg.Connection) -> dict[str, int]:
-    """Fills aws_regions from the account and picks a default when there is none."""
+    """Fills aws_regions from the account. Its deferred check picks the default region when
+    the transaction ends (us-east-1 when there is one)."""
     table = next(t for t in available_modules()["aws_account"].tables if t.name == "aws_regions")
-    counts = await sync_tables(conn, await db.cloud(), [table], [])
-    await conn.execute(
-        "UPDATE aws_regions SET is_default = true WHERE region = ("
-        " SELECT region FROM aws_regions ORDER BY region <> 'us-east-1', region LIMIT 1)"
-        " AND NOT EXISTS (SELECT 1 FROM aws_regions WHERE is_default)"
-    )
-    return counts
+    return await sync_tables(conn, await db.cloud(), [table], [])
 
 
 async def uninstall(db: Database, ctx: CallContext, names: list[str]) -> list[Row]:

@@ -134,10 +134,14 @@ class SqlGenerator:
         image = self.images.get(parent.name, {}).get((value,))
         if image is None:
             raise LookupError(f"{parent.name} row {value} is not in the audit log")
-        key = quote_ident(ref.key)
-        text = f"(SELECT {key} FROM {quote_ident(parent.name)} WHERE {self._where(parent, image)})"
+        text = self._subselect(parent, ref.key, image)
         self.subselects[(parent.name, value)] = text
         return text
+
+    def _subselect(self, table: Table, column: str, image: Image) -> str:
+        """`column` of the row `image` describes, found by its natural key."""
+        where = self._where(table, image)
+        return f"(SELECT {quote_ident(column)} FROM {quote_ident(table.name)} WHERE {where})"
 
     def _cloud_ids(self, column: Column, value: Any) -> str:
         """Cloud ids (a subnet's subnet-0abc) as sub-selects of the cloud column by natural
@@ -151,10 +155,7 @@ class SqlGenerator:
         def one(cloud_id: Any) -> str:
             images = self.images.get(parent.name, {}).values()
             image = next((i for i in images if i.get(ref.key) == cloud_id), None)
-            if image is None:
-                return literal(cloud_id)
-            where = self._where(parent, image)
-            return f"(SELECT {quote_ident(ref.key)} FROM {quote_ident(parent.name)} WHERE {where})"
+            return literal(cloud_id) if image is None else self._subselect(parent, ref.key, image)
 
         if isinstance(value, list):
             return f"ARRAY[{', '.join(one(v) for v in value)}]::{column.type}"

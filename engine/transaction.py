@@ -219,13 +219,20 @@ async def _sync_after(
     """Re-reads the tables the commit touched, and the tables under them (creating a VPC
     creates its default security group and rules), so the rows hold what the cloud really
     has; new credentials refresh the account's regions."""
-    installed = await db.installed_tables(conn)
     names = {t.name for t in plan.tables}
-    while more := _children(installed, names) - names:
-        names |= more
     if any(c.table_name == "aws_credentials" for c in changes):
         names.add("aws_regions")
-    tables = [t for t in installed if t.name in names and t.mapper is not None]
+    await _sync_with_children(db, conn, names)
+
+
+async def _sync_with_children(
+    db: Database, conn: asyncpg.Connection, names: set[str], skip: frozenset[str] = frozenset()
+) -> None:
+    """Syncs the tables `names` and every table under them, except `skip`."""
+    installed = await db.installed_tables(conn)
+    while more := _children(installed, names) - names:
+        names |= more
+    tables = [t for t in installed if t.name in names - skip and t.mapper is not None]
     if tables:
         async with conn.transaction():
             await sync_tables(conn, await db.cloud(), tables, await db.enabled_regions(conn))
@@ -438,7 +445,9 @@ async def call_module_function(
             outcome = "committed"
             return result
         finally:
-            await _sync_module(db, conn, module)
+            # Not the tables with user changes no commit has applied yet: those wait for it.
+            pending = {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
+            await _sync_with_children(db, conn, {t.name for t in module.tables}, frozenset(pending))
             if transaction is None:
                 await _close(conn, ctx, tid, outcome)
 
@@ -451,22 +460,9 @@ async def _run_function(db: Database, function: ModuleFunction, args: Row) -> li
     return [{name: record.get(name) for name, _type in function.columns} for record in records]
 
 
-async def _sync_module(db: Database, conn: asyncpg.Connection, module: ModuleSpec) -> None:
-    installed = await db.installed_tables(conn)
-    names = {t.name for t in module.tables}
-    while more := _children(installed, names) - names:
-        names |= more
-    names -= {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
-    tables = [t for t in installed if t.name in names and t.mapper is not None]
-    if tables:
-        async with conn.transaction():
-            await sync_tables(conn, await db.cloud(), tables, await db.enabled_regions(conn))
-
-
 async def _default_region(conn: asyncpg.Connection) -> str:
-    region = None
-    if await conn.fetchval("SELECT to_regclass('aws_regions') IS NOT NULL"):
-        region = await conn.fetchval("SELECT region FROM aws_regions WHERE is_default")
+    # aws_account, which every module needs, defines default_aws_region().
+    region = await conn.fetchval("SELECT default_aws_region()")
     if region is None:
         raise EngineError(
             "22023",
