@@ -10,8 +10,9 @@ from typing import Any
 
 from modules import VERSION
 from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import ignoring, normalize_tags, tags_column, user_tags
+from modules.aws_vpc.ec2 import normalize_tags, tags_column, user_tags
 from modules.concurrency import gather_bounded
+from modules.errors import ignoring
 from modules.spec import Cloud, CloudError, Column, ModuleFunction, ModuleSpec, Record, Table
 
 # list_certificates leaves out every key type but RSA_1024 and RSA_2048 unless asked.

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from modules.aws_vpc.ec2 import ignoring, normalize_tags
+from modules.aws_vpc.ec2 import normalize_tags
+from modules.errors import ignoring
 from modules.spec import TOKEN_TAG, Cloud, CloudError
 
 Tags = dict[str, str]

@@ -22,7 +22,8 @@ from modules.aws_ec2.common import (
     tag_dict,
     token_tag,
 )
-from modules.aws_vpc.ec2 import ignoring, sync_tags, wait_for, with_token
+from modules.aws_vpc.ec2 import sync_tags, wait_for, with_token
+from modules.errors import ignoring
 from modules.spec import (
     TOKEN,
     TOKEN_TAG,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import ignoring
+from modules.errors import ignoring
 from modules.spec import Cloud, Column, Record, Table, foreign_key
 
 

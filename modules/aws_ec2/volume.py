@@ -15,7 +15,8 @@ from modules.aws_ec2.common import (
     token_tag,
 )
 from modules.aws_vpc import availability_zone_column
-from modules.aws_vpc.ec2 import ignoring, sync_tags, wait_for, with_token
+from modules.aws_vpc.ec2 import sync_tags, wait_for, with_token
+from modules.errors import ignoring
 from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Table, foreign_key
 
 GENERAL_PURPOSE = ("gp2", "gp3")

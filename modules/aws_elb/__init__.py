@@ -9,8 +9,9 @@ from typing import Any
 
 from modules import VERSION
 from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import ignoring, with_token
+from modules.aws_vpc.ec2 import with_token
 from modules.concurrency import gather_bounded
+from modules.errors import ignoring
 from modules.spec import (
     TOKEN,
     TOKEN_TAG,

@@ -17,8 +17,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from modules import VERSION
-from modules.aws_vpc.ec2 import ignoring
 from modules.concurrency import gather_bounded
+from modules.errors import error_code, ignoring
 from modules.spec import Cloud, CloudError, Column, ModuleFunction, ModuleSpec, Record, Ref, Table
 
 # IAM throttles far sooner than EC2: per-resource reads (attached policies, keys) go a few at a
@@ -134,10 +134,6 @@ def _policy_text(document: Any) -> str:
 
 
 # --- small IAM helpers ----------------------------------------------------------------------
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def _message(error: ClientError) -> str:
@@ -603,12 +599,12 @@ async def _change_login_profile(iam: Any, name: str, password: str, reset: bool)
                 await iam.update_login_profile(**fields)
                 return "password updated"
             except ClientError as error:
-                if _code(error) != "NoSuchEntity":
+                if error_code(error) != "NoSuchEntity":
                     raise
             await iam.create_login_profile(**fields)
             return "login profile created"
         except ClientError as error:
-            if _code(error) != "EntityTemporarilyUnmodifiable":
+            if error_code(error) != "EntityTemporarilyUnmodifiable":
                 raise
             if attempt + 1 == _UNMODIFIABLE_RETRIES:
                 raise

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from modules import VERSION
 from modules.aws_account import region_column
+from modules.errors import error_code, ignoring
 from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
 
 US_EAST_1 = "us-east-1"  # the one region whose buckets have no LocationConstraint
@@ -57,26 +58,12 @@ def canonical_tags(value: Any) -> dict[str, str] | None:
 # Small helpers for the S3 API.
 
 
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-@contextlib.contextmanager
-def _absent_ok(*codes: str) -> Iterator[None]:
-    """Suppresses the errors that mean "nothing there" (S3 models few of them as classes)."""
-    try:
-        yield
-    except ClientError as error:
-        if _code(error) not in codes:
-            raise
-
-
 async def _get(call: Awaitable[dict[str, Any]], *absent: str) -> dict[str, Any] | None:
     """The answer of a read, None when one of the `absent` errors says there is nothing."""
     try:
         return await call
     except ClientError as error:
-        if _code(error) in absent:
+        if error_code(error) in absent:
             return None
         raise
 
@@ -160,7 +147,7 @@ class BucketMapper:
         return [r for r in found if r is not None]
 
     async def _read_listed(self, s3: Any, listed: dict[str, Any], region: str) -> Record | None:
-        with _absent_ok("NoSuchBucket"):  # deleted since it was listed
+        with ignoring("NoSuchBucket"):  # deleted since it was listed
             return await _bucket_record(s3, listed["Name"], region, _utc(listed["CreationDate"]))
         return None
 
@@ -170,7 +157,7 @@ class BucketMapper:
             config = {"LocationConstraint": region}
             extra = {} if region == US_EAST_1 else {"CreateBucketConfiguration": config}
             # Ours already (a retried create): us-east-1 answers 200, the others this error.
-            with _absent_ok("BucketAlreadyOwnedByYou"):
+            with ignoring("BucketAlreadyOwnedByYou"):
                 await s3.create_bucket(Bucket=name, **extra)
             actual = await _bucket_region(s3, name)
             if actual != region:
@@ -187,7 +174,7 @@ class BucketMapper:
     async def delete(self, cloud: Cloud, current: Record) -> None:
         # A bucket with objects answers BucketNotEmpty, which is the user's to resolve.
         async with cloud.client("s3", current["region"]) as s3:
-            with _absent_ok("NoSuchBucket"):
+            with ignoring("NoSuchBucket"):
                 await s3.delete_bucket(Bucket=current["name"])
 
 
@@ -238,7 +225,7 @@ class BucketConfigMapper:
 
     async def _read_bucket(self, cloud: Cloud, bucket: str, region: str) -> Record | None:
         async with cloud.client("s3", region) as s3:
-            with _absent_ok("NoSuchBucket"):  # deleted since it was listed
+            with ignoring("NoSuchBucket"):  # deleted since it was listed
                 return await self.fetch(s3, bucket)
         return None
 
@@ -255,7 +242,7 @@ class BucketConfigMapper:
         return await self.create(cloud, record)
 
     async def delete(self, cloud: Cloud, current: Record) -> None:
-        with _absent_ok("NoSuchBucket"):  # gone with its bucket
+        with ignoring("NoSuchBucket"):  # gone with its bucket
             async with _bucket_client(cloud, current["bucket_name"]) as s3:
                 await self.remove(s3, current["bucket_name"])
 
@@ -287,7 +274,7 @@ class PublicAccessBlockMapper(BucketConfigMapper):
         )
 
     async def remove(self, s3: Any, bucket: str) -> None:
-        with _absent_ok("NoSuchPublicAccessBlockConfiguration"):
+        with ignoring("NoSuchPublicAccessBlockConfiguration"):
             await s3.delete_public_access_block(Bucket=bucket)
 
 

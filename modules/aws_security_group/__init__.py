@@ -7,12 +7,12 @@ from typing import Any
 from modules import VERSION
 from modules.aws_account import region_column
 from modules.aws_vpc.ec2 import (
-    ignoring,
     normalize_cidr,
     tag_specifications,
     wait_for,
     with_token,
 )
+from modules.errors import ignoring
 from modules.spec import (
     TOKEN,
     Cloud,

@@ -8,7 +8,6 @@ from typing import Any
 from modules import VERSION
 from modules.aws_account import region_column
 from modules.aws_vpc.ec2 import (
-    ignoring,
     normalize_cidr,
     sync_tags,
     tag_specifications,
@@ -30,6 +29,7 @@ from modules.aws_vpc.network import (
     subnet_network_acl_column,
 )
 from modules.aws_vpc.routing import DHCP_OPTIONS, ROUTING_TABLES, associate_dhcp_options
+from modules.errors import ignoring
 from modules.spec import (
     TOKEN,
     Cloud,

@@ -3,13 +3,10 @@ create token, CIDR forms, waiters, and errors that mean "already gone"."""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-from botocore.exceptions import ClientError
 
 from modules.spec import TOKEN, TOKEN_TAG, Cloud, Column, Record
 
@@ -107,14 +104,3 @@ async def wait_for(ec2: Any, waiter: str, **params: Any) -> None:
     """Waits with an EC2 waiter, polling every 2 s: new resources are usually ready at once,
     but a describe right after a create may not find them yet."""
     await ec2.get_waiter(waiter).wait(**params, WaiterConfig={"Delay": 2, "MaxAttempts": 60})
-
-
-@contextlib.contextmanager
-def ignoring(*codes: str) -> Iterator[None]:
-    """Swallows the AWS errors `codes`, e.g. "not found" on a delete of something already
-    gone (a retried delete, or one done outside iasql). Every other error propagates."""
-    try:
-        yield
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") not in codes:
-            raise

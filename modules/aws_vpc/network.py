@@ -16,7 +16,6 @@ from botocore.waiter import WaiterModel
 from modules.aws_account import region_column
 from modules.aws_s3 import canonical_policy
 from modules.aws_vpc.ec2 import (
-    ignoring,
     normalize_cidr,
     sync_tags,
     tag_specifications,
@@ -26,6 +25,7 @@ from modules.aws_vpc.ec2 import (
     wait_for,
     with_token,
 )
+from modules.errors import ignoring
 from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Ref, Table, foreign_key
 
 # --- network_acl ---------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from typing import Any
 
 from modules.aws_account import region_column
 from modules.aws_vpc.ec2 import (
-    ignoring,
     normalize_cidr,
     sync_tags,
     tag_specifications,
@@ -22,6 +21,7 @@ from modules.aws_vpc.ec2 import (
     wait_for,
     with_token,
 )
+from modules.errors import ignoring
 from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Ref, Table, foreign_key
 
 # --- dhcp_options --------------------------------------------------------------------------
