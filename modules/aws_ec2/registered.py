@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from modules.aws_account import region_column
@@ -20,6 +21,16 @@ async def _instance_groups(elb: Any) -> list[str]:
 
 
 class RegisteredInstanceMapper:
+    def __init__(self) -> None:
+        # One change at a time per (target group, instance): a port change is a delete and a
+        # create that a commit runs concurrently, and the delete's put-back below must not
+        # interleave with the create.
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def _lock(self, record: Record) -> asyncio.Lock:
+        key = (record["target_group_id"], record["instance"])
+        return self._locks.setdefault(key, asyncio.Lock())
+
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         records = []
         async with cloud.client("elbv2", region) as elb:
@@ -43,7 +54,7 @@ class RegisteredInstanceMapper:
         return {"Id": record["instance"], **port}
 
     async def create(self, cloud: Cloud, record: Record) -> Record:
-        async with cloud.client("elbv2", record["region"]) as elb:
+        async with self._lock(record), cloud.client("elbv2", record["region"]) as elb:
             await elb.register_targets(
                 TargetGroupArn=record["target_group_id"], Targets=[self._target(record)]
             )
@@ -54,7 +65,7 @@ class RegisteredInstanceMapper:
 
     async def delete(self, cloud: Cloud, current: Record) -> None:
         arn = current["target_group_id"]
-        async with cloud.client("elbv2", current["region"]) as elb:
+        async with self._lock(current), cloud.client("elbv2", current["region"]) as elb:
             with ignoring("TargetGroupNotFound", "InvalidTarget"):
                 others = await self._other_ports(elb, current)
                 await elb.deregister_targets(TargetGroupArn=arn, Targets=[self._target(current)])
