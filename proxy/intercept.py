@@ -119,10 +119,35 @@ class Statement:
         return self.render()
 
 
-def prefilter(names: Iterable[str]) -> re.Pattern[bytes]:
-    """A cheap byte-level test run before parsing: does the text mention any function name?"""
-    alternatives = sorted({"iasql_", *names}, key=len, reverse=True)
-    return re.compile(b"|".join(re.escape(n.encode()) for n in alternatives), re.IGNORECASE)
+Prefilter = Callable[[bytes, int, int], bool]
+
+
+def prefilter(names: Iterable[str]) -> Prefilter:
+    """A cheap byte-level test run before parsing: might data[start:end] name a function?
+
+    Runs on every Query and Parse, so it is built for speed. A case-insensitive alternation of
+    the names costs about 10 µs per query, because the regex engine tries every alternative at
+    every position. Here the pattern starts with the literal `_` every name has, which the
+    regex engine finds with a fast scan, and a look-behind then checks the word before it."""
+    needles: list[str] = []
+    for name in sorted({"iasql_", *(n.lower() for n in names)}, key=len):
+        if not any(needle in name for needle in needles):  # covered by a shorter needle
+            needles.append(name)
+    after_underscore = []
+    plain = []
+    for needle in needles:
+        head, underscore, tail = needle.partition("_")
+        if underscore:
+            after_underscore.append(f"(?<={re.escape(head)}_){re.escape(tail)}")
+        else:
+            plain.append(re.escape(needle))  # no fast scan for these, but still correct
+    pattern = "|".join([f"_(?:{'|'.join(after_underscore)})", *plain])
+    search = re.compile(pattern.encode(), re.IGNORECASE).search
+
+    def mentions(data: bytes, start: int, end: int) -> bool:
+        return search(data, start, end) is not None
+
+    return mentions
 
 
 def split_statements(sql: str, catalog: Mapping[str, FunctionSpec]) -> list[Statement] | None:

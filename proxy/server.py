@@ -86,7 +86,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.session = Session(
             catalog=server.engine.functions,
-            prefilter=server.prefilter,
+            mentions_function=server.prefilter,
             max_message=server.max_message,
         )
         self.client: asyncio.Transport | None = None

@@ -12,7 +12,6 @@ Query and Parse (and Bind/Describe/Close for statements the proxy rewrote) are l
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import struct
 from collections import deque
@@ -22,7 +21,7 @@ from typing import Any
 
 from engine.functions import EngineError, FunctionSpec, Row, SqlArgument
 from proxy import protocol as pg
-from proxy.intercept import Call, Statement, UnsupportedCall, split_statements
+from proxy.intercept import Call, Prefilter, Statement, UnsupportedCall, split_statements
 from proxy.values import decode_param
 
 _LENGTH = struct.Struct("!i")
@@ -142,7 +141,7 @@ _POISON_PREFIX = "__iasql_poison_"
 @dataclass
 class Session:
     catalog: Mapping[str, FunctionSpec]
-    prefilter: re.Pattern[bytes]
+    mentions_function: Prefilter
     max_message: int = 128 * 1024 * 1024
     database: str = ""
     user: str = ""
@@ -279,12 +278,12 @@ class Session:
             self._inflight.append(_SYNC)
             return None
         if code == _QUERY:
-            if self.prefilter.search(data, pos + 5, end) is None:
+            if not self.mentions_function(data, pos + 5, end):
                 self._inflight.append(_SYNC)
                 return None
             return self._query(data[pos + 5 : end])
         if code == _PARSE:
-            if self.prefilter.search(data, pos + 5, end) is None:
+            if not self.mentions_function(data, pos + 5, end):
                 if self._prepared and end > pos + 5 and data[pos + 5] == 0:
                     self._prepared.pop("", None)  # a new unnamed statement replaces ours
                 return None

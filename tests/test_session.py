@@ -261,3 +261,31 @@ def test_notice_waits_for_a_frame_boundary() -> None:
     assert session.notice("working") == []
     events = session.server_data(row[50:])
     assert to_client(first + events) == row + pg.notice_response("working")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"SELECT * FROM iasql_version()", True),
+        (b"select * from IASQL_Modules_List()", True),
+        (b"SELECT key_pair_request('k', 'us-east-1')", True),
+        (b"SELECT Certificate_Import($1, $2)", True),
+        (b"SELECT set_user_password_request('u')", True),
+        (b"SELECT abalance FROM pgbench_accounts WHERE aid = 1", False),
+        (b"SELECT key_pair_name FROM key_pair", False),
+        (b"SELECT 'iasql' AS name", False),
+        (b"", False),
+    ],
+)
+def test_prefilter_finds_every_function_name_in_any_case(text: bytes, expected: bool) -> None:
+    mentions = prefilter(CATALOG)
+    framed = b"Q\x00\x00\x00\x00" + text + b"\x00"
+    assert mentions(framed, 5, len(framed) - 1) is expected
+    assert all(mentions(name.upper().encode(), 0, len(name)) for name in CATALOG)
+
+
+def test_prefilter_handles_names_without_an_underscore() -> None:
+    mentions = prefilter(["refresh", "iasql_version"])
+    assert mentions(b"SELECT Refresh()", 0, 16)
+    assert mentions(b"SELECT iasql_VERSION()", 0, 22)
+    assert not mentions(b"SELECT fresh_x()", 0, 16)
