@@ -106,7 +106,11 @@ class ClientConnection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        if self.backend is not None and self.session.relay_client(data):
+            self.backend.write(data)
+        else:
             self.apply(self.session.client_data(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -245,8 +249,13 @@ class BackendConnection(asyncio.Protocol):
         self.owner = owner
 
     def data_received(self, data: bytes) -> None:
-        if not self.owner.closed:
-            self.owner.apply(self.owner.session.server_data(data))
+        owner = self.owner
+        if owner.closed:
+            return
+        if owner.client is not None and owner.session.relay_server(data):
+            owner.client.write(data)
+        else:
+            owner.apply(owner.session.server_data(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.close()

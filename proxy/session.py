@@ -21,6 +21,7 @@ from typing import Any
 
 from engine.functions import EngineError, FunctionSpec, Row, SqlArgument
 from proxy import protocol as pg
+from proxy.frames import scan_client, scan_server, table
 from proxy.intercept import Call, Prefilter, Statement, UnsupportedCall, split_statements
 from proxy.values import decode_param
 
@@ -134,6 +135,9 @@ _QUERY, _PARSE, _BIND, _DESCRIBE, _CLOSE, _SYNC_MSG, _FUNCTION_CALL = b"QPBDCSF"
 _CLIENT_INSPECTED = frozenset((_QUERY, _PARSE, _BIND, _DESCRIBE, _CLOSE, _SYNC_MSG, _FUNCTION_CALL))
 _READY, _ERROR, _PARAMS, _KEY = b"ZEtK"
 _SERVER_INSPECTED = frozenset((_READY, _ERROR, _PARAMS, _KEY))
+# Relayed with no look inside; as lookup tables for the frame walks of proxy/frames.py.
+_CLIENT_PLAIN_TABLE = table(pg.FRONTEND_TYPES - _CLIENT_INSPECTED)
+_SERVER_INSPECTED_TABLE = table(_SERVER_INSPECTED)
 _STATEMENT = ord("S")  # Describe/Close of a prepared statement (not a portal)
 _POISON_PREFIX = "__iasql_poison_"
 
@@ -164,6 +168,41 @@ class Session:
     _plan: _QueryPlan | None = None
     _pending_bind: tuple[pg.Bind, _Prepared] | None = None
     _notices: list[bytes] = field(default_factory=list)
+
+    # --- the fast path: chunks that need nothing but relaying -----------------------------
+    # Most traffic is whole frames with nothing for the proxy in them: a Bind/Execute/Sync, a
+    # Query naming no function, a result ending in ReadyForQuery. These two checks are the only
+    # Python such a chunk runs through, so they are kept short. They change nothing unless
+    # they answer True; on False the caller takes the general way (client_data/server_data).
+
+    def relay_client(self, data: bytes) -> bool:
+        """True when the server may get `data` unchanged, and the session has noted it."""
+        if self.blocked or self._backlog or self._client_skip or not self._authenticated:
+            return False
+        syncs = scan_client(data, _CLIENT_PLAIN_TABLE, self.max_message, not self._prepared)
+        if syncs < 0 or (data[0] == _QUERY and self.mentions_function(data, 5, len(data))):
+            return False
+        for _ in range(syncs):
+            self._inflight.append(_SYNC)
+        return True
+
+    def relay_server(self, data: bytes) -> bool:
+        """True when the client may get `data` unchanged, and the session has noted it: whole
+        frames, none inspected but a ReadyForQuery at the very end, which answers the oldest
+        Query or Sync while no plan runs."""
+        if self._server_partial or self._server_skip or self._plan is not None or self._notices:
+            return False
+        last = scan_server(data, _SERVER_INSPECTED_TABLE)
+        if last < 0 or not self._authenticated:
+            return False
+        code = data[last]
+        if code == _READY:
+            if not self._inflight or self._inflight[0] is not _SYNC:
+                return False
+            self._inflight.popleft()
+            self.status = data[last + 5 : last + 6]
+            return True
+        return code not in _SERVER_INSPECTED
 
     # --- client -> server ---------------------------------------------------------------
 

@@ -1,0 +1,85 @@
+"""Frame walks for the relay fast path: is this chunk whole frames the proxy can pass on as is?
+
+A Postgres frame is a type byte and a big-endian int32 length that counts itself, then the
+body. These walks read headers only. They run for every chunk relayed, so the C extension
+`proxy._frames` does them when it was built; the Python functions here are its twin (used
+when no C compiler was at hand) and the reference it is tested against.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+
+_unpack_length = struct.Struct("!i").unpack_from
+
+ClientScan = Callable[[bytes, bytes, int, bool], int]
+ServerScan = Callable[[bytes, bytes], int]
+
+
+def table(codes: Iterable[int]) -> bytes:
+    """A 256-byte lookup table: non-zero at each frame type in `codes`."""
+    marks = bytearray(256)
+    for code in codes:
+        marks[code] = 1
+    return bytes(marks)
+
+
+def scan_client_py(data: bytes, plain: bytes, limit: int, bind_is_plain: bool) -> int:
+    """The number of Sync frames in `data`, or -1 when the chunk needs a closer look.
+
+    -1 unless `data` is whole frames with lengths in [4, limit], each of a `plain` type, a
+    Sync, a Describe or Close of a portal, a Bind (if `bind_is_plain`), or a Query that is the
+    whole chunk (it counts as one Sync; its text is the caller's to check)."""
+    size = len(data)
+    pos = syncs = 0
+    while pos < size:
+        if size - pos < 5:
+            return -1
+        code = data[pos]
+        length = _unpack_length(data, pos + 1)[0]
+        if not 4 <= length <= limit or length > size - pos - 1:
+            return -1
+        if not plain[code]:
+            if code == 83:  # S
+                syncs += 1
+            elif code == 81:  # Q
+                if pos != 0 or length != size - 1:
+                    return -1
+                syncs += 1
+            elif code in b"DC" and length >= 5 and data[pos + 5] == 80:  # of a Portal
+                pass
+            elif code != 66 or not bind_is_plain:  # B
+                return -1
+        pos += 1 + length
+    return syncs
+
+
+def scan_server_py(data: bytes, inspected: bytes) -> int:
+    """The offset of the last frame of `data`, or -1 unless `data` is whole frames of which
+    none but the last has an `inspected` type."""
+    size = len(data)
+    pos = 0
+    while True:
+        if size - pos < 5:
+            return -1
+        length = _unpack_length(data, pos + 1)[0]
+        if length < 4 or length > size - pos - 1:
+            return -1
+        end = pos + 1 + length
+        if end == size:
+            return pos
+        if inspected[data[pos]]:
+            return -1
+        pos = end
+
+
+scan_client: ClientScan = scan_client_py
+scan_server: ServerScan = scan_server_py
+NATIVE = False
+try:
+    from proxy import _frames  # type: ignore[attr-defined]
+
+    scan_client, scan_server, NATIVE = _frames.scan_client, _frames.scan_server, True
+except ImportError:  # built without a C compiler: the Python walks do the same, slower
+    pass
