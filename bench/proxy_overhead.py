@@ -1,7 +1,8 @@
 """How much does the iasql proxy cost on plain SQL, next to PgBouncer and to no proxy at all?
 
-Starts a private Postgres, loads `pgbench -i -s 10`, puts `iasql serve` and PgBouncer (session
-pooling) in front of it, and runs the read-only pgbench workload (`-S`) through each. Runs are
+Starts a private Postgres, loads `pgbench -i -s 10`, puts `iasql serve`, PgBouncer (session
+pooling) and a bare uvloop relay (bench/bare_relay.py: the floor for any Python proxy) in front
+of it, and runs the read-only pgbench workload (`-S`) through each. Runs are
 interleaved (every round visits every target) because this kind of machine drifts a lot: drift
 then hits all targets alike. Prints a Markdown table of medians and PASS/FAIL per target.
 
@@ -36,7 +37,7 @@ from iasql.postgres import LocalPostgres, PostgresError, free_port
 USER = "bench"
 DATABASE = "postgres"
 SCALE = 10
-TARGETS = ("direct", "pgbouncer", "iasql")
+TARGETS = ("direct", "pgbouncer", "relay", "iasql")  # relay: bench/bare_relay.py
 MODES = ("simple", "prepared")
 CLIENTS = (1, 8)
 TARGET_RATIO = 0.95  # iasql TPS / PgBouncer TPS at 8 clients
@@ -188,6 +189,14 @@ def start_iasql(stack: contextlib.ExitStack, tmp: Path, pg: LocalPostgres) -> Ta
     proc = stack.enter_context(running(cmd, log))
     wait_until(lambda: "listening on" in log.read_text(errors="replace"), proc, log, "iasql serve")
     return Target("iasql", port, proc.pid)
+
+
+def start_bare_relay(stack: contextlib.ExitStack, tmp: Path, pg: LocalPostgres) -> Target:
+    port, log = free_port(), tmp / "relay.log"
+    cmd = [sys.executable, str(Path(__file__).with_name("bare_relay.py")), str(port), str(pg.port)]
+    proc = stack.enter_context(running(cmd, log))
+    wait_until(lambda: "listening" in log.read_text(errors="replace"), proc, log, "bare relay")
+    return Target("relay", port, proc.pid)
 
 
 def pgbouncer_config(tmp: Path, pg: LocalPostgres, password: str, port: int) -> str:
@@ -350,23 +359,24 @@ def median_cpu(samples: dict[Key, list[Sample]], target: str, mode: str, clients
 
 
 def table(samples: dict[Key, list[Sample]]) -> list[str]:
+    proxies = ("iasql", "pgbouncer", "relay")
     columns = [
-        *("protocol", "clients", "TPS direct", "TPS pgbouncer", "TPS iasql"),
-        *("iasql/pgbouncer", "iasql/direct", "µs added/query iasql", "µs added/query pgbouncer"),
-        *("CPU µs/tx iasql", "CPU µs/tx pgbouncer"),
+        *("protocol", "clients", *(f"TPS {t}" for t in TARGETS)),
+        *("iasql/pgbouncer", "iasql/relay", "relay/pgbouncer", "iasql/direct"),
+        *(f"µs added/query {p}" for p in proxies),
+        *(f"CPU µs/tx {p}" for p in proxies),
     ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for mode in MODES:
         for clients in CLIENTS:
             tps = [f"{median_tps(samples, t, mode, clients):,.0f}" for t in TARGETS]
-            ratios = [
-                f"{ratio(samples, 'iasql', other, mode, clients):.2f}x"
-                for other in ("pgbouncer", "direct")
-            ]
-            added = ["n/a", "n/a"]
+            pairs = [("iasql", "pgbouncer"), ("iasql", "relay"), ("relay", "pgbouncer")]
+            pairs.append(("iasql", "direct"))
+            ratios = [f"{ratio(samples, a, b, mode, clients):.2f}x" for a, b in pairs]
+            added = ["n/a"] * len(proxies)
             if clients == 1:
-                added = [f"{added_us(samples, p, mode):+.1f}" for p in ("iasql", "pgbouncer")]
-            cpu = [median_cpu(samples, p, mode, clients) for p in ("iasql", "pgbouncer")]
+                added = [f"{added_us(samples, p, mode):+.1f}" for p in proxies]
+            cpu = [median_cpu(samples, p, mode, clients) for p in proxies]
             cells = [mode, str(clients), *tps, *ratios, *added, *cpu]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -437,6 +447,7 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     targets = [
         Target("direct", pg.port or 0, None),
         start_pgbouncer(stack, tmp, pg, password, pgbouncer),
+        start_bare_relay(stack, tmp, pg),
         start_iasql(stack, tmp, pg),
     ]
     versions = {
