@@ -1,4 +1,5 @@
-/* The frame walks of proxy/frames.py in C: the only per-frame work on the relay path.
+/* The frame walks and the function-name test of proxy/frames.py in C: the per-chunk work on
+ * the relay path.
  *
  * Both functions read the 5-byte frame headers of one chunk (a type byte, then a big-endian
  * int32 length that counts itself) and decide whether the chunk can be relayed untouched.
@@ -8,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 static inline int64_t frame_length(const unsigned char *p) {
     return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3]);
@@ -83,9 +85,69 @@ static PyObject *scan_server(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
 }
 
+static int equal_ignoring_case(const unsigned char *text, const unsigned char *lower, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = text[i];
+        if (c >= 'A' && c <= 'Z') c += 'a' - 'A';
+        if (c != lower[i]) return 0;
+    }
+    return 1;
+}
+
+/* find_any(needles, data, start, end) -> bool
+ * Does data[start:end] hold one of `needles` (a tuple of lower-case bytes), ignoring ASCII
+ * case? Needles with an underscore are only tried where the text has one, lined up on the
+ * needle's first underscore: SQL text has few underscores, so this is a memchr scan. */
+static PyObject *find_any(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyTuple_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "find_any(needles: tuple, data: bytes, start, end)");
+        return NULL;
+    }
+    PyObject *needles = args[0];
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]), end = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    if (start < 0) start = 0;
+    if (end > size) end = size;
+    Py_ssize_t count = PyTuple_GET_SIZE(needles);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(needles, i))) {
+            PyErr_SetString(PyExc_TypeError, "needles must be bytes");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t pos = start; pos < end;) {
+        const unsigned char *u = memchr(data + pos, '_', (size_t)(end - pos));
+        if (u == NULL) break;
+        Py_ssize_t at = u - data;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *needle = PyTuple_GET_ITEM(needles, i);
+            const unsigned char *n = (const unsigned char *)PyBytes_AS_STRING(needle);
+            Py_ssize_t len = PyBytes_GET_SIZE(needle);
+            const unsigned char *first = memchr(n, '_', (size_t)len);
+            if (first == NULL) continue;
+            Py_ssize_t from = at - (first - n);
+            if (from >= start && from + len <= end && equal_ignoring_case(data + from, n, len))
+                Py_RETURN_TRUE;
+        }
+        pos = at + 1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) { /* needles without an underscore: every place */
+        PyObject *needle = PyTuple_GET_ITEM(needles, i);
+        const unsigned char *n = (const unsigned char *)PyBytes_AS_STRING(needle);
+        Py_ssize_t len = PyBytes_GET_SIZE(needle);
+        if (memchr(n, '_', (size_t)len) != NULL) continue;
+        for (Py_ssize_t from = start; from + len <= end; from++)
+            if (equal_ignoring_case(data + from, n, len)) Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef methods[] = {
     {"scan_client", (PyCFunction)(void (*)(void))scan_client, METH_FASTCALL, NULL},
     {"scan_server", (PyCFunction)(void (*)(void))scan_server, METH_FASTCALL, NULL},
+    {"find_any", (PyCFunction)(void (*)(void))find_any, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 

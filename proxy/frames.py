@@ -1,9 +1,10 @@
-"""Frame walks for the relay fast path: is this chunk whole frames the proxy can pass on as is?
+"""The relay's per-chunk work: is this chunk whole frames to pass on as is, and does this SQL
+text name an iasql function?
 
 A Postgres frame is a type byte and a big-endian int32 length that counts itself, then the
-body. These walks read headers only. They run for every chunk relayed, so the C extension
-`proxy._frames` does them when it was built; the Python functions here are its twin (used
-when no C compiler was at hand) and the reference it is tested against.
+body. The walks read headers only. They and the name test run for every chunk relayed, so
+the C extension `proxy._frames` does them when it was built; the Python functions here are
+its twin (used when no C compiler was at hand) and the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ _unpack_length = struct.Struct("!i").unpack_from
 
 ClientScan = Callable[[bytes, bytes, int, bool], int]
 ServerScan = Callable[[bytes, bytes], int]
+FindAny = Callable[[tuple[bytes, ...], bytes, int, int], bool]
 
 
 def table(codes: Iterable[int]) -> bytes:
@@ -74,12 +76,22 @@ def scan_server_py(data: bytes, inspected: bytes) -> int:
         pos = end
 
 
+def find_any_py(needles: tuple[bytes, ...], data: bytes, start: int, end: int) -> bool:
+    """Does data[start:end] hold one of `needles` (lower-case bytes), ignoring ASCII case?"""
+    text = data[start:end].lower()
+    # find(), not `in`: bytes.__contains__ first tries the needle as an int, and raising and
+    # clearing that TypeError costs more than the search.
+    return any(text.find(needle) >= 0 for needle in needles)
+
+
 scan_client: ClientScan = scan_client_py
 scan_server: ServerScan = scan_server_py
+find_any: FindAny = find_any_py
 NATIVE = False
 try:
     from proxy import _frames  # type: ignore[attr-defined]
 
-    scan_client, scan_server, NATIVE = _frames.scan_client, _frames.scan_server, True
+    scan_client, scan_server, find_any = _frames.scan_client, _frames.scan_server, _frames.find_any
+    NATIVE = True
 except ImportError:  # built without a C compiler: the Python walks do the same, slower
     pass

@@ -9,8 +9,8 @@ the whole statement, so WHERE, ORDER BY, joins and RowDescription are exactly Po
 
 from __future__ import annotations
 
+import functools
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream
 
 from engine.functions import EngineError, FunctionSpec, SqlArgument, did_you_mean
+from proxy.frames import find_any
 
 # Postgres type OIDs the proxy needs to know, by the type names function specs use.
 TYPE_OIDS = {
@@ -125,29 +126,15 @@ Prefilter = Callable[[bytes, int, int], bool]
 def prefilter(names: Iterable[str]) -> Prefilter:
     """A cheap byte-level test run before parsing: might data[start:end] name a function?
 
-    Runs on every Query and Parse, so it is built for speed. A case-insensitive alternation of
-    the names costs about 10 µs per query, because the regex engine tries every alternative at
-    every position. Here the pattern starts with the literal `_` every name has, which the
-    regex engine finds with a fast scan, and a look-behind then checks the word before it."""
-    needles: list[str] = []
+    It runs on every Query and Parse, so it is a case-insensitive search for the names (one per
+    name not already covered by a shorter one), in C where proxy/frames.py has it. A
+    case-insensitive regex alternation of the names cost about 14 µs per query."""
+    needles: list[bytes] = []
     for name in sorted({"iasql_", *(n.lower() for n in names)}, key=len):
-        if not any(needle in name for needle in needles):  # covered by a shorter needle
-            needles.append(name)
-    after_underscore = []
-    plain = []
-    for needle in needles:
-        head, underscore, tail = needle.partition("_")
-        if underscore:
-            after_underscore.append(f"(?<={re.escape(head)}_){re.escape(tail)}")
-        else:
-            plain.append(re.escape(needle))  # no fast scan for these, but still correct
-    pattern = "|".join([f"_(?:{'|'.join(after_underscore)})", *plain])
-    search = re.compile(pattern.encode(), re.IGNORECASE).search
-
-    def mentions(data: bytes, start: int, end: int) -> bool:
-        return search(data, start, end) is not None
-
-    return mentions
+        encoded = name.encode()
+        if not any(needle in encoded for needle in needles):
+            needles.append(encoded)
+    return functools.partial(find_any, tuple(needles))
 
 
 def split_statements(sql: str, catalog: Mapping[str, FunctionSpec]) -> list[Statement] | None:

@@ -99,6 +99,32 @@ def test_c_and_python_walks_agree(data: bytes, cut: int, limit: int, binds: bool
         )
 
 
+needles = st.lists(st.from_regex(rb"\A[a-z_]{1,12}\Z"), min_size=1, max_size=4).map(tuple)
+sql_text = st.from_regex(rb"\A[A-Za-z_ ()';]{0,40}\Z")
+
+
+@settings(max_examples=400, deadline=None)
+@given(needles=needles, text=sql_text, start=st.integers(0, 45), end=st.integers(0, 45))
+def test_c_and_python_name_searches_agree(
+    needles: tuple[bytes, ...], text: bytes, start: int, end: int
+) -> None:
+    # A needle planted in the text in upper case, so that hits are common too.
+    planted = text[: len(text) // 2] + needles[0].upper() + text[len(text) // 2 :]
+    for data in (text, planted):
+        expected = frames.find_any_py(needles, data, start, end)
+        assert frames.find_any(needles, data, start, end) is expected
+
+
+def test_name_search_examples() -> None:
+    names = (b"iasql_", b"key_pair_request", b"refresh")
+    assert frames.find_any(names, b"select * from IASQL_VERSION()", 0, 29)
+    assert frames.find_any(names, b"x KEY_pair_Request(", 0, 19)
+    assert not frames.find_any(names, b"x key_pair_requesT", 0, 17)  # cut short by `end`
+    assert not frames.find_any(names, b"x key_pair_name", 0, 15)
+    assert frames.find_any(names, b"SELECT REFRESH()", 0, 16)  # no underscore in the needle
+    assert not frames.find_any(names, b"__iasql", 0, 7)
+
+
 def relay_client(session: Session, data: bytes) -> bytes:
     """What proxy/server.py does with client bytes: the fast path first."""
     if session.relay_client(data):
