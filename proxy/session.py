@@ -180,7 +180,10 @@ class Session:
         if self.blocked or self._backlog or self._client_skip or not self._authenticated:
             return False
         syncs = scan_client(data, _CLIENT_PLAIN_TABLE, self.max_message, not self._prepared)
-        if syncs < 0 or (data[0] == _QUERY and self.mentions_function(data, 5, len(data))):
+        if syncs < 0:
+            return False
+        # A Query comes only alone (one Sync's worth); an empty chunk has no data[0] to read.
+        if syncs == 1 and data[0] == _QUERY and self.mentions_function(data, 5, len(data)):
             return False
         for _ in range(syncs):
             self._inflight.append(_SYNC)

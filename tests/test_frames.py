@@ -159,6 +159,13 @@ def test_the_fast_path_forwards_and_remembers_what_the_general_path_does(
         assert fast.status == general.status
 
 
+def test_an_empty_chunk_is_relayed_as_nothing() -> None:
+    session = started_session()
+    assert session.relay_client(b"")
+    assert not session.relay_server(b"")
+    assert list(session._inflight) == []
+
+
 def test_a_ready_for_query_nobody_waits_for_goes_the_general_way() -> None:
     session = started_session()
     assert not session.relay_server(ready)  # no Query or Sync in flight
