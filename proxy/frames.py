@@ -13,6 +13,8 @@ import struct
 from collections.abc import Callable, Iterable
 
 _unpack_length = struct.Struct("!i").unpack_from
+_SYNC, _QUERY, _BIND, _PORTAL = b"SQBP"  # as ints, like data[pos]
+_DESCRIBE_OR_CLOSE = b"DC"
 
 ClientScan = Callable[[bytes, bytes, int, bool], int]
 ServerScan = Callable[[bytes, bytes], int]
@@ -43,15 +45,15 @@ def scan_client_py(data: bytes, plain: bytes, limit: int, bind_is_plain: bool) -
         if not 4 <= length <= limit or length > size - pos - 1:
             return -1
         if not plain[code]:
-            if code == 83:  # S
+            if code == _SYNC:
                 syncs += 1
-            elif code == 81:  # Q
+            elif code == _QUERY:
                 if pos != 0 or length != size - 1:
                     return -1
                 syncs += 1
-            elif code in b"DC" and length >= 5 and data[pos + 5] == 80:  # of a Portal
-                pass
-            elif code != 66 or not bind_is_plain:  # B
+            elif code in _DESCRIBE_OR_CLOSE and length >= 5 and data[pos + 5] == _PORTAL:
+                pass  # nothing to note for a portal
+            elif code != _BIND or not bind_is_plain:
                 return -1
         pos += 1 + length
     return syncs

@@ -195,8 +195,10 @@ class Session:
         Query or Sync while no plan runs."""
         if self._server_partial or self._server_skip or self._plan is not None or self._notices:
             return False
+        if not self._authenticated:
+            return False
         last = scan_server(data, _SERVER_INSPECTED_TABLE)
-        if last < 0 or not self._authenticated:
+        if last < 0:
             return False
         code = data[last]
         if code == _READY:
