@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from engine.ddl import quote_ident
 from engine.plan import CREATE, DELETE, REPLACE, UPDATE, Operation, Plan
@@ -40,6 +42,7 @@ class Step:
     dependents: list[Step] = field(default_factory=list)
     result: Record | None = None  # the cloud's record after a create or update
     token: str = ""
+    journal: int = 0  # its iasql_commit_journal id, once started
 
     @property
     def table(self) -> Table:
@@ -201,8 +204,23 @@ class Applier:
             raise CloudError("some operations wait on each other in a cycle; nothing more ran")
 
     async def _execute(self, step: Step) -> None:
-        op = step.operation
         step.token = f"{self.transaction_id}:{step.number}"
+        try:
+            await self._apply(step)
+        except Exception as exc:
+            if step.journal and _rejected(exc):  # it certainly did not happen
+                await _set_state(self.pool, step.journal, "failed")
+            raise
+        self.finished += 1
+        # Every step of a small commit; about every 5% of a big one, so progress stays readable.
+        every = max(1, len(self.steps) // PROGRESS_LINES) if len(self.steps) > 50 else 1
+        if self.finished % every == 0 or self.finished == len(self.steps):
+            self.notify(
+                f"{self.finished}/{len(self.steps)} {VERBS[step.kind]} {step.label()}: done"
+            )
+
+    async def _apply(self, step: Step) -> None:
+        op = step.operation
         if step.kind == DELETE:
             assert op.current is not None
             journal = await self._journal_start(step, op.current, None)
@@ -225,16 +243,9 @@ class Applier:
             # What the mapper did not echo back (e.g. the region) is as requested.
             step.result = {**desired, **result}
             await self._finish(step, journal, step.result)
-        self.finished += 1
-        # Every step of a small commit; about every 5% of a big one, so progress stays readable.
-        every = max(1, len(self.steps) // PROGRESS_LINES) if len(self.steps) > 50 else 1
-        if self.finished % every == 0 or self.finished == len(self.steps):
-            self.notify(
-                f"{self.finished}/{len(self.steps)} {VERBS[step.kind]} {step.label()}: done"
-            )
 
     async def _journal_start(self, step: Step, before: Record | None, after: Record | None) -> int:
-        return int(
+        step.journal = int(
             await self.pool.fetchval(
                 "INSERT INTO iasql_commit_journal (transaction_id, table_name, action, token,"
                 " before, after, state) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::jsonb,"
@@ -247,6 +258,7 @@ class Applier:
                 as_json(step.table, after),
             )
         )
+        return step.journal
 
     async def _finish(self, step: Step, journal: int, result: Record | None) -> None:
         """Writes the cloud-assigned values back and closes the journal entry, atomically
@@ -272,24 +284,64 @@ class Applier:
             as_json(step.table, result),
         )
 
-    async def revert(self) -> list[str]:
-        """Undoes the steps that ran, newest first. Returns what could not be undone."""
-        problems = []
+    async def revert(self, regions: list[str]) -> list[str]:
+        """Undoes the steps that ran, newest first, then finds out whether the steps cut short
+        by the failure reached the cloud and undoes those too. A journal entry is marked
+        undone only once its undo succeeded; what could not be undone stays in the journal
+        for a later retry. Returns one line per resource left in the cloud."""
+        problems: list[str] = []
+        down: BaseException | None = None
         for step in reversed(self.done):
+            if down is not None:
+                problems.append(f"{step.kind} of {step.label()}: not tried")
+                continue
             try:
                 await undo_step(
                     self.cloud, step.table, step.kind, step.operation.current, step.result
                 )
             except Exception as exc:  # keep undoing the rest; report every leftover
-                problems.append(f"{step.label()}: {exc}")
-            else:
-                self.notify(f"undid {step.kind} of {step.label()}")
-        async with self.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE iasql_commit_journal SET state = 'undone' WHERE transaction_id = $1",
+                problems.append(f"{step.kind} of {step.label()}: {exc}")
+                down = exc if unreachable(exc) else None
+                continue
+            await _set_state(self.pool, step.journal, "undone")
+            self.notify(f"undid {step.kind} of {step.label()}")
+        tables = {t.name: t for t in self.plan.tables}
+        if down is None:
+            problems += await recover(
+                self.pool, self.cloud, self.transaction_id, tables, regions, self.notify, True
+            )
+        else:
+            cut_short = await self.pool.fetch(
+                "SELECT table_name, action, token, before, after FROM iasql_commit_journal"
+                " WHERE transaction_id = $1 AND state = 'started'",
                 self.transaction_id,
             )
+            problems += [
+                f"{_entry_label(tables.get(e['table_name']), e)}: may have happened, not checked"
+                for e in cut_short
+            ]
         return problems
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether the endpoint could not be reached at all (so further calls would fail too)."""
+    return isinstance(error, BotoConnectionError | HTTPClientError | OSError | TimeoutError)
+
+
+def _rejected(error: BaseException) -> bool:
+    """Whether the cloud refused the call, so that it certainly changed nothing."""
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return 400 <= int(status) < 500
+    return isinstance(error, CloudError)
+
+
+async def _set_state(pool: asyncpg.Pool, journal: int, state: str) -> None:
+    await pool.execute(
+        "UPDATE iasql_commit_journal SET state = $2, updated_at = clock_timestamp() WHERE id = $1",
+        journal,
+        state,
+    )
 
 
 async def undo_step(
@@ -341,38 +393,57 @@ async def recover(
     tables: dict[str, Table],
     regions: list[str],
     notify: Callable[[str], None],
+    only_started: bool = False,
 ) -> list[str]:
-    """Undoes what an interrupted commit did to the cloud, from its journal. A step that
-    started but never finished may or may not have happened: the cloud is read to find out
-    (a created resource by its token or its name). Returns what could not be undone."""
+    """Undoes what a commit did to the cloud, from its journal: after a crash, for steps a
+    failure cut short (`only_started`), and to retry undos that failed. A step that started
+    but never finished may or may not have happened: the cloud is read to find out (a created
+    resource by its token or its name). Each entry is marked undone once its undo succeeded;
+    after the endpoint proves unreachable nothing more is tried. Returns what is left."""
     entries = await pool.fetch(
-        "SELECT table_name, action, token, before, after, state FROM iasql_commit_journal"
-        " WHERE transaction_id = $1 AND state <> 'undone' ORDER BY id DESC",
+        "SELECT id, table_name, action, token, before, after, state FROM iasql_commit_journal"
+        " WHERE transaction_id = $1 AND state IN ('started', 'done')"
+        + (" AND state = 'started'" if only_started else "")
+        + " ORDER BY id DESC",
         transaction_id,
     )
     problems = []
     found: dict[str, list[Record]] = {}
+    down: BaseException | None = None
     for entry in entries:
         table = tables.get(entry["table_name"])
+        label = _entry_label(table, entry)
         if table is None or table.mapper is None:
+            continue
+        if down is not None:
+            problems.append(f"{label}: not tried")
             continue
         before, after = entry["before"], entry["after"]
         try:
             if entry["state"] == "started":
-                if entry["table_name"] not in found:
+                if table.name not in found:
                     found[table.name] = await read_cloud(cloud, table, regions)
                 after = _find(table, found[table.name], entry["token"], after)
                 if entry["action"] == DELETE and _find(table, found[table.name], "", before):
-                    continue  # the delete never happened
+                    after = before = None  # the delete never happened: nothing to undo
             await undo_step(cloud, table, entry["action"], before, after)
-            notify(f"undid {entry['action']} of {table.name} {entry['token']}")
         except Exception as exc:
-            problems.append(f"{table.name} {entry['action']} {entry['token']}: {exc}")
-    await pool.execute(
-        "UPDATE iasql_commit_journal SET state = 'undone' WHERE transaction_id = $1",
-        transaction_id,
-    )
+            problems.append(f"{label}: {exc}")
+            down = exc if unreachable(exc) else None
+            continue
+        await _set_state(pool, entry["id"], "undone")
+        if after is not None or before is not None:
+            notify(f"undid {label}")
     return problems
+
+
+def _entry_label(table: Table | None, entry: asyncpg.Record) -> str:
+    """How a journal entry names its resource: `create of queue jobs/us-east-1`."""
+    key = None
+    if table is not None:
+        key = cloud_key(table, entry["after"] or {}) or cloud_key(table, entry["before"] or {})
+    name = "/".join(str(v) for v in key) if key else entry["token"]
+    return f"{entry['action']} of {entry['table_name']} {name}"
 
 
 def _find(table: Table, records: list[Record], token: str, wanted: Record | None) -> Record | None:

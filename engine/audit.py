@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from engine.ddl import quote_ident
+from engine.functions import EngineError
 from modules.spec import Table
 
 # The audit id up to which user changes have been applied (or discarded) by the engine.
@@ -39,6 +40,27 @@ async def mark_applied(conn: asyncpg.Connection, through: int) -> None:
 
 async def last_id(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM iasql_audit_log"))
+
+
+SETTLE_TIMEOUT = "15s"
+
+
+async def settled_last_id(conn: asyncpg.Connection) -> int:
+    """The last audit id, taken once no transaction that could still add a lower one is open:
+    ids come from a sequence at write time, but become visible only when the writer commits.
+    Waits for such writers (another session's open transaction block), within a limit."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{SETTLE_TIMEOUT}'")
+        try:
+            await conn.execute("LOCK TABLE iasql_audit_log IN SHARE MODE")
+        except asyncpg.LockNotAvailableError:
+            raise EngineError(
+                "55P03",
+                "another session has had uncommitted changes to module tables open for"
+                f" {SETTLE_TIMEOUT}",
+                hint="commit or roll back that session's transaction block, then try again",
+            ) from None
+        return await last_id(conn)
 
 
 async def pending_changes(

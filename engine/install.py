@@ -8,6 +8,7 @@ from engine import ddl
 from engine.database import Database
 from engine.functions import CallContext, EngineError, Row, did_you_mean
 from engine.sync import sync_tables
+from engine.transaction import kept_since
 from modules import available_modules
 from modules.spec import ModuleSpec
 
@@ -123,8 +124,13 @@ async def _import(
             counts.update(await ensure_regions(db, conn))
         regions = await db.enabled_regions(conn)
         rest = [t for t in tables if t.name != "aws_regions"]
-        ctx.notify(f"importing {', '.join(t.name for t in rest)} from {len(regions)} regions")
-        counts.update(await sync_tables(conn, cloud, rest, regions))
+        ctx.notify(f"importing from {len(regions)} regions")
+        # Rows users add to the new tables meanwhile are theirs: the import leaves them alone.
+        counts.update(
+            await sync_tables(
+                conn, cloud, rest, regions, kept=kept_since(db, None), notify=ctx.notify
+            )
+        )
     return counts
 
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from engine.ddl import quote_ident
 from modules.concurrency import gather_bounded
-from modules.spec import Cloud, Column, Record, Table
+from modules.spec import TOKEN, Cloud, Column, Record, Table
 
 READ_CONCURRENCY = 16
 
@@ -148,13 +149,45 @@ def _stored_columns(table: Table) -> list[Column]:
     return [c for c in table.columns if c.type != "serial" and not c.local]
 
 
+@dataclass
+class Kept:
+    """What a sync must leave alone: rows a user changed after the sync's snapshot (they stay
+    pending for the next commit; only their cloud-assigned columns are refreshed), and cloud
+    resources it must not import as rows (a resource such a user change deleted or renamed,
+    or one a failed commit could not undo)."""
+
+    rows: dict[str, set[tuple[Any, ...]]] = field(default_factory=dict)  # table -> primary keys
+    # table -> rows as they were before a user change, whose resources must not come back
+    originals: dict[str, list[Record]] = field(default_factory=dict)
+    # table -> records of resources left behind in the cloud (journal `after` values)
+    orphans: dict[str, list[Record]] = field(default_factory=dict)
+
+    def keep_row(self, table: Table, row: Record) -> None:
+        self.rows.setdefault(table.name, set()).add(_primary(table, row))
+
+    def hidden_keys(self, table: Table, refs: References) -> tuple[set[Any], set[str]]:
+        """Cloud keys and creation tokens of the resources not to import into `table`."""
+        keys = set()
+        for original in self.originals.get(table.name, []):
+            keys.add(cloud_key(table, row_as_record(table, original, refs)))
+        tokens = set()
+        for orphan in self.orphans.get(table.name, []):
+            keys.add(cloud_key(table, orphan))
+            if orphan.get(TOKEN):
+                tokens.add(str(orphan[TOKEN]))
+        keys.discard(None)
+        return keys, tokens
+
+
 async def store(
     conn: asyncpg.Connection,
     table: Table,
     records: list[Record],
+    kept: Kept | None = None,
 ) -> list[Record]:
     """Writes `records` into the table; returns the rows that have no record, for the caller
     to delete in a second pass (children before the parents they reference)."""
+    kept = kept or Kept()
     refs = References()
     await refs.load(conn, table)
     rows = [dict(r) for r in await conn.fetch(f"SELECT * FROM {quote_ident(table.name)}")]
@@ -163,6 +196,8 @@ async def store(
         key = cloud_key(table, row_as_record(table, row, refs))
         if key is not None:
             by_key[key] = row
+    kept_rows = kept.rows.get(table.name, set())
+    hidden, tokens = kept.hidden_keys(table, refs)
     columns = _stored_columns(table)
     matched: set[int] = set()
     for record in records:
@@ -172,17 +207,20 @@ async def store(
         key = cloud_key(table, record)
         match = by_key.get(key) if key is not None else None
         if match is None:
-            await _insert(conn, table, values)
-        else:
-            matched.add(id(match))
-            changed = {
-                n: v
-                for n, v in values.items()
-                if canonical(table.column(n), match.get(n)) != canonical(table.column(n), v)
-            }
-            if changed:
-                await _update(conn, table, match, changed)
-    return [r for r in rows if id(r) not in matched]
+            if key not in hidden and str(record.get(TOKEN)) not in tokens:
+                await _insert(conn, table, values)
+            continue
+        matched.add(id(match))
+        if _primary(table, match) in kept_rows:  # a user's later change wins
+            values = {n: v for n, v in values.items() if table.column(n).cloud_assigned}
+        changed = {
+            n: v
+            for n, v in values.items()
+            if canonical(table.column(n), match.get(n)) != canonical(table.column(n), v)
+        }
+        if changed:
+            await _update(conn, table, match, changed)
+    return [r for r in rows if id(r) not in matched and _primary(table, r) not in kept_rows]
 
 
 def _primary(table: Table, row: Record) -> Any:
@@ -224,16 +262,62 @@ async def sync_tables(
     cloud: Cloud,
     tables: list[Table],
     regions: list[str],
+    *,
+    kept: Callable[[asyncpg.Connection], Awaitable[Kept]] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """Makes the tables equal to the cloud: upserts parents first, deletes children first.
-    Tables without a mapper are left alone. Returns records written per table."""
+    Tables without a mapper are left alone. Returns records written per table.
+
+    The cloud is read first; then, in one database transaction, the tables are locked against
+    writes (waiting for writers in flight), `kept` says which rows and resources to leave
+    alone as of that moment, and the rows are written. A user's write that lands during the
+    sync therefore either is seen by `kept` or waits until the sync is done."""
     with_mapper = [t for t in tables if t.mapper is not None]
-    reads = await asyncio.gather(*(read_cloud(cloud, t, regions) for t in with_mapper))
+    if not with_mapper:
+        return {}
+    say = notify or (lambda _text: None)
+    names = ", ".join(t.name for t in with_mapper)
+    read = 0
+
+    async def read_table(table: Table) -> list[Record]:
+        nonlocal read
+        records = await read_cloud(cloud, table, regions)
+        read += 1
+        say(f"read {len(records)} {table.name} from the cloud ({read}/{len(with_mapper)} tables)")
+        return records
+
+    reads = await asyncio.gather(*(read_table(t) for t in with_mapper))
     counts: dict[str, int] = {}
     leftovers: list[tuple[Table, list[Record]]] = []
-    for table, records in zip(with_mapper, reads, strict=True):
-        leftovers.append((table, await store(conn, table, records)))
-        counts[table.name] = len(records)
-    for table, missing in reversed(leftovers):
-        await delete_rows(conn, table, missing)
+    async with conn.transaction():
+        await _lock_against_writes(conn, with_mapper)
+        keep = await kept(conn) if kept is not None else Kept()
+        for table, records in zip(with_mapper, reads, strict=True):
+            leftovers.append((table, await store(conn, table, records, keep)))
+            counts[table.name] = len(records)
+        for table, missing in reversed(leftovers):
+            await delete_rows(conn, table, missing)
+    say(f"stored {sum(counts.values())} cloud resources into {names}")
     return counts
+
+
+LOCK_TIMEOUT = "15s"  # how long a sync waits for another session's open write transaction
+
+
+async def _lock_against_writes(conn: asyncpg.Connection, tables: list[Table]) -> None:
+    """Blocks writes to `tables` until the current transaction ends (reads go on)."""
+    names = ", ".join(quote_ident(t.name) for t in tables)
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    try:
+        await conn.execute(f"LOCK TABLE {names} IN SHARE ROW EXCLUSIVE MODE")
+    except asyncpg.LockNotAvailableError:
+        raise SyncBlocked(
+            f"another session has kept uncommitted changes to {', '.join(t.name for t in tables)}"
+            f" open for {LOCK_TIMEOUT}"
+        ) from None
+    await conn.execute("SET LOCAL lock_timeout = 0")
+
+
+class SyncBlocked(Exception):
+    """A sync could not lock its tables: another session holds an open write transaction."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from engine.apply import Applier, StepFailed, recover
 from engine.database import Database
 from engine.functions import CallContext, EngineError, Row
 from engine.plan import CREATE, DELETE, Plan, build_plan
-from engine.sync import References, sync_tables
+from engine.sync import Kept, References, SyncBlocked, sync_tables
 from modules.spec import CloudError, ModuleFunction, ModuleSpec, Table
 
 COMMIT_LOCK = 0x1A5C3  # advisory lock key: one commit (or rollback, sync) at a time
@@ -177,7 +177,11 @@ async def commit(
                 hint="SELECT * FROM iasql_begin() first, then change rows, then commit",
             )
         tid = transaction.transaction_id
-        through = await audit.last_id(conn)
+        # What this commit applies is fixed here; later changes stay pending for the next one.
+        through = await audit.settled_last_id(conn)
+        changes = await audit.pending_changes(conn, db.engine_user)
+        changes = [c for c in changes if c.id <= through]
+        plan = await plan_changes(db, conn, changes)  # a cloud failure here changes nothing
         await conn.execute(
             "UPDATE iasql_transaction SET outcome = 'committing', applying_through = $2"
             " WHERE transaction_id = $1",
@@ -187,9 +191,6 @@ async def commit(
         await audit.log_event(conn, "START_COMMIT", ctx.user, tid)
         if message:
             await audit.log_event(conn, "SET_COMMIT_MESSAGE", ctx.user, tid, message)
-        changes = await audit.pending_changes(conn, db.engine_user)
-        changes = [c for c in changes if c.id <= through]
-        plan = await plan_changes(db, conn, changes)
         _notify_protected(ctx, plan)
         applier = Applier(
             db.pool,
@@ -206,36 +207,99 @@ async def commit(
             await applier.run()
         except (StepFailed, asyncio.CancelledError) as failure:
             await _revert(db, conn, ctx, applier, changes, through, failure)
-        await _sync_after(db, conn, plan, changes)
+        await _sync_after(db, conn, ctx, plan, changes, through)
         await audit.mark_applied(conn, through)
         await audit.log_event(conn, "END_COMMIT", ctx.user, tid, message)
         await _close(conn, ctx, tid, "committed")
     return [o.preview_row() for o in plan.operations]
 
 
+# Errors of reading the cloud that leave the rows as they are: after an apply, re-reading is
+# a refresh only, and `iasql_sync()` can do it later.
+REFRESH_ERRORS = (BotoCoreError, ClientError, CloudError, OSError, TimeoutError, SyncBlocked)
+
+
 async def _sync_after(
-    db: Database, conn: asyncpg.Connection, plan: Plan, changes: list[audit.Change]
+    db: Database,
+    conn: asyncpg.Connection,
+    ctx: CallContext,
+    plan: Plan,
+    changes: list[audit.Change],
+    through: int,
 ) -> None:
     """Re-reads the tables the commit touched, and the tables under them (creating a VPC
     creates its default security group and rules), so the rows hold what the cloud really
-    has; new credentials refresh the account's regions."""
+    has; new credentials refresh the account's regions. Rows changed after `through` (by any
+    session, while the commit ran) are left as they are: they wait for the next commit."""
     names = {t.name for t in plan.tables}
     if any(c.table_name == "aws_credentials" for c in changes):
         names.add("aws_regions")
-    await _sync_with_children(db, conn, names)
+    try:
+        await _sync_with_children(db, conn, ctx, names, after=through)
+    except REFRESH_ERRORS as exc:
+        ctx.notify(
+            f"could not re-read {', '.join(sorted(names))} from the cloud: {exc};"
+            " SELECT * FROM iasql_sync() refreshes the rows later"
+        )
 
 
 async def _sync_with_children(
-    db: Database, conn: asyncpg.Connection, names: set[str], skip: frozenset[str] = frozenset()
+    db: Database,
+    conn: asyncpg.Connection,
+    ctx: CallContext,
+    names: set[str],
+    skip: frozenset[str] = frozenset(),
+    *,
+    after: int | None = None,
 ) -> None:
-    """Syncs the tables `names` and every table under them, except `skip`."""
+    """Syncs the tables `names` and every table under them, except `skip`, keeping the rows
+    with user changes after the audit id `after` (default: every change not yet applied)."""
     installed = await db.installed_tables(conn)
     while more := _children(installed, names) - names:
         names |= more
     tables = [t for t in installed if t.name in names - skip and t.mapper is not None]
     if tables:
-        async with conn.transaction():
-            await sync_tables(conn, await db.cloud(), tables, await db.enabled_regions(conn))
+        await sync_tables(
+            conn,
+            await db.cloud(),
+            tables,
+            await db.enabled_regions(conn),
+            kept=kept_since(db, after),
+            notify=ctx.notify,
+        )
+
+
+def kept_since(db: Database, after: int | None) -> Callable[[asyncpg.Connection], Awaitable[Kept]]:
+    """What a sync must leave alone (see sync.Kept): the rows of user changes after the audit
+    id `after` (None: after the last applied one), and what failed commits left in the cloud."""
+
+    async def load(conn: asyncpg.Connection) -> Kept:
+        kept = Kept()
+        tables = {t.name: t for t in await db.installed_tables(conn)}
+        for change in await audit.pending_changes(conn, db.engine_user, after=after):
+            table = tables.get(change.table_name)
+            if table is None:
+                continue
+            for side in ("original", "change"):
+                if side in change.change:
+                    kept.keep_row(table, change.change[side])
+            if "original" in change.change:
+                kept.originals.setdefault(table.name, []).append(change.change["original"])
+        for orphan in await conn.fetch(_LEFTOVER_CREATES):
+            kept.orphans.setdefault(orphan["table_name"], []).append(orphan["after"])
+        return kept
+
+    return load
+
+
+# Journal entries of failed or recovered commits whose undo has not succeeded yet.
+_LEFTOVERS = (
+    "FROM iasql_commit_journal j JOIN iasql_transaction t USING (transaction_id)"
+    " WHERE t.outcome IN ('failed', 'recovered') AND j.state IN ('started', 'done')"
+)
+_LEFTOVER_CREATES = (
+    f"SELECT j.table_name, j.after {_LEFTOVERS} AND j.action = 'create' AND j.after IS NOT NULL"
+)
 
 
 async def _revert(
@@ -257,27 +321,32 @@ async def _revert(
             task.uncancel()
     ctx.notify("commit cancelled: undoing" if cancelled else f"commit failed: {failure}; undoing")
     await audit.log_event(conn, "START_REVERT", ctx.user, tid)
-    problems = await applier.revert()
+    left = await applier.revert(await db.enabled_regions(conn))
     await _undo_rows(db, conn, changes)
-    await _sync_after(db, conn, applier.plan, changes)
+    await _sync_after(db, conn, ctx, applier.plan, changes, through)
     await audit.mark_applied(conn, through)
     await audit.log_event(conn, "END_REVERT", ctx.user, tid)
-    text = "canceled by user request" if cancelled else str(failure)
+    text = "canceled by user request" if cancelled else f"commit failed: {failure}"
+    if left:
+        text += "; left in the cloud (undone at the next begin, commit, rollback or sync): "
+        text += "; ".join(left)
     await audit.log_event(conn, "ERROR", ctx.user, tid, text)
     await _close(conn, ctx, tid, "failed")
-    detail = "; ".join(problems) if problems else None
+    detail = (
+        "left in the cloud, to be undone at the next begin, commit, rollback or sync: "
+        + "; ".join(left)
+        if left
+        else "the changes made were undone"
+    )
     if cancelled:
         raise EngineError(
-            "57014",
-            "canceling statement due to user request: the commit was undone",
-            detail=detail and f"could not undo: {detail}",
+            "57014", "canceling statement due to user request: the commit was undone", detail=detail
         )
     assert isinstance(failure, StepFailed)
     raise EngineError(
         "58000",
         f"commit failed: {failure}",
-        detail=(f"could not undo: {detail}" if detail else "the changes made were undone")
-        + "; the transaction's SQL is still in iasql_get_sql_for_transaction()",
+        detail=detail + "; the transaction's SQL is still in iasql_get_sql_for_transaction()",
     )
 
 
@@ -300,11 +369,12 @@ async def rollback(db: Database, ctx: CallContext, force: bool) -> list[Row]:
                 "no infrastructure transaction is open",
                 hint="iasql_rollback(force => true) also discards changes made outside one",
             )
-        through = await audit.last_id(conn)
+        through = await audit.settled_last_id(conn)
         changes = await audit.pending_changes(conn, db.engine_user)
+        changes = [c for c in changes if c.id <= through]
         plan = await plan_changes(db, conn, changes)
         await _undo_rows(db, conn, changes)
-        await _sync_after(db, conn, plan, changes)
+        await _sync_after(db, conn, ctx, plan, changes, through)
         await audit.mark_applied(conn, through)
         if transaction is not None:
             await _close(conn, ctx, transaction.transaction_id, "rolled back")
@@ -315,23 +385,53 @@ async def rollback(db: Database, ctx: CallContext, force: bool) -> list[Row]:
 
 
 async def recover_interrupted(db: Database, ctx: CallContext, *, locked: bool = False) -> None:
-    """Finds a commit cut short by a crash and undoes it (cloud first, then rows)."""
+    """Finds a commit cut short by a crash and undoes it (cloud first, then rows), then
+    retries the undos that failed commits could not finish."""
     async with db.pool.acquire() as conn:
         interrupted = await conn.fetchrow(
             "SELECT transaction_id, applying_through FROM iasql_transaction"
             " WHERE outcome = 'committing'"
         )
-        if interrupted is None:
+        leftovers = [r["transaction_id"] for r in await conn.fetch(_LEFTOVER_TRANSACTIONS)]
+        if interrupted is None and not leftovers:
             return
         if not locked and not await conn.fetchval("SELECT pg_try_advisory_lock($1)", COMMIT_LOCK):
             return  # that commit is alive, in this or another process
         try:
-            await _recover(
-                db, conn, ctx, interrupted["transaction_id"], interrupted["applying_through"]
-            )
+            if interrupted is not None:
+                await _recover(
+                    db, conn, ctx, interrupted["transaction_id"], interrupted["applying_through"]
+                )
+            for tid in await conn.fetch(_LEFTOVER_TRANSACTIONS):
+                await _retry_undo(db, conn, ctx, tid["transaction_id"])
         finally:
             if not locked:
                 await conn.execute("SELECT pg_advisory_unlock($1)", COMMIT_LOCK)
+
+
+_LEFTOVER_TRANSACTIONS = (
+    f"SELECT j.transaction_id, min(j.id) AS first {_LEFTOVERS}"
+    " GROUP BY j.transaction_id ORDER BY first"
+)
+
+
+async def _retry_undo(db: Database, conn: asyncpg.Connection, ctx: CallContext, tid: str) -> None:
+    """Tries again to undo what the failed commit `tid` left in the cloud."""
+    ctx.notify(f"commit {tid} left changes in the cloud: undoing them")
+    installed = {t.name: t for t in await db.installed_tables(conn)}
+    try:
+        cloud = await db.cloud()
+        left = await recover(
+            db.pool, cloud, tid, installed, await db.enabled_regions(conn), ctx.notify
+        )
+    except REFRESH_ERRORS as exc:
+        left = [str(exc)]
+    if left:
+        ctx.notify(f"still left in the cloud by commit {tid}: {'; '.join(left)}")
+        return
+    text = f"what commit {tid} had left in the cloud is now undone"
+    await audit.log_event(conn, "ERROR", ctx.user, tid, text)
+    ctx.notify(text)
 
 
 async def _recover(
@@ -353,13 +453,15 @@ async def _recover(
     await _undo_rows(db, conn, changes)
     touched = journaled | {c.table_name for c in changes}
     tables = [t for t in installed if t.name in touched and t.mapper is not None]
-    if tables:
-        async with conn.transaction():
-            await sync_tables(conn, await db.cloud(), tables, regions)
+    if tables and not problems:
+        await sync_tables(
+            conn, await db.cloud(), tables, regions, kept=kept_since(db, through), notify=ctx.notify
+        )
     await audit.mark_applied(conn, through)
     text = "commit interrupted (the server stopped); undone"
     if problems:
-        text += "; could not undo: " + "; ".join(problems)
+        text += "; left in the cloud (undone at the next begin, commit, rollback or sync): "
+        text += "; ".join(problems)
     await audit.log_event(conn, "ERROR", ctx.user, tid, text)
     await _close(conn, ctx, tid, "recovered")
     ctx.notify(text)
@@ -403,8 +505,14 @@ async def sync(db: Database, ctx: CallContext) -> list[Row]:
             ctx.notify(f"not syncing {', '.join(sorted(busy))}: they have uncommitted changes")
         names = {t.name for t in installed} - busy
         plan = await _plan_tables(db, conn, installed, names)
-        async with conn.transaction():
-            await sync_tables(conn, await db.cloud(), plan.tables, await db.enabled_regions(conn))
+        await sync_tables(
+            conn,
+            await db.cloud(),
+            plan.tables,
+            await db.enabled_regions(conn),
+            kept=kept_since(db, None),
+            notify=ctx.notify,
+        )
     return _as_sync_rows(plan)
 
 
@@ -447,7 +555,8 @@ async def call_module_function(
         finally:
             # Not the tables with user changes no commit has applied yet: those wait for it.
             pending = {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
-            await _sync_with_children(db, conn, {t.name for t in module.tables}, frozenset(pending))
+            names = {t.name for t in module.tables}
+            await _sync_with_children(db, conn, ctx, names, frozenset(pending))
             if transaction is None:
                 await _close(conn, ctx, tid, outcome)
 
