@@ -284,6 +284,14 @@ class Applier:
             as_json(step.table, result),
         )
 
+    def applied(self) -> dict[str, list[Record]]:
+        """The resources this commit created or changed, as the cloud answered, by table."""
+        made: dict[str, list[Record]] = {}
+        for step in self.done:
+            if step.result is not None:
+                made.setdefault(step.table.name, []).append(step.result)
+        return made
+
     async def revert(self, regions: list[str]) -> list[str]:
         """Undoes the steps that ran, newest first, then finds out whether the steps cut short
         by the failure reached the cloud and undoes those too. A journal entry is marked

@@ -16,7 +16,7 @@ import asyncpg
 
 from engine.ddl import quote_ident
 from modules.concurrency import gather_bounded
-from modules.spec import TOKEN, Cloud, Column, Record, Table
+from modules.spec import TOKEN, Cloud, Column, ReadsSome, Record, Table
 
 READ_CONCURRENCY = 16
 
@@ -257,6 +257,27 @@ async def delete_rows(conn: asyncpg.Connection, table: Table, rows: list[Record]
         )
 
 
+async def read_back(cloud: Cloud, table: Table, wanted: list[Record]) -> list[Record]:
+    """The resources named by `wanted` (records with their region), read by the mapper's
+    `read_some` one region at a time."""
+    reader = table.mapper
+    assert isinstance(reader, ReadsSome)
+    if not table.regional:
+        return await reader.read_some(cloud, None, wanted)
+    by_region: dict[str, list[Record]] = {}
+    for record in wanted:
+        by_region.setdefault(record["region"], []).append(record)
+
+    async def read_region(region: str, some: list[Record]) -> list[Record]:
+        records = await reader.read_some(cloud, region, some)
+        for record in records:
+            record["region"] = region
+        return records
+
+    found = await asyncio.gather(*(read_region(r, some) for r, some in by_region.items()))
+    return [record for records in found for record in records]
+
+
 async def sync_tables(
     conn: asyncpg.Connection,
     cloud: Cloud,
@@ -265,6 +286,7 @@ async def sync_tables(
     *,
     kept: Callable[[asyncpg.Connection], Awaitable[Kept]] | None = None,
     notify: Callable[[str], None] | None = None,
+    only: dict[str, list[Record]] | None = None,
 ) -> dict[str, int]:
     """Makes the tables equal to the cloud: upserts parents first, deletes children first.
     Tables without a mapper are left alone. Returns records written per table.
@@ -272,7 +294,10 @@ async def sync_tables(
     The cloud is read first; then, in one database transaction, the tables are locked against
     writes (waiting for writers in flight), `kept` says which rows and resources to leave
     alone as of that moment, and the rows are written. A user's write that lands during the
-    sync therefore either is seen by `kept` or waits until the sync is done."""
+    sync therefore either is seen by `kept` or waits until the sync is done.
+
+    For a table in `only` whose mapper can read some resources (ReadsSome), just the
+    resources named there are read and stored; its other rows are left as they are."""
     with_mapper = [t for t in tables if t.mapper is not None]
     if not with_mapper:
         return {}
@@ -280,9 +305,16 @@ async def sync_tables(
     names = ", ".join(t.name for t in with_mapper)
     read = 0
 
+    partial = {
+        t.name for t in with_mapper if only and t.name in only and isinstance(t.mapper, ReadsSome)
+    }
+
     async def read_table(table: Table) -> list[Record]:
         nonlocal read
-        records = await read_cloud(cloud, table, regions)
+        if table.name in partial:
+            records = await read_back(cloud, table, (only or {})[table.name])
+        else:
+            records = await read_cloud(cloud, table, regions)
         read += 1
         say(f"read {len(records)} {table.name} from the cloud ({read}/{len(with_mapper)} tables)")
         return records
@@ -294,7 +326,8 @@ async def sync_tables(
         await _lock_against_writes(conn, with_mapper)
         keep = await kept(conn) if kept is not None else Kept()
         for table, records in zip(with_mapper, reads, strict=True):
-            leftovers.append((table, await store(conn, table, records, keep)))
+            missing = await store(conn, table, records, keep)
+            leftovers.append((table, [] if table.name in partial else missing))
             counts[table.name] = len(records)
         for table, missing in reversed(leftovers):
             await delete_rows(conn, table, missing)

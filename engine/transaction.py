@@ -26,7 +26,7 @@ from engine.database import Database
 from engine.functions import CallContext, EngineError, Row
 from engine.plan import CREATE, DELETE, Plan, build_plan
 from engine.sync import Kept, References, SyncBlocked, sync_tables
-from modules.spec import CloudError, ModuleFunction, ModuleSpec, Table
+from modules.spec import CloudError, ModuleFunction, ModuleSpec, Record, Table
 
 COMMIT_LOCK = 0x1A5C3  # advisory lock key: one commit (or rollback, sync) at a time
 
@@ -207,7 +207,11 @@ async def commit(
             await applier.run()
         except (StepFailed, asyncio.CancelledError) as failure:
             await _revert(db, conn, ctx, applier, changes, through, failure)
-        await _sync_after(db, conn, ctx, plan, changes, through)
+        # What the commit made is read back alone where the mapper can (ReadsSome), except in
+        # tables where an AWS-created row is to be restored by reading the whole table.
+        restored = {o.table.name for o in plan.protected}
+        made = {t: r for t, r in applier.applied().items() if t not in restored}
+        await _sync_after(db, conn, ctx, plan, changes, through, made)
         await audit.mark_applied(conn, through)
         await audit.log_event(conn, "END_COMMIT", ctx.user, tid, message)
         await _close(conn, ctx, tid, "committed")
@@ -226,8 +230,10 @@ async def _sync_after(
     plan: Plan,
     changes: list[audit.Change],
     through: int,
+    made: dict[str, list[Record]] | None = None,
 ) -> None:
-    """Re-reads the tables the commit touched, and the tables under them (creating a VPC
+    """Re-reads the tables the commit touched (for the tables in `made`, just the resources
+    named there, where the mapper can), and the tables under them (creating a VPC
     creates its default security group and rules), so the rows hold what the cloud really
     has; new credentials refresh the account's regions. Rows changed after `through` (by any
     session, while the commit ran) are left as they are: they wait for the next commit."""
@@ -235,7 +241,7 @@ async def _sync_after(
     if any(c.table_name == "aws_credentials" for c in changes):
         names.add("aws_regions")
     try:
-        await _sync_with_children(db, conn, ctx, names, after=through)
+        await _sync_with_children(db, conn, ctx, names, after=through, only=made)
     except REFRESH_ERRORS as exc:
         ctx.notify(
             f"could not re-read {', '.join(sorted(names))} from the cloud: {exc};"
@@ -251,6 +257,7 @@ async def _sync_with_children(
     skip: frozenset[str] = frozenset(),
     *,
     after: int | None = None,
+    only: dict[str, list[Record]] | None = None,
 ) -> None:
     """Syncs the tables `names` and every table under them, except `skip`, keeping the rows
     with user changes after the audit id `after` (default: every change not yet applied)."""
@@ -266,6 +273,7 @@ async def _sync_with_children(
             await db.enabled_regions(conn),
             kept=kept_since(db, after),
             notify=ctx.notify,
+            only=only,
         )
 
 
@@ -553,12 +561,15 @@ async def call_module_function(
             outcome = "committed"
             return result
         finally:
-            # Not the tables with user changes no commit has applied yet: those wait for it.
-            pending = {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
-            names = {t.name for t in module.tables}
-            await _sync_with_children(db, conn, ctx, names, frozenset(pending))
-            if transaction is None:
-                await _close(conn, ctx, tid, outcome)
+            try:
+                # Not the tables with user changes no commit has applied yet: they wait for it.
+                pending = {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
+                names = {t.name for t in module.tables}
+                await _sync_with_children(db, conn, ctx, names, frozenset(pending))
+            finally:
+                # Closed even when the cloud is gone and the sync fails too.
+                if transaction is None:
+                    await _close(conn, ctx, tid, outcome)
 
 
 async def _run_function(db: Database, function: ModuleFunction, args: Row) -> list[Row]:

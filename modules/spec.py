@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 Record = dict[str, Any]
 
@@ -116,6 +116,17 @@ class Mapper(Protocol):
         ...
 
     async def delete(self, cloud: Cloud, current: Record) -> None: ...
+
+
+@runtime_checkable
+class ReadsSome(Protocol):
+    """Optional for a mapper: reads only the resources named by `wanted` (records holding at
+    least the table's cloud id), so a commit can read back what it made without reading the
+    whole account. Without it, the engine reads the whole table."""
+
+    async def read_some(
+        self, cloud: Cloud, region: str | None, wanted: list[Record]
+    ) -> list[Record]: ...
 
 
 @dataclass(frozen=True)

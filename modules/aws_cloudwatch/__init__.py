@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 
 from modules import VERSION
 from modules.aws_account import region_column
+from modules.concurrency import gather_bounded
 from modules.spec import Cloud, Column, ModuleSpec, Record, Table
 
 
@@ -19,6 +21,20 @@ def _record(group: dict) -> Record:
     }
 
 
+PREFIX_GROUP = 150  # names read by one prefix: three pages of describe_log_groups
+
+
+def _prefixes(names: list[str], prefix: str) -> list[str]:
+    """Prefixes that cover `names` (sorted, all starting with `prefix`), each shared by about
+    PREFIX_GROUP of them at most, so each is a few pages read at once with the others."""
+    if len(names) <= PREFIX_GROUP or prefix in names:  # a name that is the prefix: no split
+        return [prefix]
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name[: len(prefix) + 1], []).append(name)
+    return [p for head, group in groups.items() for p in _prefixes(group, head)]
+
+
 class LogGroupMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         records = []
@@ -27,14 +43,38 @@ class LogGroupMapper:
                 records += [_record(g) for g in page["logGroups"]]
         return records
 
+    async def read_some(
+        self, cloud: Cloud, region: str | None, wanted: list[Record]
+    ) -> list[Record]:
+        """The groups named in `wanted` (a commit reading back what it made). The names are
+        read by shared prefixes, at once, so a thousand groups take a few pages in parallel
+        rather than every page of the account one after another."""
+        names = sorted({w["log_group_name"] for w in wanted})
+        # Characters, not path parts: a describe prefix is any string.
+        shared = os.path.commonprefix([names[0], names[-1]]) if names else ""  # noqa: RUF071
+        prefixes = _prefixes(names, shared)
+
+        async def read_prefix(prefix: str) -> list[Record]:
+            found = []
+            async with cloud.client("logs", region) as logs:
+                pages = logs.get_paginator("describe_log_groups")
+                arguments = {"logGroupNamePrefix": prefix} if prefix else {}
+                async for page in pages.paginate(**arguments):
+                    found += [_record(g) for g in page["logGroups"]]
+            return found
+
+        reads = await gather_bounded((read_prefix(p) for p in prefixes), 16)
+        keep = set(names)
+        return [r for found in reads for r in found if r["log_group_name"] in keep]
+
     async def create(self, cloud: Cloud, record: Record) -> Record:
         name = record["log_group_name"]
         async with cloud.client("logs", record["region"]) as logs:
             # Already there: a retried or journaled create that had happened after all.
             with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
                 await logs.create_log_group(logGroupName=name)
-        # The name is the cloud id; the arn and creation time come with the sync that ends
-        # every commit, which saves a describe per group (half the calls of a big commit).
+        # The name is the cloud id; the arn and creation time come with the read-back that
+        # ends every commit (read_some), which saves a describe per group.
         return {"log_group_name": name, "region": record["region"]}
 
     async def update(self, cloud: Cloud, record: Record, current: Record) -> Record:
