@@ -119,7 +119,26 @@ class FunctionSpec:
                 if param.default is REQUIRED:
                     raise self._no_such_signature(f"{self.name}() needs the argument {param.name}")
                 bound[param.name] = param.default
+            self._check_null(param, bound[param.name])
         return bound
+
+    def _check_null(self, param: Param, value: Any) -> None:
+        """NULL is an argument only where the parameter's default is NULL (as it is for
+        `iasql_commit(message)`); elsewhere it is refused here, before any handler runs."""
+        if param.variadic:
+            if None not in (value if isinstance(value, list) else [value]):
+                return
+            message = f"{self.name}(): no argument of VARIADIC {param.name} can be NULL"
+            hint = f"the signature is {self.signature()}"
+        elif value is not None or param.default is None:
+            return
+        elif param.default is REQUIRED:
+            message = f"{self.name}(): the argument {param.name} cannot be NULL"
+            hint = f"the signature is {self.signature()}"
+        else:
+            message = f"{self.name}(): the argument {param.name} cannot be NULL"
+            hint = f"leave it out for its default, {quote_literal(param.default)}"
+        raise EngineError("22004", message, hint=hint)
 
     def _no_such_signature(self, message: str) -> EngineError:
         return EngineError("42883", message, hint=f"the signature is {self.signature()}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,9 +110,20 @@ class Statement:
         return str(RawStream()(self.tree))
 
     def render_with_rows(self, rows: list[list[dict[str, Any]]]) -> str:
-        for call, call_rows in zip(self.calls, rows, strict=True):
-            _set_literal(call.source, json.dumps(call_rows, default=str))
-        return self.render()
+        """The rows inlined as E'' literals: pglast prints a plain '' literal, whose
+        backslashes (every `"` or non-ASCII character in JSON has one) would change meaning
+        under `standard_conforming_strings = off`. So each call gets a placeholder, replaced
+        after printing."""
+        token = secrets.token_hex(8)
+        literals: dict[str, str] = {}
+        for number, (call, call_rows) in enumerate(zip(self.calls, rows, strict=True)):
+            placeholder = f"iasql_rows_{token}_{number}"
+            _set_literal(call.source, placeholder)
+            literals[f"'{placeholder}'"] = _escape_literal(json.dumps(call_rows, default=str))
+        sql = self.render()
+        for placeholder, literal in literals.items():
+            sql = sql.replace(placeholder, literal, 1)
+        return sql
 
     def render_with_params(self, first: int) -> str:
         """Rows come from parameters $first, $first+1, ... (one per call)."""
@@ -283,6 +295,11 @@ def _find_rows_source(node: Any) -> Any:
 
 def _set_literal(source: SqlNode, text: str) -> None:
     source.arg = ast.A_Const(val=ast.String(sval=text))
+
+
+def _escape_literal(text: str) -> str:
+    """`text` as an E'' literal, which reads the same whatever `standard_conforming_strings`."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _set_param(source: SqlNode, number: int) -> None:

@@ -223,3 +223,99 @@ def test_a_statement_not_calling_us_is_untouched_even_if_it_mentions_iasql(
         assert error.value.diag.statement_position is not None
         with pytest.raises(psycopg.errors.UndefinedFunction):
             conn.execute("SELECT iasql_no_such_function()")
+
+
+# Stand-ins for the arguments a NULL test leaves alone, by parameter type: a new type fails
+# the test (KeyError) rather than being skipped.
+STAND_INS = {"text": "'x'", "boolean": "false", "json": "'{}'", "timestamptz": "'2020-01-01'"}
+
+
+def test_null_arguments_get_a_clear_error(iasql: RunningServer, envdb: psycopg.Connection) -> None:
+    """NULL is an argument only where the parameter's default is NULL. Elsewhere (a required
+    parameter, a VARIADIC element, a flag like force) it is 22004 naming the function and the
+    parameter, never an internal error: every function of the catalog, both protocols."""
+    engine = iasql.proxy.engine
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
+        for spec in engine.functions.values():
+            conn = admin if spec.admin_only else envdb
+            if not spec.params:
+                with pytest.raises(psycopg.errors.UndefinedFunction):
+                    conn.execute(f"SELECT * FROM {spec.name}(NULL)")
+                continue
+            for param in spec.params:
+                if param.variadic:
+                    calls = [
+                        ("NULL", None),
+                        ("'aws_account', NULL", None),
+                        ("VARIADIC NULL::text[]", None),
+                        ("VARIADIC ARRAY['aws_account', NULL]", None),
+                        ("%s", (None,)),
+                        ("%s, %s", ("aws_account", None)),
+                    ]
+                else:
+                    others = [
+                        f"{p.name} => {STAND_INS[p.type]}"
+                        for p in spec.params
+                        if p is not param and p.default is not None
+                    ]
+                    calls = [
+                        (", ".join([f"{param.name} => NULL", *others]), None),
+                        (", ".join([f"{param.name} => %s", *others]), (None,)),
+                    ]
+                for arguments, values in calls:
+                    sql = f"SELECT * FROM {spec.name}({arguments})"
+                    if param.default is not None:
+                        with pytest.raises(psycopg.errors.NullValueNotAllowed) as error:
+                            conn.execute(sql, values)
+                        assert str(error.value).startswith(f"{spec.name}(): "), sql
+                        assert param.name in str(error.value), sql
+                    else:  # NULL is the default: taken (the call may fail for another reason,
+                        # e.g. no transaction to commit, a module function's module missing)
+                        try:
+                            conn.execute(sql, values)
+                        except psycopg.Error as exc:
+                            assert exc.sqlstate not in ("22004", "XX000"), (sql, exc)
+    with pytest.raises(psycopg.errors.NullValueNotAllowed) as region:
+        envdb.execute("SELECT default_aws_region(NULL)")
+    assert "default_aws_region(): the argument new_region cannot be NULL" in str(region.value)
+
+
+# JSON escapes `"`, `\` and non-ASCII characters with backslashes.
+TRICKY = "a\"b\\c 'q' $$ $t$ \\' é ✓ 🚀"
+
+
+@pytest.mark.parametrize("conforming", ["on", "off"])
+def test_results_do_not_depend_on_standard_conforming_strings(
+    env_url: str, conforming: str
+) -> None:
+    literal = "E'" + TRICKY.replace("\\", "\\\\").replace("'", "''") + "'"
+    query = f"SELECT markdown FROM iasql_create_review({literal}, {literal})"
+    expected = f"# {TRICKY}\n\n{TRICKY}\n"
+    with psycopg.connect(env_url, autocommit=True) as conn:
+        conn.execute(f"SET standard_conforming_strings = {conforming}")
+        [(simple,)] = conn.execute(query).fetchall()  # no parameters: the simple protocol
+        assert simple.startswith(expected)
+        [(extended,)] = conn.execute(
+            "SELECT markdown FROM iasql_create_review(%s, %s)", (TRICKY, TRICKY)
+        ).fetchall()
+        assert extended == simple
+    out = subprocess.run(
+        [
+            "psql",
+            env_url,
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            f"SET standard_conforming_strings = {conforming}; {query}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**psql_env(), "PGCLIENTENCODING": "UTF8"},
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"SET\n{expected}")

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import asyncpg
 import boto3
 import psycopg
 import pytest
@@ -224,6 +225,36 @@ def test_cloud_changing_functions_refuse_a_transaction_block(moto_env: Any) -> N
     # Reading functions work inside one.
     with conn.transaction():
         assert conn.execute("SELECT count(*) FROM iasql_preview()").fetchone() == (0,)
+
+
+async def test_begin_refuses_a_transaction_block_and_leaves_no_lock(env_url: str) -> None:
+    """psycopg (by default), SQLAlchemy's engine.begin() and JDBC open a block: an
+    iasql_begin() there would outlive the client's ROLLBACK and lock the database (55P03)."""
+    with psycopg.connect(env_url) as conn:
+        with pytest.raises(psycopg.errors.ActiveSqlTransaction) as error:
+            conn.execute("SELECT * FROM iasql_begin()")
+        hint = error.value.diag.message_hint or ""
+        for advice in (
+            "psycopg autocommit=True",
+            'SQLAlchemy isolation_level="AUTOCOMMIT"',
+            "JDBC setAutoCommit(true)",
+            "asyncpg outside conn.transaction()",
+        ):
+            assert advice in hint
+        conn.rollback()
+    aconn = await asyncpg.connect(env_url)
+    try:
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            async with aconn.transaction():
+                await aconn.fetch("SELECT * FROM iasql_begin()")
+        assert refused.value.sqlstate == "25001"
+        assert "autocommit" in (refused.value.hint or "")
+    finally:
+        await aconn.close()
+    # Nothing was left open: a new autocommit session begins at once.
+    with psycopg.connect(env_url, autocommit=True) as conn:
+        assert rows(conn, "SELECT message FROM iasql_begin()") == [("transaction open",)]
+        conn.execute("SELECT * FROM iasql_rollback()")
 
 
 def test_second_begin_waits_then_names_the_holder(moto_env: Any, env_url: str) -> None:

@@ -19,6 +19,10 @@ _REGION_FUNCTIONS = (
     """CREATE OR REPLACE FUNCTION default_aws_region(new_region text) RETURNS varchar
     LANGUAGE plpgsql AS $$
     BEGIN
+        IF new_region IS NULL THEN
+            RAISE EXCEPTION 'default_aws_region(): the argument new_region cannot be NULL'
+                USING ERRCODE = '22004', HINT = 'SELECT default_aws_region() reads it';
+        END IF;
         IF NOT EXISTS (SELECT 1 FROM aws_regions WHERE region = new_region) THEN
             RAISE EXCEPTION 'unknown region %', new_region USING ERRCODE = '22023',
                 HINT = 'SELECT region FROM aws_regions lists them';
