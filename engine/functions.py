@@ -120,6 +120,7 @@ class FunctionSpec:
                     raise self._no_such_signature(f"{self.name}() needs the argument {param.name}")
                 bound[param.name] = param.default
             self._check_null(param, bound[param.name])
+            bound[param.name] = _coerce(self.name, param, bound[param.name])
         return bound
 
     def _check_null(self, param: Param, value: Any) -> None:
@@ -142,6 +143,38 @@ class FunctionSpec:
 
     def _no_such_signature(self, message: str) -> EngineError:
         return EngineError("42883", message, hint=f"the signature is {self.signature()}")
+
+
+_BOOLEANS = {
+    **dict.fromkeys(("t", "true", "y", "yes", "on", "1"), True),
+    **dict.fromkeys(("f", "false", "n", "no", "off", "0"), False),
+}
+
+
+def parse_boolean(text: str) -> bool:
+    """A boolean written as Postgres reads one ('true', 'off', 't', ...); ValueError if not."""
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"invalid input syntax for type boolean: {text!r}") from None
+
+
+def _coerce(function: str, param: Param, value: Any) -> Any:
+    """An untyped string constant ('false') read as the parameter's type, as Postgres would."""
+    if not isinstance(value, str) or param.variadic:
+        return value
+    try:
+        if param.type == "boolean":
+            return parse_boolean(value)
+        if param.type in ("int", "integer", "bigint", "smallint"):
+            return int(value.strip())
+    except ValueError:
+        raise EngineError(
+            "22P02",
+            f"{function}(): invalid input syntax for type {param.type}: {value!r}",
+            hint="write true or false" if param.type == "boolean" else "write a whole number",
+        ) from None
+    return value
 
 
 def did_you_mean(name: str, choices: list[str]) -> str | None:

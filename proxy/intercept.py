@@ -20,7 +20,7 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
-from engine.functions import EngineError, FunctionSpec, SqlArgument, did_you_mean
+from engine.functions import EngineError, FunctionSpec, SqlArgument, did_you_mean, parse_boolean
 from proxy.frames import find_any
 
 # Postgres type OIDs the proxy needs to know, by the type names function specs use.
@@ -325,7 +325,7 @@ _CASTS: dict[str, Callable[[Any], Any]] = {
     "int4": int,
     "int8": int,
     "int2": int,
-    "bool": lambda v: v if isinstance(v, bool) else str(v).lower() in ("t", "true", "1", "on"),
+    "bool": lambda v: v if isinstance(v, bool) else parse_boolean(str(v)),
 }
 
 

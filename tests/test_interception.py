@@ -319,3 +319,17 @@ def test_results_do_not_depend_on_standard_conforming_strings(
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"SET\n{expected}")
+
+
+def test_untyped_string_arguments_are_read_as_the_parameter_type(envdb: psycopg.Connection) -> None:
+    """'false' is false, as Postgres reads an untyped constant for a boolean parameter; a
+    string that is no boolean is 22P02, not a silent true."""
+    with pytest.raises(psycopg.errors.NoActiveSqlTransaction):
+        envdb.execute("SELECT * FROM iasql_rollback('false')")
+    with pytest.raises(psycopg.errors.NoActiveSqlTransaction):
+        envdb.execute("SELECT * FROM iasql_rollback(force => 'off')")
+    for bad in ("'maybe'", "'maybe'::boolean"):
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation) as error:
+            envdb.execute(f"SELECT * FROM iasql_rollback({bad})")
+        assert "maybe" in str(error.value)
+    assert envdb.execute("SELECT count(*) FROM iasql_rollback('yes')").fetchone() == (0,)
