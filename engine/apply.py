@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.parsers import ResponseParserError
 
 from engine.ddl import quote_ident
 from engine.plan import CREATE, DELETE, REPLACE, UPDATE, Operation, Plan
@@ -332,8 +333,13 @@ class Applier:
 
 
 def unreachable(error: BaseException) -> bool:
-    """Whether the endpoint could not be reached at all (so further calls would fail too)."""
-    return isinstance(error, BotoConnectionError | HTTPClientError | OSError | TimeoutError)
+    """Whether the endpoint could not be reached, or failed on its side even after retries
+    (HTTP 5xx), so that further calls would most likely fail too."""
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return int(status) >= 500
+    failing = BotoConnectionError | HTTPClientError | ResponseParserError | OSError | TimeoutError
+    return isinstance(error, failing)
 
 
 def _rejected(error: BaseException) -> bool:

@@ -1,15 +1,21 @@
 """AWS access for one environment database: credentials from its `aws_credentials` row,
-clients cached per (service, region), botocore's standard retry mode for throttling."""
+clients cached per (service, region), botocore's standard retry mode for throttling; and
+cloud_failure(), which turns a failed AWS call into the error a client sees."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore import exceptions as boto
+from botocore.parsers import ResponseParserError
 
 from engine.functions import EngineError
 
@@ -35,10 +41,12 @@ class AwsCloud:
     def __init__(self, credentials: Credentials, max_connections: int = 64) -> None:
         self.credentials = credentials
         self._session = get_session()
+        # An unreachable, refusing, 500-answering or connection-dropping endpoint fails a call
+        # within 10 s (3 attempts of a 2 s connect, backoff under 1 + 2 s); a slow one has 60 s.
         self._config = AioConfig(
-            retries={"mode": "standard", "max_attempts": 8},
+            retries={"mode": "standard", "total_max_attempts": 3},
             max_pool_connections=max_connections,
-            connect_timeout=10,
+            connect_timeout=2,
             read_timeout=60,
         )
         self._clients: dict[tuple[str, str], Any] = {}
@@ -90,3 +98,130 @@ async def load_credentials(conn: Any) -> Credentials:
     return Credentials(
         row["access_key_id"], row["secret_access_key"], row["session_token"], row["endpoint_url"]
     )
+
+
+# --- failed calls ---------------------------------------------------------------------------
+
+UNREACHABLE_HINT = (
+    "check aws_credentials.endpoint_url (NULL means AWS itself) and the network, then retry"
+)
+MESSAGE_LIMIT = 300  # characters of the cloud's own message kept in ours
+
+
+def cloud_failure(exc: BaseException) -> EngineError | None:
+    """The error a client sees for a failed AWS call, or None when `exc` is not one.
+
+    An endpoint that cannot be reached (refused, timed out, unknown host, connection closed
+    or reset, no answer) is 08001 naming the endpoint; an answer that is an error (ClientError,
+    an HTTP 500, a body that is not an AWS response) is 58000 naming the operation. Looks
+    into exception groups and `raise ... from` causes. Credentials never appear: botocore
+    puts none in its errors, and only the endpoint's scheme, host and port are kept."""
+    for error in _errors(exc, set()):
+        failure = _failure(error)
+        if failure is not None:
+            return failure
+    return None
+
+
+def _errors(exc: BaseException, seen: set[int]) -> Iterator[BaseException]:
+    if id(exc) in seen:
+        return
+    seen.add(id(exc))
+    yield exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _errors(inner, seen)
+    if exc.__cause__ is not None:
+        yield from _errors(exc.__cause__, seen)
+
+
+def _failure(error: BaseException) -> EngineError | None:
+    if isinstance(error, boto.ClientError):
+        return _client_error(error)
+    if isinstance(error, boto.ProxyConnectionError):
+        proxy = error.kwargs.get("proxy_url", "")
+        return _unreachable(f"cannot reach the HTTP proxy {proxy}: {_reason(error)}")
+    if isinstance(error, boto.ConnectionError | boto.HTTPClientError):
+        url = error.kwargs.get("endpoint_url")
+        where = f"the AWS endpoint {_endpoint(url)}" if url else "the AWS endpoint"
+        return _unreachable(f"cannot reach {where}: {_reason(error)}")
+    if isinstance(error, aiohttp.ClientError):
+        return _unreachable(f"cannot reach the AWS endpoint: {_first_line(str(error))}")
+    if isinstance(error, ResponseParserError):
+        operation = _operation(error)
+        return EngineError(
+            "58000",
+            f"AWS {operation or 'call'} failed: the endpoint's answer is not an AWS response",
+            detail=_first_line(" ".join(str(error).split())),  # with the answer's start
+            hint="check aws_credentials.endpoint_url: something other than AWS answers there",
+        )
+    if isinstance(error, boto.BotoCoreError):
+        operation = _operation(error)
+        return EngineError("58000", f"AWS {operation or 'call'} failed: {_first_line(str(error))}")
+    return None
+
+
+def _client_error(error: boto.ClientError) -> EngineError:
+    info = error.response.get("Error", {})
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = str(info.get("Code") or status or "unknown error")
+    message = _first_line(str(info.get("Message") or ""))
+    text = f"AWS {error.operation_name} failed: {code}" + (f": {message}" if message else "")
+    hint = None
+    if isinstance(status, int) and status >= 500:
+        hint = f"the endpoint answered HTTP {status}; retry later"
+    return EngineError("58000", text, hint=hint)
+
+
+def _unreachable(message: str) -> EngineError:
+    return EngineError("08001", message, hint=UNREACHABLE_HINT)
+
+
+def _reason(error: boto.BotoCoreError) -> str:
+    """What went wrong on the connection, in a few words."""
+    if isinstance(error, boto.ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(error, boto.ReadTimeoutError):
+        return "no answer in time (read timed out)"
+    if isinstance(error, boto.ConnectionClosedError):
+        return "the connection was closed before an answer"
+    cause = error.kwargs.get("error")
+    for inner in (cause, getattr(cause, "os_error", None), getattr(cause, "__cause__", None)):
+        if isinstance(inner, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(inner, ConnectionResetError):
+            return "connection reset"
+        if isinstance(inner, socket.gaierror):
+            return "unknown host"
+        if isinstance(inner, TimeoutError):
+            return "connect timed out"
+    text = str(cause if cause is not None else error)
+    if "refused" in text.lower():
+        return "connection refused"
+    return _first_line(text)
+
+
+def _endpoint(url: str) -> str:
+    """scheme://host:port of a request URL, without its path, query or any user info."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return _first_line(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _operation(error: BaseException) -> str | None:
+    """The botocore operation (e.g. ListQueues) the error went through, from its traceback."""
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_make_api_call":
+            name = frame.f_locals.get("operation_name")
+            if isinstance(name, str):
+                return name
+        tb = tb.tb_next
+    return None
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().split("\n", 1)[0].strip()
+    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from engine import admin, install, sqlgen, transaction
+from engine.cloud import cloud_failure
 from engine.database import Database
 from engine.functions import CallContext, EngineError, FunctionSpec, Param, Row
 from modules import available_modules
@@ -136,10 +137,22 @@ class Engine:
             raise EngineError(
                 "25001",
                 f"{spec.name}() cannot run inside a transaction block",
-                hint="run it in autocommit mode (psql: outside BEGIN; psycopg:"
-                " conn.autocommit = True; JDBC: setAutoCommit(true))",
+                hint="use autocommit: psycopg autocommit=True;"
+                ' SQLAlchemy isolation_level="AUTOCOMMIT"; JDBC setAutoCommit(true);'
+                " asyncpg outside conn.transaction(); psql outside BEGIN",
             )
-        return await spec.handler(ctx, arguments)
+        try:
+            return await spec.handler(ctx, arguments)
+        except EngineError:
+            raise
+        except Exception as exc:
+            # A cloud that is unreachable or answers errors is the client's 08001 / 58000,
+            # never an internal error.
+            failure = cloud_failure(exc)
+            if failure is None:
+                raise
+            log.warning("%s() failed: %s", spec.name, failure.message)
+            raise failure from exc
 
     # --- built-in functions -------------------------------------------------------------
 
@@ -283,6 +296,8 @@ class Engine:
                 (),
                 self._begin,
                 "opens this database's infrastructure transaction",
+                # Inside a client's block, its ROLLBACK would leave the database locked.
+                outside_transaction_block=True,
             ),
             FunctionSpec(
                 "iasql_preview",

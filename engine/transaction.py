@@ -19,9 +19,11 @@ from typing import Any
 
 import asyncpg
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from engine import audit
 from engine.apply import Applier, StepFailed, recover
+from engine.cloud import cloud_failure
 from engine.database import Database
 from engine.functions import CallContext, EngineError, Row
 from engine.plan import CREATE, DELETE, Plan, build_plan
@@ -220,7 +222,15 @@ async def commit(
 
 # Errors of reading the cloud that leave the rows as they are: after an apply, re-reading is
 # a refresh only, and `iasql_sync()` can do it later.
-REFRESH_ERRORS = (BotoCoreError, ClientError, CloudError, OSError, TimeoutError, SyncBlocked)
+REFRESH_ERRORS = (
+    BotoCoreError,
+    ClientError,
+    ResponseParserError,  # an answer that is no AWS response (not a BotoCoreError)
+    CloudError,
+    OSError,
+    TimeoutError,
+    SyncBlocked,
+)
 
 
 async def _sync_after(
@@ -555,28 +565,53 @@ async def call_module_function(
                 ctx.user,
             )
             await audit.log_event(conn, "OPEN_TRANSACTION", ctx.user, tid, f"{function.name}()")
-        outcome = "failed"
+        outcome, reachable = "failed", True
         try:
             result = await _run_function(db, function, args)
             outcome = "committed"
             return result
+        except EngineError as error:
+            reachable = error.sqlstate != "08001"
+            raise
         finally:
             try:
-                # Not the tables with user changes no commit has applied yet: they wait for it.
-                pending = {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
-                names = {t.name for t in module.tables}
-                await _sync_with_children(db, conn, ctx, names, frozenset(pending))
+                if reachable:  # the function may have changed something, even if it failed
+                    await _refresh_module(db, conn, ctx, module)
             finally:
-                # Closed even when the cloud is gone and the sync fails too.
                 if transaction is None:
                     await _close(conn, ctx, tid, outcome)
+
+
+async def _refresh_module(
+    db: Database, conn: asyncpg.Connection, ctx: CallContext, module: ModuleSpec
+) -> None:
+    """Syncs a module's tables after one of its functions ran, except the tables with user
+    changes no commit has applied yet (they wait for it). A failure here is a notice only:
+    the function's result (a private key shown once) must still reach the caller."""
+    pending = {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
+    names = {t.name for t in module.tables}
+    try:
+        await _sync_with_children(db, conn, ctx, names, frozenset(pending))
+    except REFRESH_ERRORS as exc:
+        ctx.notify(
+            f"could not re-read {', '.join(sorted(names))} from the cloud: {exc};"
+            " SELECT * FROM iasql_sync() refreshes the rows later"
+        )
 
 
 async def _run_function(db: Database, function: ModuleFunction, args: Row) -> list[Row]:
     try:
         records = await function.run(await db.cloud(), **args)
-    except (CloudError, ClientError, BotoCoreError) as error:
-        raise EngineError("58000", f"{function.name}() failed: {error}") from None
+    except REFRESH_ERRORS as error:
+        failure = cloud_failure(error)
+        if failure is None:
+            raise EngineError("58000", f"{function.name}() failed: {error}") from None
+        raise EngineError(
+            failure.sqlstate,
+            f"{function.name}() failed: {failure.message}",
+            detail=failure.detail,
+            hint=failure.hint,
+        ) from None
     return [{name: record.get(name) for name, _type in function.columns} for record in records]
 
 

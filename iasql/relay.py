@@ -19,6 +19,18 @@ daemon thread:
     with running_relay(moto.endpoint, 0.1) as endpoint: ...
     with RelayThread(moto.endpoint, 0.1) as relay: ...   # relay.requests counts requests
 
+Faults, for tests of what a client does when the cloud goes away. Set `fault` while the
+relay runs, from any thread (the RelayThread setter returns once the fault is in place):
+
+    relay.fault = "500"      # every request answered with HTTP 500, a small non-AWS body
+    relay.fault = "drop"     # the connection closed as soon as a request head arrives
+    relay.fault = "refuse"   # not listening, open connections closed: ECONNREFUSED
+    relay.fault = "dark"     # an unreachable host: connects time out, open connections closed
+    relay.fault = None       # forwarding again, on the same port
+
+"dark" on loopback: a socket on the relay's port listens with a backlog of 0, is never
+accepted, and the relay fills its accept queue itself, so the kernel drops further SYNs.
+
 `python -m iasql.relay http://127.0.0.1:5000 0.1` runs one in the foreground.
 """
 
@@ -27,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -35,6 +48,9 @@ from urllib.parse import urlsplit
 
 HEAD_LIMIT = 1 << 20  # longest request line + headers accepted
 COPY_SIZE = 1 << 16
+FAULTS = (None, "500", "drop", "refuse", "dark")
+FAULT_BODY = b"relay fault: 500\n"  # not an AWS error document
+DARK_PROBE = 0.2  # a connect to the dark port that takes this long has been dropped
 
 
 class RelayError(Exception):
@@ -73,6 +89,16 @@ def body_framing(head: bytes) -> tuple[int, bool]:
     return (0, True) if chunked else (length, False)
 
 
+def fault_response(keep_alive: bool = True) -> bytes:
+    """The relay's own HTTP 500, as a broken proxy or load balancer might answer."""
+    connection = b"keep-alive" if keep_alive else b"close"
+    return (
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\nConnection: %s\r\n\r\n%s"
+        % (len(FAULT_BODY), connection, FAULT_BODY)
+    )
+
+
 class DelayingRelay:
     """Listens on 127.0.0.1 and forwards to target_host:target_port, holding each HTTP
     request for `delay_seconds` before it is forwarded."""
@@ -90,6 +116,12 @@ class DelayingRelay:
         self.max_delaying = 0  # the most requests held at the same time
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._fault: str | None = None
+        self._listener = "stopped"  # listening, refused, dark or stopped
+        self._dark: list[socket.socket] = []  # the unaccepted listener and its filler
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     @property
     def endpoint(self) -> str:
@@ -98,20 +130,106 @@ class DelayingRelay:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+        await self._listen()
+        self._listener = "listening"
+        await self.set_fault(self._fault)  # one set before start
+
+    async def stop(self) -> None:
+        if self._lock is None:
+            return
+        async with self._lock:
+            await self._close_listener()
+            self._listener = "stopped"
+
+    # --- faults ---------------------------------------------------------------------------
+
+    @property
+    def fault(self) -> str | None:
+        return self._fault
+
+    @fault.setter
+    def fault(self, mode: str | None) -> None:
+        """From another thread, returns once the fault is in place; on the relay's own loop,
+        "refuse", "dark" and back take effect a moment later (await set_fault to wait)."""
+        if mode not in FAULTS:
+            raise ValueError(f"fault is one of {FAULTS}, not {mode!r}")
+        self._fault = mode
+        loop = self._loop
+        if loop is None or self._listener == "stopped":
+            return  # applied at start
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            task = loop.create_task(self.set_fault(mode))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        else:
+            asyncio.run_coroutine_threadsafe(self.set_fault(mode), loop).result(30)
+
+    async def set_fault(self, mode: str | None) -> None:
+        if mode not in FAULTS:
+            raise ValueError(f"fault is one of {FAULTS}, not {mode!r}")
+        self._fault = mode
+        assert self._lock is not None, "the relay is not started"
+        async with self._lock:
+            if self._listener == "stopped":
+                return
+            wanted = {"refuse": "refused", "dark": "dark"}.get(mode or "", "listening")
+            if wanted == self._listener:
+                return
+            await self._close_listener()
+            if wanted == "listening":
+                await self._listen()
+            elif wanted == "dark":
+                await self._go_dark()
+            self._listener = wanted
+
+    async def _listen(self) -> None:
+        """Listens on self.port (any free port the first time)."""
         self._server = await asyncio.start_server(
-            self._handle, "127.0.0.1", 0, limit=HEAD_LIMIT, backlog=512
+            self._handle, "127.0.0.1", self.port, limit=HEAD_LIMIT, backlog=512
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
+    async def _close_listener(self) -> None:
+        """Stops listening (or being dark) and closes every client connection."""
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
+        if server is not None:
+            server.close()
+        dark, self._dark = self._dark, []
+        for sock in dark:
+            sock.close()
         for task in list(self._handlers):
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
-        await server.wait_closed()
+        if server is not None:
+            await server.wait_closed()
+
+    async def _go_dark(self) -> None:
+        """A listener on self.port that is never accepted, its accept queue filled by our own
+        connects until one hangs: from then on the kernel drops SYNs to the port."""
+        loop = asyncio.get_running_loop()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._dark.append(listener)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(0)
+        for _ in range(16):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            try:
+                await asyncio.wait_for(
+                    loop.sock_connect(filler, ("127.0.0.1", self.port)), DARK_PROBE
+                )
+            except TimeoutError:
+                filler.close()
+                return  # the queue is full
+            self._dark.append(filler)
+        raise RelayError("could not fill the accept queue of the dark port")
 
     async def __aenter__(self) -> DelayingRelay:
         await self.start()
@@ -132,7 +250,7 @@ class DelayingRelay:
             upstream_r, upstream_w = await asyncio.open_connection(
                 self.target_host, self.target_port
             )
-            requests = asyncio.ensure_future(self._forward_requests(client_r, upstream_w))
+            requests = asyncio.ensure_future(self._forward_requests(client_r, upstream_w, client_w))
             responses = asyncio.ensure_future(self._copy(upstream_r, client_w))
             try:
                 await asyncio.wait({requests, responses}, return_when=asyncio.FIRST_COMPLETED)
@@ -156,10 +274,14 @@ class DelayingRelay:
                     writer.close()
 
     async def _forward_requests(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: asyncio.StreamWriter,
     ) -> None:
         """Request after request: read its head, wait, forward the head, then stream its
-        body. The head goes first so that `Expect: 100-continue` works."""
+        body. The head goes first so that `Expect: 100-continue` works. Under the "500"
+        fault the body is read and dropped and the relay answers `client` itself."""
         while True:
             head = await self._read_head(reader)
             if head is None:
@@ -168,18 +290,31 @@ class DelayingRelay:
                 return
             length, chunked = body_framing(head)
             self.requests += 1
+            if self._fault == "drop":
+                raise RelayError("fault: the connection is dropped unanswered")
             self.delaying += 1
             self.max_delaying = max(self.max_delaying, self.delaying)
             try:
                 await asyncio.sleep(self.delay_seconds)
             finally:
                 self.delaying -= 1
-            writer.write(head)
-            if chunked:
-                await self._forward_chunked(reader, writer)
+            if self._fault == "500":
+                # A client waiting for 100 Continue sends no body: answer and close.
+                waiting = b"100-continue" in head.lower()
+                client.write(fault_response(keep_alive=not waiting))
+                await client.drain()
+                if waiting:
+                    raise RelayError("fault: answered 500 to a request waiting to continue")
+                target: asyncio.StreamWriter | None = None
             else:
-                await self._forward_exactly(reader, writer, length)
-            await writer.drain()
+                target = writer
+                writer.write(head)
+            if chunked:
+                await self._forward_chunked(reader, target)
+            else:
+                await self._forward_exactly(reader, target, length)
+            if target is not None:
+                await target.drain()
 
     @staticmethod
     async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
@@ -208,23 +343,27 @@ class DelayingRelay:
 
     @staticmethod
     async def _forward_exactly(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, length: int
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None, length: int
     ) -> None:
+        """`length` bytes to `writer` (None: read and dropped)."""
         while length > 0:
             data = await reader.read(min(length, COPY_SIZE))
             if not data:
                 raise asyncio.IncompleteReadError(b"", length)
-            writer.write(data)
             length -= len(data)
-            await writer.drain()
+            if writer is not None:
+                writer.write(data)
+                await writer.drain()
 
     async def _forward_chunked(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None
     ) -> None:
-        """A chunked body: chunks until the zero-size one, then trailers until a blank line."""
+        """A chunked body: chunks until the zero-size one, then trailers until a blank line.
+        To `writer`, or read and dropped when it is None."""
         while True:
             size_line = await reader.readuntil(b"\r\n")
-            writer.write(size_line)
+            if writer is not None:
+                writer.write(size_line)
             try:
                 size = int(size_line.split(b";", 1)[0].strip(), 16)
             except ValueError:
@@ -234,7 +373,8 @@ class DelayingRelay:
             await self._forward_exactly(reader, writer, size + 2)  # the data and its CRLF
         while True:
             trailer = await reader.readuntil(b"\r\n")
-            writer.write(trailer)
+            if writer is not None:
+                writer.write(trailer)
             if trailer == b"\r\n":
                 return
 
@@ -265,6 +405,15 @@ class RelayThread:
     @property
     def requests(self) -> int:
         return self.relay.requests
+
+    @property
+    def fault(self) -> str | None:
+        return self.relay.fault
+
+    @fault.setter
+    def fault(self, mode: str | None) -> None:
+        """Returns once the fault is in place (see DelayingRelay.fault)."""
+        self.relay.fault = mode
 
     def start(self, timeout: float = 10) -> None:
         loop = asyncio.new_event_loop()

@@ -1,6 +1,7 @@
 """The delaying relay (iasql/relay.py): boto3 through it to a real moto server, the delay per
-request on keep-alive connections, concurrent connections delayed together, and the HTTP
-framing (Content-Length, chunked, Expect: 100-continue) on a raw upstream."""
+request on keep-alive connections, concurrent connections delayed together, the HTTP
+framing (Content-Length, chunked, Expect: 100-continue) on a raw upstream, and the faults
+(500, drop, refuse, dark) set while it runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import contextlib
 import http.client
 import http.server
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,8 +18,14 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+)
 
-from iasql.relay import DelayingRelay, RelayThread, body_framing, running_relay
+from iasql.relay import FAULT_BODY, DelayingRelay, RelayThread, body_framing, running_relay
 from iasql.sandbox import MotoServer
 
 DELAY = 0.3
@@ -247,3 +255,147 @@ async def test_stop_ends_open_connections() -> None:
         assert await reader.read() == b""  # the relay closed the connection
     writer.close()
     await upstream.close()
+
+
+# --- faults --------------------------------------------------------------------------------
+
+
+def one_attempt_client(endpoint: str, **config: Any) -> Any:
+    """A logs client that tries each call once (retries' max_attempts does not count the
+    first attempt)."""
+    settings = Config(retries={"mode": "standard", "total_max_attempts": 1}, **config)
+    return boto3.client("logs", region_name="us-east-1", endpoint_url=endpoint, config=settings)
+
+
+def connect(port: int, timeout: float = 5) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True when the other end closed (or reset) the connection within 5 s."""
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def still_forwards(relay: RelayThread, port: int) -> None:
+    """Back to no fault: forwarding again, on the same port."""
+    assert relay.relay.port == port
+    logs_client(relay.endpoint).describe_log_groups(logGroupNamePrefix="/fault/")
+
+
+def test_fault_500_answers_every_request_without_forwarding(account: MotoServer) -> None:
+    with RelayThread(account.endpoint, 0) as relay:
+        port = relay.relay.port
+        relay.fault = "500"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(2):  # kept alive: two answers on one connection
+            conn.request("POST", "/", body=b'{"logGroupName": "/fault/500"}')
+            answer = conn.getresponse()
+            assert answer.status == 500
+            assert answer.getheader("Connection") == "keep-alive"
+            assert answer.read() == FAULT_BODY
+        conn.close()
+        logs = one_attempt_client(relay.endpoint)
+        with pytest.raises(ClientError) as raised:
+            logs.create_log_group(logGroupName="/fault/500")
+        assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        assert relay.requests == 3
+        assert relay.relay.connections == 2
+        relay.fault = None
+        still_forwards(relay, port)
+        assert relay.requests == 4
+    # Nothing reached moto.
+    direct = logs_client(account.endpoint).describe_log_groups(logGroupNamePrefix="/fault/")
+    assert direct["logGroups"] == []
+
+
+def test_fault_drop_closes_the_connection_unanswered(account: MotoServer) -> None:
+    with RelayThread(account.endpoint, 0) as relay:
+        port = relay.relay.port
+        relay.fault = "drop"
+        with connect(port) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert closed_by_peer(sock)
+        with pytest.raises((ConnectionClosedError, EndpointConnectionError)) as raised:
+            # botocore: "Connection was closed" (a FIN) or "Could not connect" (a reset).
+            one_attempt_client(relay.endpoint).describe_log_groups()
+        assert relay.endpoint in str(raised.value)
+        assert relay.requests == 2
+        relay.fault = None
+        still_forwards(relay, port)
+        assert relay.requests == 3
+
+
+def test_fault_refuse_stops_listening_and_closes_connections(keep_alive_server: str) -> None:
+    with RelayThread(keep_alive_server, 0) as relay:
+        port = relay.relay.port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/", body=b"before")
+        assert conn.getresponse().read() == b"before"
+        relay.fault = "refuse"
+        assert conn.sock is not None and closed_by_peer(conn.sock)
+        conn.close()
+        with pytest.raises(ConnectionRefusedError):
+            connect(port)
+        relay.fault = None
+        assert relay.relay.port == port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/", body=b"after")
+        assert conn.getresponse().read() == b"after"
+        conn.close()
+        assert relay.requests == 2
+
+
+def test_fault_dark_connects_time_out(account: MotoServer, keep_alive_server: str) -> None:
+    with RelayThread(keep_alive_server, 0) as relay:
+        port = relay.relay.port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/", body=b"before")
+        assert conn.getresponse().read() == b"before"
+        relay.fault = "dark"
+        assert conn.sock is not None and closed_by_peer(conn.sock)
+        conn.close()
+        for _ in range(2):  # an unreachable host: no answer at all, not a refusal
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                connect(port, timeout=1)
+            assert time.monotonic() - started >= 1 - EPSILON
+        relay.fault = "refuse"  # from dark straight to refused
+        with pytest.raises(ConnectionRefusedError):
+            connect(port)
+        relay.fault = "dark"
+        relay.fault = None
+        assert relay.relay.port == port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/", body=b"after")
+        assert conn.getresponse().read() == b"after"
+        conn.close()
+        assert relay.requests == 2
+    # boto3 meets the dark relay as a connect timeout.
+    with RelayThread(account.endpoint, 0) as relay:
+        relay.fault = "dark"
+        logs = one_attempt_client(relay.endpoint, connect_timeout=1)
+        with pytest.raises(ConnectTimeoutError):
+            logs.describe_log_groups()
+        relay.fault = None
+        logs.describe_log_groups()
+
+
+async def test_fault_set_on_the_relay_loop() -> None:
+    relay = DelayingRelay("127.0.0.1", 9, 0)
+    with pytest.raises(ValueError, match="fault is one of"):
+        relay.fault = "slow"
+    relay.fault = "refuse"  # before start: applied at start
+    await relay.start()
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", relay.port)
+        relay.fault = None  # on the loop: takes effect a moment later
+        await relay.set_fault(None)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.close()
+    finally:
+        await relay.stop()
