@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -18,6 +19,15 @@ from modules import available_modules
 from modules.spec import ModuleFunction, ModuleSpec
 
 log = logging.getLogger("iasql.engine")
+
+# Watching the backing Postgres (Engine._watch_backend), in seconds.
+RECONNECT_FIRST = 0.5  # the wait after a failed attempt, doubled after each one ...
+RECONNECT_MAX = 10.0  # ... up to this
+PROBE_EVERY = 5.0  # an idle watch connection is asked SELECT 1 this often
+PROBE_TIMEOUT = 5.0
+# What an unreachable, restarting or refusing backing Postgres raises (TimeoutError is an
+# OSError; CannotConnectNowError, "the database system is starting up", a PostgresError).
+BACKEND_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # IaSQL's old names. (`iasql_sync` was one too; here it is the drift import, SPEC section 3.)
 DEPRECATED = {
@@ -59,6 +69,8 @@ class Engine:
         self._databases: dict[str, Database] = {}
         self._databases_lock = asyncio.Lock()
         self._recovery: asyncio.Future[None] | None = None
+        # Commits running in this process, by database.
+        self._committing: collections.Counter[str] = collections.Counter()
 
     async def start(self) -> None:
         """Checks the backing Postgres and prepares the admin database."""
@@ -69,14 +81,80 @@ class Engine:
             await conn.close()
         async with self._admin_lock:
             await admin.prepare_registry(await self._admin_connection())
-        self._recovery = asyncio.ensure_future(self._recover_interrupted_commits())
+        self._recovery = asyncio.ensure_future(self._watch_backend())
+
+    async def _watch_backend(self) -> None:
+        """For the server's life: recovers interrupted commits now, then watches the backing
+        Postgres on a connection of its own. When Postgres goes away (a restart, a failover),
+        it reconnects with backoff, one log line per attempt, and as soon as Postgres is back
+        it recovers again: a commit cut short with it is undone without waiting for a call."""
+        while True:
+            conn = await self._reconnect()
+            try:
+                await self._recover_interrupted_commits()
+                reason = await self._until_lost(conn)
+                log.warning("lost the backing Postgres (%s): reconnecting", reason)
+            except Exception:  # a bug: say so, and keep watching
+                log.exception("watching the backing Postgres failed")
+                await asyncio.sleep(RECONNECT_MAX)
+            finally:
+                conn.terminate()
+
+    async def _reconnect(self) -> asyncpg.Connection:
+        """A connection to the admin database, retried at 0.5 s, doubling up to 10 s."""
+        delay = RECONNECT_FIRST
+        failed = 0
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    self.config.backend_dsn, database=admin.ADMIN_DATABASE, timeout=PROBE_TIMEOUT
+                )
+            except BACKEND_ERRORS as exc:
+                failed += 1
+                log.warning(
+                    "the backing Postgres is unreachable (attempt %d: %s); next attempt in %g s",
+                    failed,
+                    _one_line(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+                continue
+            if failed:
+                log.warning(
+                    "the backing Postgres is back (attempt %d): recovering interrupted commits",
+                    failed + 1,
+                )
+            return conn
+
+    @staticmethod
+    async def _until_lost(conn: asyncpg.Connection) -> str:
+        """Returns, with the reason, once `conn` is closed or stops answering."""
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        while not conn.is_closed():
+            try:
+                await asyncio.wait_for(lost.wait(), PROBE_EVERY)
+            except TimeoutError:  # quiet: make sure it still answers
+                try:
+                    await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT)
+                except BACKEND_ERRORS as exc:
+                    return _one_line(exc)
+        return "its connection was closed"
 
     async def _recover_interrupted_commits(self) -> None:
-        """After a restart, undoes the commits a dead server left halfway, in every
-        environment database, without waiting for someone to use the database."""
-        async with self._admin_lock:
-            conn = await self._admin_connection()
-            aliases = [r["alias"] for r in await conn.fetch("SELECT alias FROM iasql_database")]
+        """After a restart (of this server or of the backing Postgres), undoes the commits cut
+        short, in every environment database, without waiting for someone to use it."""
+        try:
+            async with self._admin_lock:
+                conn = await self._admin_connection()
+                rows = await conn.fetch("SELECT alias FROM iasql_database")
+        except BACKEND_ERRORS as exc:  # gone again: the watch sees it, and comes back here
+            log.warning("could not list the environment databases: %s", _one_line(exc))
+            return
+        # A commit still running here lost its lock with the old connection, but not its
+        # steps in flight: it is recovered later, once it has stopped.
+        aliases = [r["alias"] for r in rows if self._committing[r["alias"]] <= 0]
         for alias in aliases:
             try:
                 db = await self.database(alias)
@@ -85,7 +163,9 @@ class Engine:
                 )
                 await transaction.recover_interrupted(db, ctx)
             except Exception as exc:  # one broken database must not stop the others
-                log.warning("could not check %s for an interrupted commit: %s", alias, exc)
+                log.warning(
+                    "could not check %s for an interrupted commit: %s", alias, _one_line(exc)
+                )
 
     async def database(self, name: str) -> Database:
         """The environment database `name`, its platform schema ensured on first use."""
@@ -349,8 +429,12 @@ class Engine:
 
     async def _commit(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
-        work = transaction.commit(db, ctx, args["message"], self.config.transactions)
-        return await _finish_unless_cancelled(ctx, asyncio.ensure_future(work))
+        work = asyncio.ensure_future(
+            transaction.commit(db, ctx, args["message"], self.config.transactions)
+        )
+        self._committing[ctx.database] += 1
+        work.add_done_callback(lambda _work: self._committing.subtract([ctx.database]))
+        return await _finish_unless_cancelled(ctx, work)
 
     async def _rollback(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
@@ -494,3 +578,9 @@ async def _finish_unless_cancelled(ctx: CallContext, work: asyncio.Future[list[R
         if task is not None:
             task.uncancel()
         return await work
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one log line: its type and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

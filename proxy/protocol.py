@@ -33,6 +33,12 @@ def message(kind: bytes, body: bytes) -> bytes:
     return kind + _I32.pack(len(body) + 4) + body
 
 
+def message_of(kind: bytes, parts: list[bytes | memoryview]) -> bytes:
+    """A message whose body is `parts` joined: one copy, however large (views of a client's
+    message among them)."""
+    return b"".join([kind, _I32.pack(sum(map(len, parts)) + 4), *parts])
+
+
 def cstring(text: str) -> bytes:
     return text.encode() + b"\x00"
 
@@ -62,12 +68,23 @@ def notice_response(text: str, *, detail: str | None = None) -> bytes:
 
 
 def query(sql: str) -> bytes:
-    return message(b"Q", cstring(sql))
+    return message_of(b"Q", [sql.encode(), b"\x00"])
+
+
+def query_of(sql: list[bytes | memoryview]) -> bytes:
+    """A Query of SQL text in UTF-8 parts."""
+    return message_of(b"Q", [*sql, b"\x00"])
 
 
 def parse(name: str, sql: str, param_types: list[int]) -> bytes:
+    return parse_of(name, [sql.encode()], param_types)
+
+
+def parse_of(name: str, sql: list[bytes | memoryview], param_types: list[int]) -> bytes:
+    """A Parse of SQL text in UTF-8 parts."""
     types = b"".join(_I32.pack(oid) for oid in param_types)
-    return message(b"P", cstring(name) + cstring(sql) + _I16.pack(len(param_types)) + types)
+    tail = b"\x00" + _I16.pack(len(param_types)) + types
+    return message_of(b"P", [cstring(name), *sql, tail])
 
 
 def parameter_description(param_types: list[int]) -> bytes:
@@ -131,6 +148,17 @@ def decode_query(body: bytes) -> str:
     return sql
 
 
+def query_text(data: bytes, start: int, end: int) -> int:
+    """Where the SQL text of the Query body data[start:end] ends (its NUL), checked as
+    decode_query checks it, without copying the text: it may be a hundred megabytes."""
+    nul = data.find(b"\x00", start, end)
+    if nul < 0:
+        raise ProtocolViolation("string is not terminated")
+    if nul != end - 1:
+        raise ProtocolViolation("message has trailing bytes")
+    return nul
+
+
 @dataclass
 class Parse:
     name: str
@@ -150,6 +178,27 @@ def decode_parse(body: bytes) -> Parse:
     types = [reader.int32() for _ in range(count)]
     reader.end()
     return Parse(name, sql, types)
+
+
+def parse_fields(data: bytes, start: int, end: int) -> tuple[str, int, int, list[int]]:
+    """The Parse body data[start:end] as decode_parse reads it, but with the SQL text left in
+    place: (name, where the text starts, where it ends, parameter types). The caller decodes
+    the text (as UTF-8)."""
+    name_end = data.find(b"\x00", start, end)
+    sql_end = data.find(b"\x00", name_end + 1, end) if name_end >= 0 else -1
+    if sql_end < 0:
+        raise ProtocolViolation("string is not terminated")
+    reader = Reader(data[sql_end + 1 : end])
+    count = reader.int16()
+    if count < 0:
+        raise ProtocolViolation("negative parameter count")
+    types = [reader.int32() for _ in range(count)]
+    reader.end()
+    try:
+        name = data[start:name_end].decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("string is not valid UTF-8") from exc
+    return name, name_end + 1, sql_end, types
 
 
 @dataclass

@@ -208,8 +208,17 @@ class ClientConnection(asyncio.Protocol):
             error = EngineError(exc.sqlstate or "XX000", str(exc).splitlines()[0])
             events = self.session.engine_done(None, error)
         except Exception as exc:
-            log.error("internal error in an engine call:\n%s", traceback.format_exc())
-            error = EngineError("XX000", f"internal error: {type(exc).__name__}: {exc}")
+            if _backend_unreachable(exc):  # down or restarting: one line, no traceback
+                log.warning("an engine call could not reach the backing Postgres: %s", exc)
+                error = EngineError(
+                    "08006",
+                    "the iasql server cannot reach its backing Postgres",
+                    detail=f"{type(exc).__name__}: {exc}",
+                    hint="try again once it is back",
+                )
+            else:
+                log.error("internal error in an engine call:\n%s", traceback.format_exc())
+                error = EngineError("XX000", f"internal error: {type(exc).__name__}: {exc}")
             events = self.session.engine_done(None, error)
         finally:
             self.engine_task = None
@@ -242,6 +251,15 @@ class ClientConnection(asyncio.Protocol):
             self.client.close()
         if self.backend is not None:
             self.backend.close()
+
+
+def _backend_unreachable(exc: Exception) -> bool:
+    """Did an engine call fail for want of the backing Postgres? Socket errors (refused,
+    reset, timed out) and a connection found closed. (Errors Postgres sends, such as 57P01
+    when it shuts down, are PostgresErrors with their own SQLSTATE; AWS's are EngineErrors.)"""
+    if isinstance(exc, OSError):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
 
 
 class BackendConnection(asyncio.Protocol):

@@ -23,6 +23,7 @@ from engine.functions import EngineError, FunctionSpec, Row, SqlArgument
 from proxy import protocol as pg
 from proxy.frames import scan_client, scan_server, table
 from proxy.intercept import Call, Prefilter, Statement, UnsupportedCall, split_statements
+from proxy.literals import Literals, reduce
 from proxy.values import decode_param
 
 _LENGTH = struct.Struct("!i")
@@ -115,7 +116,7 @@ class _Poison:
 
 @dataclass
 class _Prepared:
-    statement: Statement
+    calls: list[Call]  # not the statement: its text and tree may be large, and are not needed
     client_params: int
     param_types: list[int]
 
@@ -128,6 +129,7 @@ class _QueryPlan:
     next: int = 0  # index of the next piece to send
     failed: bool = False  # the server reported an error for a piece: run no more
     running: Statement | None = None  # the piece whose engine calls are running
+    literals: Literals | None = None  # the long literals the pieces hold placeholders for
 
 
 # Frame type bytes as ints: `data[pos]` is cheaper than slicing a one-byte string.
@@ -325,13 +327,13 @@ class Session:
             if not self.mentions_function(data, pos + 5, end):
                 self._inflight.append(_SYNC)
                 return None
-            return self._query(data[pos + 5 : end])
+            return self._query(data, pos + 5, end)
         if code == _PARSE:
             if not self.mentions_function(data, pos + 5, end):
                 if self._prepared and end > pos + 5 and data[pos + 5] == 0:
                     self._prepared.pop("", None)  # a new unnamed statement replaces ours
                 return None
-            return self._parse(data[pos + 5 : end])
+            return self._parse(data, pos + 5, end)
         if code == _BIND:
             if not self._prepared:
                 return None
@@ -357,30 +359,29 @@ class Session:
 
     # --- simple query -------------------------------------------------------------------
 
-    def _query(self, body: bytes) -> list[Event]:
+    def _query(self, data: bytes, start: int, end: int) -> list[Event] | None:
+        """The Query whose body is data[start:end]; None to relay it unchanged."""
         try:
-            sql = pg.decode_query(body)
+            statements, found = _split(self.catalog, data, start, pg.query_text(data, start, end))
         except pg.ProtocolViolation as exc:
             return self._violation(str(exc))
-        try:
-            statements = split_statements(sql, self.catalog)
         except UnsupportedCall as exc:
             poisoned = self._poison_query(exc.as_engine_error())  # queues the poison first
             self._inflight.append(_SYNC)
             return [ToServer(poisoned)]
         if statements is None:
             self._inflight.append(_SYNC)
-            return [ToServer(pg.query(sql))]
+            return None
         pieces: list[Statement | str] = []
         for statement in statements:
             if not statement.calls and pieces and isinstance(pieces[-1], str):
                 pieces[-1] = f"{pieces[-1]};\n{statement.text}"
             else:
                 pieces.append(statement if statement.calls else statement.text)
-        return self._start_plan(pieces)
+        return self._start_plan(pieces, found)
 
-    def _start_plan(self, pieces: list[Statement | str]) -> list[Event]:
-        self._plan = _QueryPlan(pieces)
+    def _start_plan(self, pieces: list[Statement | str], found: Literals | None) -> list[Event]:
+        self._plan = _QueryPlan(pieces, literals=found)
         self.blocked = True
         return [] if self._inflight else self._advance_plan()
 
@@ -393,7 +394,13 @@ class Session:
         if isinstance(piece, Statement):
             plan.running = piece
             return self._run_calls(piece.calls, None)
-        return self._send_piece(pg.query(piece))
+        return self._send_piece(self._plan_query(piece))
+
+    def _plan_query(self, sql: str) -> bytes:
+        """A Query of a plan's piece: its placeholders become the literals they stand for."""
+        assert self._plan is not None
+        found = self._plan.literals
+        return pg.query(sql) if found is None else pg.query_of(found.expand(sql))
 
     def _send_piece(self, message: bytes) -> list[Event]:
         """Sending the last piece ends the plan: its answer, ReadyForQuery included, then
@@ -423,30 +430,32 @@ class Session:
 
     # --- extended query -----------------------------------------------------------------
 
-    def _parse(self, body: bytes) -> list[Event]:
+    def _parse(self, data: bytes, start: int, end: int) -> list[Event] | None:
+        """The Parse whose body is data[start:end]; None to relay it unchanged."""
         try:
-            message = pg.decode_parse(body)
+            name, sql_start, sql_end, param_types = pg.parse_fields(data, start, end)
+            statements, found = _split(self.catalog, data, sql_start, sql_end)
         except pg.ProtocolViolation as exc:
             return self._violation(str(exc))
-        try:
-            statements = split_statements(message.sql, self.catalog)
         except UnsupportedCall as exc:
             token = self._poison(exc.as_engine_error())
             return [ToServer(pg.parse(token, f'SELECT * FROM "{token}"', []))]
         if statements is None or len(statements) != 1:
-            self._prepared.pop(message.name, None)
-            return [ToServer(pg.message(b"P", body))]
+            self._prepared.pop(name, None)
+            return None
         statement = statements[0]
-        client_params = max(statement.max_param, len(message.param_types))
-        types = message.param_types + [0] * (client_params - len(message.param_types))
+        client_params = max(statement.max_param, len(param_types))
+        types = param_types + [0] * (client_params - len(param_types))
         for call in statement.calls:
             for number, oid in call.param_types().items():
                 if types[number - 1] == 0:
                     types[number - 1] = oid
         sql = statement.render_with_params(client_params + 1)
         types += [3802] * len(statement.calls)  # jsonb rows, one parameter per call
-        self._prepared[message.name] = _Prepared(statement, client_params, types)
-        return [ToServer(pg.parse(message.name, sql, types))]
+        self._prepared[name] = _Prepared(statement.calls, client_params, types)
+        if found is None:
+            return [ToServer(pg.parse(name, sql, types))]
+        return [ToServer(pg.parse_of(name, found.expand(sql), types))]
 
     def _bind(self, body: bytes) -> list[Event] | None:
         try:
@@ -467,7 +476,7 @@ class Session:
             return [ToServer(self._poison_bind(EngineError("22P02", str(exc))))]
         self._pending_bind = (bind, prepared)
         self.blocked = True
-        return self._run_calls(prepared.statement.calls, params)
+        return self._run_calls(prepared.calls, params)
 
     def _finish_bind(self, rows: list[list[Row]] | None, error: EngineError | None) -> list[Event]:
         assert self._pending_bind is not None
@@ -505,7 +514,7 @@ class Session:
             plan.next = len(plan.pieces)  # nothing after a failed call runs
             return self._send_piece(self._poison_query(error))
         assert rows is not None
-        return self._send_piece(pg.query(statement.render_with_rows(rows)))
+        return self._send_piece(self._plan_query(statement.render_with_rows(rows)))
 
     def notice(self, text: str) -> list[Event]:
         """A NOTICE from a running engine call, sent between two server frames."""
@@ -634,3 +643,21 @@ class Session:
             return None
         types = pg.decode_parameter_description(body)
         return pg.parameter_description(types[: entry.client_params])
+
+
+def _split(
+    catalog: Mapping[str, FunctionSpec], data: bytes, start: int, end: int
+) -> tuple[list[Statement] | None, Literals | None]:
+    """The statements of the SQL text data[start:end], as split_statements finds them, and the
+    long literals they hold placeholders for (see proxy/literals.py). None: relay as it is."""
+    try:
+        sql, found = reduce(data, start, end)
+        statements = split_statements(sql, catalog)
+        if found is None or statements is None:
+            return statements, None
+        if found.survive(statements):
+            return statements, found
+        # A long literal is a call's argument, or the rewrite printed it some other way.
+        return split_statements(found.full_text(), catalog), None
+    except UnicodeDecodeError as exc:
+        raise pg.ProtocolViolation("string is not valid UTF-8") from exc
