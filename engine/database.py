@@ -3,12 +3,14 @@ the platform schema, the installed modules and the AWS account behind it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 
 import asyncpg
 
 from engine import platform
-from engine.cloud import AwsCloud, load_credentials
+from engine.cloud import AwsCloud, Credentials, load_credentials
 from engine.functions import FunctionSpec
 from modules import available_modules
 from modules.spec import ModuleSpec, Table
@@ -28,6 +30,8 @@ class Database:
         # The role the engine writes as: its audit rows are not user changes.
         self.engine_user = engine_user
         self._cloud: AwsCloud | None = None
+        # (the server's default endpoint, this database's own account id there): see cloud()
+        self.sandbox: tuple[str, str] | None = None
 
     @classmethod
     async def open(
@@ -37,8 +41,11 @@ class Database:
         functions: list[FunctionSpec],
         default_endpoint: str | None,
     ) -> Database:
+        # min_size 0: no floor for asyncpg to restore in the background, which, while the
+        # backing Postgres is down, it retries with a traceback in the log each time. A
+        # connection lost with a restart is replaced when next acquired.
         pool = await asyncpg.create_pool(
-            dsn, database=name, min_size=1, max_size=8, init=_init_connection
+            dsn, database=name, min_size=0, max_size=8, init=_init_connection
         )
         async with pool.acquire() as conn:
             engine_user = await conn.fetchval("SELECT session_user")
@@ -51,7 +58,16 @@ class Database:
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     default_endpoint,
                 )
-        return cls(name, pool, engine_user)
+            # Made once, kept for the life of the database (see in_sandbox_account).
+            account = await conn.fetchval(
+                "INSERT INTO iasql_settings VALUES ('sandbox_account_id', $1)"
+                " ON CONFLICT (key) DO UPDATE SET value = iasql_settings.value RETURNING value",
+                str(10**11 + secrets.randbelow(9 * 10**11)),
+            )
+        db = cls(name, pool, engine_user)
+        if default_endpoint is not None:
+            db.sandbox = (default_endpoint, account)
+        return db
 
     async def close(self) -> None:
         if self._cloud is not None:
@@ -61,7 +77,7 @@ class Database:
     async def cloud(self) -> AwsCloud:
         """The account's AWS clients, rebuilt when the credentials row changes."""
         async with self.pool.acquire() as conn:
-            credentials = await load_credentials(conn)
+            credentials = in_sandbox_account(await load_credentials(conn), self.sandbox)
         if self._cloud is None or self._cloud.credentials != credentials:
             if self._cloud is not None:
                 await self._cloud.close()
@@ -90,6 +106,22 @@ class Database:
                 "SELECT region FROM aws_regions WHERE is_enabled ORDER BY region"
             )
         ]
+
+
+def in_sandbox_account(credentials: Credentials, sandbox: tuple[str, str] | None) -> Credentials:
+    """Against the server's default endpoint (the local sandbox), each environment database
+    is its own AWS account: the sandbox, like LocalStack, takes a 12-digit access key id as
+    the account id, so the database's account id is sent as the key. A key of 12 digits in
+    aws_credentials names the account itself (to share one between databases)."""
+    if sandbox is None or credentials.endpoint_url is None:
+        return credentials
+    endpoint, account = sandbox
+    key = credentials.access_key_id
+    if credentials.endpoint_url.rstrip("/") != endpoint.rstrip("/") or (
+        len(key) == 12 and key.isdigit()
+    ):
+        return credentials
+    return dataclasses.replace(credentials, access_key_id=account)
 
 
 def dependency_order(tables: list[Table]) -> list[Table]:

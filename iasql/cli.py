@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -25,11 +26,14 @@ from engine.core import server_version
 from engine.transaction import TransactionSettings
 from iasql.postgres import LocalPostgres, PostgresError
 from iasql.promote import PromotionError, add_promote
-from iasql.sandbox import MotoServer, SandboxError
+from iasql.sandbox import MotoServer, SandboxError, read_json, stop_stale
 from proxy.server import BackendAddress, ProxyServer
 
 ADMIN_USER = "iasql"
 STATE_FILE = "server.json"
+LOCK_FILE = "serve.lock"  # held (flock) by the `iasql serve` that owns the data directory
+SANDBOX_FILE = "sandbox.json"  # the local cloud's port, kept across restarts, and its pid
+JOURNAL_FILE = "sandbox-journal.jsonl"  # the local cloud's state (iasql/sandbox_server.py)
 
 
 class StartupError(Exception):
@@ -111,21 +115,21 @@ def run_serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
     check_port_free(args.host, args.port)
     with contextlib.ExitStack() as stack:
+        if not args.backend_url or args.local_cloud:
+            # Whatever Postgres or sandbox is still running here, its server has died.
+            stack.callback(os.close, lock_data_dir(data_dir))
+        # Its port is checked before anything starts.
+        cloud = local_cloud(data_dir, args.cloud_port) if args.local_cloud else None
         if args.backend_url:
             backend_dsn, backing = args.backend_url, "external"
         else:
             postgres = embedded_postgres(data_dir)
             stack.callback(postgres.stop)
+            postgres.stop_stale()
             postgres.start()
             backend_dsn = postgres.dsn()
             backing = f"embedded Postgres {postgres.binaries.version}, data in {data_dir}"
-        cloud = None
-        if args.local_cloud:
-            if args.cloud_port:
-                check_port_free("127.0.0.1", args.cloud_port, what="the local cloud")
-            # moto.log goes there; with --backend-url nothing has created the folder yet.
-            data_dir.mkdir(parents=True, exist_ok=True)
-            cloud = MotoServer(args.cloud_port or None, data_dir / "moto.log")
+        if cloud is not None:
             stack.callback(cloud.stop)
             cloud.start()
         return run_loop(serve_forever(args, data_dir, backend_dsn, backing, cloud))
@@ -192,11 +196,51 @@ async def serve_forever(
     return 0
 
 
-def embedded_postgres(data_dir: Path) -> LocalPostgres:
-    """The server's own Postgres in `data_dir/pgdata`, created on first start."""
+def make_data_dir(data_dir: Path) -> None:
     if not data_dir.exists():
         data_dir.mkdir(parents=True)
         data_dir.chmod(0o711)  # our own folder: the Postgres user must be able to enter it
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Makes this process the data directory's one server, until it exits (however it
+    exits: the kernel drops the lock). Returns the locked file descriptor."""
+    make_data_dir(data_dir)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = read_json(data_dir / STATE_FILE).get("pid")
+        which = f" (pid {pid})" if pid else ""
+        raise StartupError(f"another iasql serve{which} is running on {data_dir}") from None
+    return fd
+
+
+def local_cloud(data_dir: Path, cloud_port: int) -> MotoServer:
+    """The local AWS sandbox, on the port it had before (the environments' endpoint_url
+    names it), with its state replayed from its journal. --cloud-port changes the port."""
+    state, journal = data_dir / SANDBOX_FILE, data_dir / JOURNAL_FILE
+    stop_stale(state, journal)  # left behind by a server that died, if it still runs
+    remembered = read_json(state).get("port")
+    if cloud_port:
+        check_port_free("127.0.0.1", cloud_port, what="the local cloud")
+    elif isinstance(remembered, int):
+        cloud_port = remembered
+        try:
+            check_port_free("127.0.0.1", cloud_port, what="the local cloud")
+        except StartupError as exc:
+            raise StartupError(
+                f"{exc} (the port it has had since it was first started, and that the"
+                " environments' endpoint_url names); stop what holds it, or choose another"
+                " port with --cloud-port"
+            ) from None
+    return MotoServer(cloud_port or None, data_dir / "moto.log", journal, state)
+
+
+def embedded_postgres(data_dir: Path) -> LocalPostgres:
+    """The server's own Postgres in `data_dir/pgdata`, created on first start."""
+    make_data_dir(data_dir)
     password_file = data_dir / "admin_password"
     if password_file.exists():
         password = password_file.read_text().strip()
@@ -210,6 +254,7 @@ def embedded_postgres(data_dir: Path) -> LocalPostgres:
         superuser=ADMIN_USER,
         password=password,
         settings={"password_encryption": "scram-sha-256"},
+        die_with_parent=True,  # a `kill -9` of the server does not leave it running
     )
     if not postgres.initialized():
         postgres.init()

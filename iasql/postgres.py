@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import io
 import os
@@ -11,9 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +170,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: an orphaned postmaster that exited may wait to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return _pid_alive(pid)
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _parent_death_signal(sig: signal.Signals) -> Callable[[], None] | None:
+    """A preexec_fn: the child gets `sig` when the thread that starts it dies, even by
+    `kill -9` (Linux). It runs after the switch to the server account, which clears it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(sig))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return preexec
+
+
 def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
@@ -192,6 +219,7 @@ class LocalPostgres:
         binaries: PgBinaries | None = None,
         run_as: str | None = None,
         settings: dict[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         clash = _RESERVED_SETTINGS & set(settings or {})
         if clash:
@@ -203,6 +231,8 @@ class LocalPostgres:
         self.binaries = binaries or find_binaries()
         self.settings = dict(settings or {})
         self.account = _resolve_account(run_as)
+        # Postgres shuts down (fast) when the thread that started it dies, even by kill -9.
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -332,6 +362,7 @@ class LocalPostgres:
                 cwd=self.pgdata,
                 env=self._env(),
                 start_new_session=True,
+                preexec_fn=_parent_death_signal(signal.SIGINT) if self.die_with_parent else None,
                 **self._creds(),
             )
         self._wait_ready(self._proc, timeout)
@@ -362,6 +393,32 @@ class LocalPostgres:
         if _is_postmaster_of(pid, self.pgdata):
             raise PostgresError(f"a postgres (pid {pid}) is already running on {self.pgdata}")
         (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
+
+    def stop_stale(self, timeout: float = 30) -> int | None:
+        """Stops a postmaster still running on this pgdata whose owner died (`kill -9`): only
+        for a caller that knows no live process uses it. Returns its pid, if there was one."""
+        lines = self._pidfile()
+        if not lines or not lines[0].strip().isdigit():
+            return None
+        pid = int(lines[0])
+        if not _running(pid) or not _is_postmaster_of(pid, self.pgdata):
+            return None
+        # fast shutdown, then immediate (crash recovery at the next start), then SIGKILL
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return pid
+            except PermissionError as e:
+                raise PostgresError(
+                    f"a postgres (pid {pid}) is already running on {self.pgdata}"
+                ) from e
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _running(pid):
+                    return pid
+                time.sleep(0.05)
+        raise PostgresError(f"cannot stop the postgres (pid {pid}) left running on {self.pgdata}")
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         # Like pg_ctl: ready once postmaster.pid names our pid with status "ready"; this

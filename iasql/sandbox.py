@@ -1,12 +1,21 @@
-"""The local AWS sandbox: a moto server on a loopback port, run as a child process."""
+"""The local AWS sandbox: a moto server on a loopback port, run as a child process.
+
+`iasql serve --local-cloud` runs it with a journal (see iasql/sandbox_server.py), so its state
+outlives the process, and keeps its port and pid in a state file next to the journal.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from iasql.postgres import free_port
 
@@ -18,19 +27,37 @@ class SandboxError(Exception):
 class MotoServer:
     """One moto server = one fake AWS account, reachable at `endpoint`."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        journal: Path | None = None,
+        state_file: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        # With a journal: iasql's wrapper around moto, whose state survives restarts, one
+        # account per 12-digit access key id, and which exits when this process dies.
+        self.journal = journal
+        self.state_file = state_file  # where its port and pid are written when it starts
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        if timeout is None:  # replaying a long journal takes a while
+            timeout = 30 if self.journal is None else 600
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        if self.journal is not None:
+            command = [
+                *(sys.executable, "-m", "iasql.sandbox_server", "--port", str(self.port)),
+                *("--journal", str(self.journal), "--parent", str(os.getpid())),
+            ]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={
@@ -39,11 +66,14 @@ class MotoServer:
                 "PATH": "/usr/bin:/bin",
             },
         )
+        if self.state_file is not None:
+            write_json(self.state_file, {"port": self.port, "pid": self.process.pid})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                where = f"; see {self.log_path}" if self.log_path else ""
                 raise SandboxError(
-                    f"the moto server exited at start (code {self.process.returncode})"
+                    f"the moto server exited at start (code {self.process.returncode}){where}"
                 )
             if self.ready():
                 return
@@ -82,3 +112,57 @@ class MotoServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data) + "\n")
+    temporary.replace(path)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan that exited may wait a while to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def stop_stale(state_file: Path, journal: Path, timeout: float = 10) -> int | None:
+    """Stops the sandbox a previous server left running on `journal` (when it died by
+    `kill -9` and its sandbox has not exited yet). Returns its pid, if there was one."""
+    pid = read_json(state_file).get("pid")
+    if not isinstance(pid, int) or not running(pid):
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if b"iasql.sandbox_server" not in command or str(journal).encode() not in command:
+        return None  # the pid was reused by something else
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not running(pid):
+                return pid
+            time.sleep(0.05)
+    raise SandboxError(f"cannot stop the local cloud (pid {pid}) left running by a previous server")

@@ -19,9 +19,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import boto3
+import psycopg
 import pytest
 
 from engine.core import server_version
@@ -29,7 +31,15 @@ from iasql.cli import configure_logging
 from iasql.postgres import LocalPostgres, free_port
 from iasql.sandbox import MotoServer
 from modules import available_modules
-from tests.conftest import PASSWORD, SUPERUSER, psql_env, reachable_tempdir
+from tests.conftest import (
+    PASSWORD,
+    SUPERUSER,
+    commit,
+    only_regions,
+    psql_env,
+    reachable_tempdir,
+    rows,
+)
 
 _SCRIPT = Path(sys.executable).with_name("iasql")  # the console script of this venv
 IASQL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "iasql.cli"]
@@ -118,6 +128,12 @@ def cmdline(pid: Pid) -> str:
         return Path(f"/proc/{pid.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def is_moto(pid: Pid) -> bool:
+    """moto itself, or the local sandbox's journaling wrapper around it."""
+    command = cmdline(pid)
+    return "moto.server" in command or "iasql.sandbox_server" in command
 
 
 # --- one `iasql serve` ------------------------------------------------------------------
@@ -240,7 +256,7 @@ class Running:
 def observe(server: Server, banner: Banner) -> Running:
     """What a running embedded-Postgres server owns: its postmaster and its moto child."""
     pidfile = (server.data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()
-    moto = [c for c in server.seen if "moto.server" in cmdline(c)]
+    moto = [c for c in server.seen if is_moto(c)]
     assert len(moto) == (1 if banner.moto_endpoint else 0), moto
     return Running(server, banner, int(pidfile[0]), int(pidfile[3]), moto[0] if moto else None)
 
@@ -508,7 +524,7 @@ def test_sigterm_during_startup_stops_the_children_already_started(
         connection = wait_for_connection(silent, server)
         with connection:
             server.seen |= set(children(server.proc.pid))
-            [moto] = [c for c in server.seen if "moto.server" in cmdline(c)]
+            [moto] = [c for c in server.seen if is_moto(c)]
             assert accepting(cloud_port)
             server.proc.send_signal(signal.SIGTERM)
             code = server.proc.wait(STOP_DEADLINE)
@@ -545,6 +561,161 @@ def test_restart_keeps_data_and_signals_stop_everything(serve: Callable[..., Ser
     listed = iasql("db", "list", "--url", again.banner.admin_url)
     assert listed.stdout == f"keep\tpostgres://keep@127.0.0.1:{port}/keep\n", listed.stderr
     assert_stops_cleanly(again, signal.SIGINT)
+
+
+# --- the local sandbox: one account per environment, kept across restarts -----------------
+
+CloudIds = dict[str, list[tuple[Any, ...]]]
+
+
+def cloud_ids(conn: psycopg.Connection) -> CloudIds:
+    return {
+        "queue": rows(conn, "SELECT name, url, arn FROM queue ORDER BY name"),
+        "vpc": rows(conn, "SELECT vpc_id, cidr_block, is_default FROM vpc ORDER BY vpc_id"),
+        "subnet": rows(conn, "SELECT subnet_id, cidr_block FROM subnet ORDER BY subnet_id"),
+    }
+
+
+def sandbox_stack(url: str, queue: str) -> CloudIds:
+    """As the README has it: credentials whose endpoint_url defaults to the sandbox, then a
+    queue, a VPC and a subnet committed through iasql."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT * FROM iasql_install('aws_account')")
+        conn.execute(
+            "INSERT INTO aws_credentials (access_key_id, secret_access_key)"
+            " VALUES ('AKIAIOSFODNN7EXAMPLE', 'unused-by-the-sandbox')"
+        )
+        only_regions(conn)
+        conn.execute("SELECT * FROM iasql_install('aws_sqs', 'aws_vpc')")
+        conn.execute("SELECT * FROM iasql_begin()")
+        conn.execute("INSERT INTO queue (name) VALUES (%s)", (queue,))
+        conn.execute("INSERT INTO vpc (cidr_block) VALUES ('10.7.0.0/16')")
+        conn.execute(
+            "INSERT INTO subnet (vpc_id, cidr_block, availability_zone)"
+            " SELECT id, '10.7.1.0/24', 'us-east-1a' FROM vpc WHERE cidr_block = '10.7.0.0/16'"
+        )
+        commit(conn)
+        return cloud_ids(conn)
+
+
+def assert_cloud_unchanged(url: str, before: CloudIds) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert rows(conn, "SELECT * FROM iasql_drift()") == []
+        assert rows(conn, "SELECT * FROM iasql_preview()") == []
+        assert cloud_ids(conn) == before
+
+
+def test_each_environment_is_its_own_sandbox_account(shared: Running) -> None:
+    banner, data_dir = shared.banner, str(shared.server.data_dir)
+    urls = [
+        created_url(iasql("db", "create", name, "--data-dir", data_dir), name, banner)
+        for name in ("sandbox_dev", "sandbox_ci")
+    ]
+    try:
+        # The same queue name and VPC CIDR in both: no clash, and each sees only its own.
+        made = [sandbox_stack(url, "same-name") for url in urls]
+        accounts = []
+        for url, ids in zip(urls, made, strict=True):
+            with psycopg.connect(url, autocommit=True) as conn:
+                [(account,)] = rows(
+                    conn, "SELECT value FROM iasql_settings WHERE key = 'sandbox_account_id'"
+                )
+            [(_name, _url, arn)] = ids["queue"]
+            assert arn == f"arn:aws:sqs:us-east-1:{account}:same-name"
+            assert sorted(cidr for _id, cidr, _default in ids["vpc"]) == [
+                "10.7.0.0/16",
+                "172.31.0.0/16",
+            ]
+            accounts.append(account)
+        assert accounts[0] != accounts[1]
+        for kind in ("vpc", "subnet"):  # the default VPCs and subnets too
+            assert not {r[0] for r in made[0][kind]} & {r[0] for r in made[1][kind]}
+
+        # Any client reaches a database's account with its account id as the access key.
+        options = {"endpoint_url": banner.moto_endpoint, "region_name": "us-east-1"}
+        for account, ids in zip(accounts, made, strict=True):
+            ec2 = boto3.client(
+                "ec2", aws_access_key_id=account, aws_secret_access_key="x", **options
+            )
+            vpcs = sorted(v["VpcId"] for v in ec2.describe_vpcs()["Vpcs"])
+            assert vpcs == [vpc_id for vpc_id, _cidr, _default in ids["vpc"]]
+        other = boto3.client(
+            "sqs", aws_access_key_id="testing", aws_secret_access_key="x", **options
+        )
+        assert not [u for u in other.list_queues().get("QueueUrls", []) if "same-name" in u]
+    finally:
+        for name in ("sandbox_dev", "sandbox_ci"):
+            iasql("db", "drop", name, "--data-dir", data_dir)
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(shared: Running) -> None:
+    data_dir = shared.server.data_dir
+    assert shared.server.proc is not None
+    out = iasql("serve", "--data-dir", str(data_dir), "--port", str(free_port()), "--local-cloud")
+    assert_one_line_failure(
+        out, f"another iasql serve (pid {shared.server.proc.pid}) is running on {data_dir}"
+    )
+    assert shared.moto is not None and shared.moto.alive()  # the first one's are untouched
+    assert accepting(shared.postmaster_port)
+
+
+def wait_gone(pids: list[Pid], deadline: float = STOP_DEADLINE) -> list[Pid]:
+    """The ones still alive after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while any(p.alive() for p in pids) and time.monotonic() < end:
+        time.sleep(0.1)
+    return [p for p in pids if p.alive()]
+
+
+def test_sandbox_keeps_its_port_and_state_across_restarts_and_kill_9(
+    serve: Callable[..., Server],
+) -> None:
+    port = free_port()
+    first = serve("sandbox-restart", "--local-cloud", port=port)
+    running = observe(first, first.start())
+    data_dir, endpoint = first.data_dir, running.banner.moto_endpoint
+    url = created_url(
+        iasql("db", "create", "keep", "--data-dir", str(data_dir)), "keep", running.banner
+    )
+    before = sandbox_stack(url, "kept")
+
+    # A clean stop and start: the same endpoint, and the cloud the rows describe.
+    assert_stops_cleanly(running, signal.SIGTERM)
+    second = serve("sandbox-restart", "--local-cloud", port=port)
+    again = observe(second, second.start())
+    assert again.banner.moto_endpoint == endpoint
+    assert_cloud_unchanged(url, before)
+
+    # kill -9: the embedded Postgres and the sandbox go too, by themselves ...
+    assert second.proc is not None and again.moto is not None
+    [postmaster] = [c for c in second.seen if c.pid == again.postmaster_pid]
+    second.proc.kill()
+    second.proc.wait()
+    assert wait_gone([postmaster, again.moto]) == []
+    # ... and had they not (an older server, or a sandbox that would not die), the next start
+    # stops them: here a Postgres on the same cluster and a sandbox on the same journal.
+    admin_password = (data_dir / "admin_password").read_text().strip()
+    stale_pg = LocalPostgres(data_dir / "pgdata", superuser="iasql", password=admin_password)
+    stale_pg.start()
+    stale_cloud = MotoServer(
+        urlsplit(endpoint or "").port,
+        data_dir / "stale-moto.log",
+        data_dir / "sandbox-journal.jsonl",
+        data_dir / "sandbox.json",
+    )
+    stale_cloud.start()
+    assert stale_pg.pid is not None and stale_cloud.process is not None
+    stale = [c for c in children(os.getpid()) if c.pid in (stale_pg.pid, stale_cloud.process.pid)]
+    assert len(stale) == 2
+
+    third = serve("sandbox-restart", "--local-cloud", port=port)
+    last = observe(third, third.start())
+    assert not any(p.alive() for p in stale)
+    stale_cloud.process.wait(STOP_DEADLINE)  # reap them: they were our children
+    stale_pg.stop()
+    assert last.banner.moto_endpoint == endpoint
+    assert_cloud_unchanged(url, before)
+    assert_stops_cleanly(last, signal.SIGTERM)
 
 
 def test_backend_url_uses_an_external_postgres(
@@ -593,6 +764,21 @@ def test_cloud_port_in_use_and_bad_data_dir_fail_in_one_line(workdir: Path) -> N
     assert_one_line_failure(out, "local cloud", f"127.0.0.1:{cloud_port}", "in use")
     out = iasql("serve", "--data-dir", "/proc/no-such/iasql", "--port", str(free_port()))
     assert_one_line_failure(out, "/proc/no-such")
+
+
+def test_remembered_cloud_port_in_use_fails_in_one_line(workdir: Path) -> None:
+    data_dir = workdir / "remembered-port"
+    data_dir.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cloud_port = taken.getsockname()[1]
+        (data_dir / "sandbox.json").write_text(json.dumps({"port": cloud_port, "pid": None}))
+        out = iasql(
+            "serve", "--data-dir", str(data_dir), "--port", str(free_port()), "--local-cloud"
+        )
+    assert_one_line_failure(out, f"127.0.0.1:{cloud_port}", "in use", "--cloud-port")
+    assert not (data_dir / "pgdata").exists()  # refused before starting anything
 
 
 def test_advertised_address_and_external_cloud_endpoint(
