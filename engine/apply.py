@@ -170,6 +170,8 @@ class Applier:
         self.steps = build_steps(plan)
         self.done: list[Step] = []
         self.finished = 0
+        # Resources made whose rows were deleted before their ids could be written back.
+        self.vanished: dict[str, list[Record]] = {}
 
     async def run(self) -> None:
         """Runs every step; on the first failure (or a stop request) schedules nothing more,
@@ -206,12 +208,9 @@ class Applier:
 
     async def _execute(self, step: Step) -> None:
         step.token = f"{self.transaction_id}:{step.number}"
-        try:
-            await self._apply(step)
-        except Exception as exc:
-            if step.journal and _rejected(exc):  # it certainly did not happen
-                await _set_state(self.pool, step.journal, "failed")
-            raise
+        # A step that fails stays `started` in the journal: a mapper may have made the resource
+        # before a later call of its own failed, so the revert looks for it in the cloud.
+        await self._apply(step)
         self.finished += 1
         # Every step of a small commit; about every 5% of a big one, so progress stays readable.
         every = max(1, len(self.steps) // PROGRESS_LINES) if len(self.steps) > 50 else 1
@@ -277,7 +276,10 @@ class Applier:
     ) -> None:
         if result is not None and step.operation.row is not None:
             row = await write_back(conn, step.table, step.operation.row, result, self.plan)
-            self.plan.refs.learn(step.table, row)
+            if row is None:  # a user deleted the row meanwhile: its DELETE stays pending
+                self.vanished.setdefault(step.table.name, []).append(result)
+            else:
+                self.plan.refs.learn(step.table, row)
         await conn.execute(
             "UPDATE iasql_commit_journal SET state = 'done', after = $2::text::jsonb,"
             " updated_at = clock_timestamp() WHERE id = $1",
@@ -342,14 +344,6 @@ def unreachable(error: BaseException) -> bool:
     return isinstance(error, failing)
 
 
-def _rejected(error: BaseException) -> bool:
-    """Whether the cloud refused the call, so that it certainly changed nothing."""
-    if isinstance(error, ClientError):
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return 400 <= int(status) < 500
-    return isinstance(error, CloudError)
-
-
 async def _set_state(pool: asyncpg.Pool, journal: int, state: str) -> None:
     await pool.execute(
         "UPDATE iasql_commit_journal SET state = $2, updated_at = clock_timestamp() WHERE id = $1",
@@ -378,8 +372,9 @@ def _assigns(table: Table, result: Record) -> bool:
 
 async def write_back(
     conn: asyncpg.Connection, table: Table, row: Record, result: Record, plan: Plan
-) -> Record:
-    """Stores the values the cloud assigned (ids, arns, states) into the row."""
+) -> Record | None:
+    """Stores the values the cloud assigned (ids, arns, states) into the row; None when the
+    row is gone."""
     values = {
         c.name: plan.refs.to_key(c, result.get(c.name))
         for c in table.columns
@@ -392,11 +387,13 @@ async def write_back(
         where = " AND ".join(
             f"{quote_ident(c)} = ${len(names) + i + 1}" for i, c in enumerate(table.primary_key)
         )
-        await conn.execute(
+        status = await conn.execute(
             f"UPDATE {quote_ident(table.name)} SET {sets} WHERE {where}",
             *values.values(),
             *(row[c] for c in table.primary_key),
         )
+        if status == "UPDATE 0":
+            return None
     return row
 
 
@@ -428,6 +425,7 @@ async def recover(
         table = tables.get(entry["table_name"])
         label = _entry_label(table, entry)
         if table is None or table.mapper is None:
+            problems.append(f"{label}: its module is not installed")
             continue
         if down is not None:
             problems.append(f"{label}: not tried")

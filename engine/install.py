@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from engine import ddl
+from engine import audit, ddl
 from engine.database import Database
 from engine.functions import CallContext, EngineError, Row, did_you_mean
 from engine.sync import sync_tables
@@ -119,18 +119,19 @@ async def _import(
         return {}
     cloud = await db.cloud()
     counts: dict[str, int] = {}
-    async with conn.transaction():
-        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM aws_regions)"):
+    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM aws_regions)"):
+        async with conn.transaction():  # its deferred check picks the default region
             counts.update(await ensure_regions(db, conn))
-        regions = await db.enabled_regions(conn)
-        rest = [t for t in tables if t.name != "aws_regions"]
-        ctx.notify(f"importing from {len(regions)} regions")
-        # Rows users add to the new tables meanwhile are theirs: the import leaves them alone.
-        counts.update(
-            await sync_tables(
-                conn, cloud, rest, regions, kept=kept_since(db, None), notify=ctx.notify
-            )
-        )
+    regions = await db.enabled_regions(conn)
+    rest = [t for t in tables if t.name != "aws_regions"]
+    # The new tables are the import's to fill; what users write into them from now on
+    # (even while the import runs) is theirs, and the import leaves it alone. Changes from
+    # before, of a table of the same name uninstalled since, are no longer about these rows.
+    since = await audit.settled_last_id(conn)
+    ctx.notify(f"importing from {len(regions)} regions")
+    counts.update(
+        await sync_tables(conn, cloud, rest, regions, kept=kept_since(db, since), notify=ctx.notify)
+    )
     return counts
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from engine.ddl import quote_ident
+from engine.functions import EngineError
 from modules.concurrency import gather_bounded
 from modules.spec import TOKEN, Cloud, Column, ReadsSome, Record, Table
 
@@ -164,6 +165,13 @@ class Kept:
 
     def keep_row(self, table: Table, row: Record) -> None:
         self.rows.setdefault(table.name, set()).add(_primary(table, row))
+
+    def touches(self, table: Table | None, change: dict[str, Record]) -> bool:
+        """Whether an audit change (its `original` or `change` row) is on a kept row."""
+        if table is None or table.name not in self.rows:
+            return False
+        kept = self.rows[table.name]
+        return any(_primary(table, change[side]) in kept for side in change)
 
     def hidden_keys(self, table: Table, refs: References) -> tuple[set[Any], set[str]]:
         """Cloud keys and creation tokens of the resources not to import into `table`."""
@@ -352,5 +360,10 @@ async def _lock_against_writes(conn: asyncpg.Connection, tables: list[Table]) ->
     await conn.execute("SET LOCAL lock_timeout = 0")
 
 
-class SyncBlocked(Exception):
+class SyncBlocked(EngineError):
     """A sync could not lock its tables: another session holds an open write transaction."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            "55P03", message, hint="commit or roll back that session's transaction, then retry"
+        )

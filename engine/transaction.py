@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from engine.functions import CallContext, EngineError, Row
 from engine.plan import CREATE, DELETE, Plan, build_plan
 from engine.sync import Kept, References, SyncBlocked, sync_tables
 from modules.spec import CloudError, ModuleFunction, ModuleSpec, Record, Table
+
+log = logging.getLogger("iasql.transaction")
 
 COMMIT_LOCK = 0x1A5C3  # advisory lock key: one commit (or rollback, sync) at a time
 
@@ -213,7 +216,7 @@ async def commit(
         # tables where an AWS-created row is to be restored by reading the whole table.
         restored = {o.table.name for o in plan.protected}
         made = {t: r for t, r in applier.applied().items() if t not in restored}
-        await _sync_after(db, conn, ctx, plan, changes, through, made)
+        await _sync_after(db, conn, ctx, plan, changes, through, made, vanished=applier.vanished)
         await audit.mark_applied(conn, through)
         await audit.log_event(conn, "END_COMMIT", ctx.user, tid, message)
         await _close(conn, ctx, tid, "committed")
@@ -241,18 +244,27 @@ async def _sync_after(
     changes: list[audit.Change],
     through: int,
     made: dict[str, list[Record]] | None = None,
+    *,
+    current: str | None = None,
+    vanished: dict[str, list[Record]] | None = None,
 ) -> None:
     """Re-reads the tables the commit touched (for the tables in `made`, just the resources
     named there, where the mapper can), and the tables under them (creating a VPC
     creates its default security group and rules), so the rows hold what the cloud really
     has; new credentials refresh the account's regions. Rows changed after `through` (by any
-    session, while the commit ran) are left as they are: they wait for the next commit."""
+    session, while the commit ran) are left as they are: they wait for the next commit.
+    `current` and `vanished` are passed on to kept_since. Best effort: whatever fails here
+    is a notice, since the cloud has been changed already."""
     names = {t.name for t in plan.tables}
     if any(c.table_name == "aws_credentials" for c in changes):
         names.add("aws_regions")
     try:
-        await _sync_with_children(db, conn, ctx, names, after=through, only=made)
-    except REFRESH_ERRORS as exc:
+        await _sync_with_children(
+            db, conn, ctx, names, after=through, only=made, current=current, vanished=vanished
+        )
+    except Exception as exc:  # the cloud is changed already: this must not undo the commit
+        if not isinstance(exc, REFRESH_ERRORS):
+            log.exception("re-reading %s after a commit failed", ", ".join(sorted(names)))
         ctx.notify(
             f"could not re-read {', '.join(sorted(names))} from the cloud: {exc};"
             " SELECT * FROM iasql_sync() refreshes the rows later"
@@ -268,9 +280,11 @@ async def _sync_with_children(
     *,
     after: int | None = None,
     only: dict[str, list[Record]] | None = None,
+    current: str | None = None,
+    vanished: dict[str, list[Record]] | None = None,
 ) -> None:
-    """Syncs the tables `names` and every table under them, except `skip`, keeping the rows
-    with user changes after the audit id `after` (default: every change not yet applied)."""
+    """Syncs the tables `names` and every table under them, except `skip`, keeping what
+    kept_since(db, after, current, vanished) says."""
     installed = await db.installed_tables(conn)
     while more := _children(installed, names) - names:
         names |= more
@@ -281,15 +295,23 @@ async def _sync_with_children(
             await db.cloud(),
             tables,
             await db.enabled_regions(conn),
-            kept=kept_since(db, after),
+            kept=kept_since(db, after, current=current, vanished=vanished),
             notify=ctx.notify,
             only=only,
         )
 
 
-def kept_since(db: Database, after: int | None) -> Callable[[asyncpg.Connection], Awaitable[Kept]]:
+def kept_since(
+    db: Database,
+    after: int | None,
+    *,
+    current: str | None = None,
+    vanished: dict[str, list[Record]] | None = None,
+) -> Callable[[asyncpg.Connection], Awaitable[Kept]]:
     """What a sync must leave alone (see sync.Kept): the rows of user changes after the audit
-    id `after` (None: after the last applied one), and what failed commits left in the cloud."""
+    id `after` (None: after the last applied one); what failed commits left in the cloud,
+    and what the commit `current` (being undone) left there; and `vanished`, resources a
+    commit made whose rows a user deleted before their ids were written back."""
 
     async def load(conn: asyncpg.Connection) -> Kept:
         kept = Kept()
@@ -303,17 +325,21 @@ def kept_since(db: Database, after: int | None) -> Callable[[asyncpg.Connection]
                     kept.keep_row(table, change.change[side])
             if "original" in change.change:
                 kept.originals.setdefault(table.name, []).append(change.change["original"])
-        for orphan in await conn.fetch(_LEFTOVER_CREATES):
+        for orphan in await conn.fetch(_LEFTOVER_CREATES, current or ""):
             kept.orphans.setdefault(orphan["table_name"], []).append(orphan["after"])
+        for table_name, records in (vanished or {}).items():
+            kept.orphans.setdefault(table_name, []).extend(records)
         return kept
 
     return load
 
 
-# Journal entries of failed or recovered commits whose undo has not succeeded yet.
+# Journal entries of failed or recovered commits (or of the commit $1, being undone) whose
+# undo has not succeeded yet.
 _LEFTOVERS = (
     "FROM iasql_commit_journal j JOIN iasql_transaction t USING (transaction_id)"
-    " WHERE t.outcome IN ('failed', 'recovered') AND j.state IN ('started', 'done')"
+    " WHERE (t.outcome IN ('failed', 'recovered') OR t.transaction_id = $1)"
+    " AND j.state IN ('started', 'done')"
 )
 _LEFTOVER_CREATES = (
     f"SELECT j.table_name, j.after {_LEFTOVERS} AND j.action = 'create' AND j.after IS NOT NULL"
@@ -340,8 +366,8 @@ async def _revert(
     ctx.notify("commit cancelled: undoing" if cancelled else f"commit failed: {failure}; undoing")
     await audit.log_event(conn, "START_REVERT", ctx.user, tid)
     left = await applier.revert(await db.enabled_regions(conn))
-    await _undo_rows(db, conn, changes)
-    await _sync_after(db, conn, ctx, applier.plan, changes, through)
+    await _undo_rows(db, conn, changes, through)
+    await _sync_after(db, conn, ctx, applier.plan, changes, through, current=tid)
     await audit.mark_applied(conn, through)
     await audit.log_event(conn, "END_REVERT", ctx.user, tid)
     text = "canceled by user request" if cancelled else f"commit failed: {failure}"
@@ -368,10 +394,16 @@ async def _revert(
     )
 
 
-async def _undo_rows(db: Database, conn: asyncpg.Connection, changes: list[audit.Change]) -> None:
+async def _undo_rows(
+    db: Database, conn: asyncpg.Connection, changes: list[audit.Change], through: int
+) -> None:
+    """Reverses `changes`, except on rows that a user changed again after `through`: the
+    later change stays as written, pending for the next commit."""
     tables = {t.name: t for t in await db.installed_tables(conn)}
+    later = await kept_since(db, through)(conn)
+    mine = [c for c in changes if not later.touches(tables.get(c.table_name), c.change)]
     async with conn.transaction():
-        await audit.undo(conn, changes, tables)
+        await audit.undo(conn, mine, tables)
 
 
 # --- rollback ---------------------------------------------------------------------------
@@ -391,7 +423,7 @@ async def rollback(db: Database, ctx: CallContext, force: bool) -> list[Row]:
         changes = await audit.pending_changes(conn, db.engine_user)
         changes = [c for c in changes if c.id <= through]
         plan = await plan_changes(db, conn, changes)
-        await _undo_rows(db, conn, changes)
+        await _undo_rows(db, conn, changes, through)
         await _sync_after(db, conn, ctx, plan, changes, through)
         await audit.mark_applied(conn, through)
         if transaction is not None:
@@ -406,27 +438,30 @@ async def recover_interrupted(db: Database, ctx: CallContext, *, locked: bool = 
     """Finds a commit cut short by a crash and undoes it (cloud first, then rows), then
     retries the undos that failed commits could not finish."""
     async with db.pool.acquire() as conn:
-        interrupted = await conn.fetchrow(
-            "SELECT transaction_id, applying_through FROM iasql_transaction"
-            " WHERE outcome = 'committing'"
-        )
-        leftovers = [r["transaction_id"] for r in await conn.fetch(_LEFTOVER_TRANSACTIONS)]
+        interrupted = await conn.fetchrow(_INTERRUPTED)
+        leftovers = await conn.fetch(_LEFTOVER_TRANSACTIONS, "")
         if interrupted is None and not leftovers:
             return
         if not locked and not await conn.fetchval("SELECT pg_try_advisory_lock($1)", COMMIT_LOCK):
             return  # that commit is alive, in this or another process
         try:
+            # Again under the lock: the commit seen above may have ended meanwhile.
+            interrupted = await conn.fetchrow(_INTERRUPTED)
+            recovered = None
             if interrupted is not None:
-                await _recover(
-                    db, conn, ctx, interrupted["transaction_id"], interrupted["applying_through"]
-                )
-            for tid in await conn.fetch(_LEFTOVER_TRANSACTIONS):
-                await _retry_undo(db, conn, ctx, tid["transaction_id"])
+                recovered = interrupted["transaction_id"]
+                await _recover(db, conn, ctx, recovered, interrupted["applying_through"])
+            for tid in await conn.fetch(_LEFTOVER_TRANSACTIONS, ""):
+                if tid["transaction_id"] != recovered:  # just tried: not again at once
+                    await _retry_undo(db, conn, ctx, tid["transaction_id"])
         finally:
             if not locked:
                 await conn.execute("SELECT pg_advisory_unlock($1)", COMMIT_LOCK)
 
 
+_INTERRUPTED = (
+    "SELECT transaction_id, applying_through FROM iasql_transaction WHERE outcome = 'committing'"
+)
 _LEFTOVER_TRANSACTIONS = (
     f"SELECT j.transaction_id, min(j.id) AS first {_LEFTOVERS}"
     " GROUP BY j.transaction_id ORDER BY first"
@@ -468,13 +503,21 @@ async def _recover(
             "SELECT DISTINCT table_name FROM iasql_commit_journal WHERE transaction_id = $1", tid
         )
     }
-    await _undo_rows(db, conn, changes)
+    await _undo_rows(db, conn, changes, through)
     touched = journaled | {c.table_name for c in changes}
     tables = [t for t in installed if t.name in touched and t.mapper is not None]
     if tables and not problems:
-        await sync_tables(
-            conn, await db.cloud(), tables, regions, kept=kept_since(db, through), notify=ctx.notify
-        )
+        try:
+            await sync_tables(
+                conn,
+                await db.cloud(),
+                tables,
+                regions,
+                kept=kept_since(db, through, current=tid),
+                notify=ctx.notify,
+            )
+        except Exception as exc:  # the rows are back already; this refresh can wait
+            ctx.notify(f"could not re-read {', '.join(t.name for t in tables)}: {exc}")
     await audit.mark_applied(conn, through)
     text = "commit interrupted (the server stopped); undone"
     if problems:

@@ -241,3 +241,56 @@ def test_a_cloud_going_away_mid_commit_is_reported_and_cleaned_up_later(
     assert rows(conn, "SELECT count(*) FROM queue") == [(0,)]
     assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
     conn.execute("SELECT * FROM iasql_rollback()")
+
+
+def test_a_failed_commit_keeps_what_another_session_changed_meanwhile(
+    relayed: Any, env_url: str
+) -> None:
+    conn, other, moto, relay = relayed
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("INSERT INTO queue (name, visibility_timeout) VALUES ('good', 30)")
+    conn.execute("INSERT INTO queue (name, maximum_message_size) VALUES ('broken', 1)")
+    relay.relay.delay_seconds = DELAY
+    commit = Background(env_url, "SELECT * FROM iasql_commit()")
+    wait_until(lambda: journal_count(other, "started") + journal_count(other, "done") > 0)
+    other.execute("UPDATE queue SET visibility_timeout = 99 WHERE name = 'good'")
+    commit.join()
+    relay.relay.delay_seconds = 0
+    assert isinstance(commit.error, psycopg.Error) and commit.error.sqlstate == "58000"
+    assert cloud_queues(moto) == []
+    # The failed transaction's own rows are undone; the later edit is not.
+    assert rows(conn, "SELECT name, visibility_timeout FROM queue") == [("good", 99)]
+    assert rows(conn, "SELECT action, description FROM iasql_preview()") == [
+        ("create", "good/us-east-1")
+    ]
+
+
+def test_a_row_deleted_while_its_resource_is_created_stays_deleted(
+    relayed: Any, env_url: str
+) -> None:
+    """The VPC id is assigned by AWS: the row's DELETE, made before the id is written back,
+    names no VPC. The VPC is not imported back as a row, and the next commit deletes it."""
+    conn, other, moto, relay = relayed
+    conn.execute("SELECT * FROM iasql_install('aws_vpc')")
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO vpc (cidr_block, tags) VALUES ('10.7.0.0/16', '{\"Name\": \"gone\"}')"
+    )
+    relay.relay.delay_seconds = DELAY
+    commit = Background(env_url, "SELECT * FROM iasql_commit()")
+    wait_until(lambda: journal_count(other, "started") > 0)
+    other.execute("DELETE FROM vpc WHERE cidr_block = '10.7.0.0/16'")
+    commit.join()
+    relay.relay.delay_seconds = 0
+    assert commit.error is None, commit.error
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto.endpoint)
+    made = ec2.describe_vpcs(Filters=[{"Name": "cidr-block", "Values": ["10.7.0.0/16"]}])
+    assert len(made["Vpcs"]) == 1
+    assert rows(conn, "SELECT count(*) FROM vpc WHERE cidr_block = '10.7.0.0/16'") == [(0,)]
+    assert rows(
+        conn, "SELECT action, table_name FROM iasql_preview() WHERE table_name = 'vpc'"
+    ) == [("delete", "vpc")]
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("SELECT * FROM iasql_commit()")
+    made = ec2.describe_vpcs(Filters=[{"Name": "cidr-block", "Values": ["10.7.0.0/16"]}])
+    assert made["Vpcs"] == []
