@@ -170,13 +170,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie: an orphaned postmaster that exited may wait to be reaped."""
+def running(pid: int) -> bool:
+    """Alive and not a zombie: an orphan that exited may wait a while to be reaped."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
         return _pid_alive(pid)
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def stop_process(pid: int, steps: tuple[tuple[signal.Signals, float], ...]) -> bool:
+    """Sends each signal of `steps` in turn, waiting up to its seconds for `pid` to exit.
+    True once it has; PermissionError when the process is not ours to signal."""
+    for sig, wait in steps:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not running(pid):
+                return True
+            time.sleep(0.05)
+    return False
 
 
 def _parent_death_signal(sig: signal.Signals) -> Callable[[], None] | None:
@@ -401,23 +419,17 @@ class LocalPostgres:
         if not lines or not lines[0].strip().isdigit():
             return None
         pid = int(lines[0])
-        if not _running(pid) or not _is_postmaster_of(pid, self.pgdata):
+        if not running(pid) or not _is_postmaster_of(pid, self.pgdata):
             return None
         # fast shutdown, then immediate (crash recovery at the next start), then SIGKILL
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
+        steps = ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0))
+        try:
+            if stop_process(pid, steps):
                 return pid
-            except PermissionError as e:
-                raise PostgresError(
-                    f"a postgres (pid {pid}) is already running on {self.pgdata}"
-                ) from e
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if not _running(pid):
-                    return pid
-                time.sleep(0.05)
+        except PermissionError as e:
+            raise PostgresError(
+                f"a postgres (pid {pid}) is already running on {self.pgdata}"
+            ) from e
         raise PostgresError(f"cannot stop the postgres (pid {pid}) left running on {self.pgdata}")
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:

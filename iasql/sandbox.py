@@ -6,7 +6,6 @@ outlives the process, and keeps its port and pid in a state file next to the jou
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from iasql.postgres import free_port
+from iasql.postgres import free_port, running, stop_process
 
 
 class SandboxError(Exception):
@@ -128,23 +127,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan that exited may wait a while to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
 def stop_stale(state_file: Path, journal: Path, timeout: float = 10) -> int | None:
     """Stops the sandbox a previous server left running on `journal` (when it died by
     `kill -9` and its sandbox has not exited yet). Returns its pid, if there was one."""
@@ -157,12 +139,6 @@ def stop_stale(state_file: Path, journal: Path, timeout: float = 10) -> int | No
         return None
     if b"iasql.sandbox_server" not in command or str(journal).encode() not in command:
         return None  # the pid was reused by something else
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not running(pid):
-                return pid
-            time.sleep(0.05)
+    if stop_process(pid, ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0))):
+        return pid
     raise SandboxError(f"cannot stop the local cloud (pid {pid}) left running by a previous server")
