@@ -18,6 +18,8 @@ from iasql.sandbox import MotoServer
 from tests.conftest import PASSWORD, SUPERUSER, add_credentials, reachable_tempdir
 from tests.test_cli import Server
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 ATTEMPT = re.compile(
     r"the backing Postgres is unreachable \(attempt (\d+): [^\n]+\); next attempt in ([\d.]+) s"
 )

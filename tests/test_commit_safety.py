@@ -18,6 +18,8 @@ from iasql.relay import RelayThread
 from iasql.sandbox import MotoServer
 from tests.conftest import only_regions, rows
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 DELAY = 0.15  # per AWS request: a commit of a few resources takes a second or two
 
 

@@ -19,6 +19,8 @@ from iasql.sandbox import MotoServer
 from tests.conftest import add_credentials, reachable_tempdir
 from tests.test_cli import Server
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 COUNT = 200
 
 

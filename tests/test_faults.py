@@ -23,6 +23,8 @@ from engine.cloud import cloud_failure
 from iasql.relay import RelayThread
 from tests.conftest import RunningServer, only_regions, rows
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 SECRET = "a-very-secret-key"
 GUARD = 60.0  # seconds: a statement still running then is cancelled (and the test fails)
 FAULTS = ("500", "drop", "refuse", "dark")

@@ -18,6 +18,8 @@ from iasql.postgres import LocalPostgres, free_port
 from tests.conftest import reachable_tempdir
 from tests.test_cli import Server
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 SIZE = 64 << 20  # the statement; --max-message-size is 128 MiB by default
 ALLOWANCE = 48 << 20  # the rest: result rows, the rewrite, allocator slack, buffers
 

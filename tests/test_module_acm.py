@@ -28,6 +28,8 @@ from modules.spec import CloudError
 from tests.conftest import add_credentials, in_cloud, rows
 from tests.test_module_vpc import REGION, mapper
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 
 def make_certificate(domain: str) -> tuple[str, str]:
     """A self-signed PEM certificate for `domain` and its PEM private key."""

@@ -25,6 +25,8 @@ from tests.conftest import (
     rows,
 )
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 REGION = "us-east-1"
 SSM_AMI = "resolve:ssm:/aws/service/ami-amazon-linux-latest/amzn2-ami-hvm-x86_64-gp2"
 EC2_TRUST = json.dumps(

@@ -28,6 +28,8 @@ from tests.conftest import add_credentials, commit, in_cloud, rows
 from tests.test_module_acm import make_certificate, only_one_region
 from tests.test_module_vpc import REGION, mapper
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 ASSIGNED = "iasql:assigned-security-groups"
 
 # --- helpers -------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from modules.aws_iam import (
 from modules.spec import CloudError
 from tests.conftest import RunningServer, add_credentials, in_cloud, rows
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 ACCOUNT = "123456789012"  # moto's account
 READ_ONLY = "arn:aws:iam::aws:policy/ReadOnlyAccess"  # AWS-managed: needs the sandbox switch
 

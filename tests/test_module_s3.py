@@ -25,6 +25,8 @@ from modules.aws_s3 import (
 from modules.spec import TOKEN, CloudError, Record
 from tests.conftest import add_credentials, rows
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 
 def s3_client(moto: MotoServer, region: str) -> Any:
     return boto3.client("s3", region_name=region, endpoint_url=moto.endpoint)

@@ -27,6 +27,8 @@ from modules.spec import TOKEN, TOKEN_TAG, CloudError, Record
 from tests.conftest import add_credentials, in_cloud, rows
 from tests.test_module_vpc import REGION, ec2_client, mapper, new_vpc, read_by
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 # --- helpers -------------------------------------------------------------------------------
 
 

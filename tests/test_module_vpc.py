@@ -21,6 +21,8 @@ from modules.aws_vpc.ec2 import (
 from modules.spec import TOKEN, TOKEN_TAG, CloudError, Mapper, Record
 from tests.conftest import in_cloud
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 T = TypeVar("T")
 REGION = "us-east-1"
 

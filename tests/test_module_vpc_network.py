@@ -25,6 +25,8 @@ from modules.aws_vpc.network import (
 )
 from tests.conftest import RunningServer, add_credentials, one, only_regions, rows
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 REGION = "us-east-1"
 MINE = (
     "'network_acl', 'subnet', 'peering_connection', 'endpoint_gateway', 'endpoint_interface',"

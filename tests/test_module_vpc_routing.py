@@ -22,6 +22,8 @@ from modules.aws_vpc.routing import (
 )
 from tests.conftest import RunningServer, add_credentials, commit, one, only_regions, rows
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 REGION = "us-east-1"
 
 

@@ -14,6 +14,8 @@ import pytest
 from iasql.sandbox import MotoServer
 from tests.conftest import add_credentials, only_regions, rows
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 MODULES = ("aws_s3", "aws_cloudwatch", "aws_sqs", "aws_vpc", "aws_security_group")
 
 

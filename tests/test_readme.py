@@ -18,6 +18,8 @@ from iasql.postgres import LocalPostgres, free_port
 from tests.conftest import psql_env, reachable_tempdir
 from tests.test_cli import Server, created_url, iasql
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECTION = "Promoting a change from staging to prod"
 

@@ -27,6 +27,8 @@ from tests.conftest import RunningServer, add_credentials, only_regions, rows
 from tests.test_cli import IASQL, cli_env
 from tests.test_module_acm import make_certificate
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 REGION = "us-east-1"
 MODULES = ("aws_vpc", "aws_security_group", "aws_iam", "aws_acm", "aws_elb", "aws_ec2")
 AMI = "resolve:ssm:/aws/service/ami-amazon-linux-latest/amzn2-ami-hvm-x86_64-gp2"
