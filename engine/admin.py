@@ -1,7 +1,9 @@
 """Environment databases: one database and one login role per environment (dev, staging, ...).
 
 The registry lives in the server's admin database; each role can connect to its own database
-only, with a generated password checked by Postgres itself (SCRAM).
+only, with a generated password checked by Postgres itself (SCRAM). PUBLIC keeps no CONNECT or
+TEMPORARY on any database (close_other_databases), and in its own database a role creates
+objects in its own schema, never in `public` (engine.platform.secure).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from urllib.parse import quote
 
 import asyncpg
 
+from engine import platform
 from engine.ddl import quote_ident, quote_literal
 from engine.functions import EngineError, Row
 
@@ -57,8 +60,41 @@ async def ensure_admin_database(conn: asyncpg.Connection) -> None:
     """Creates the admin database on first start; only the server's admin may connect to it."""
     exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", ADMIN_DATABASE)
     if not exists:
-        await conn.execute(f"CREATE DATABASE {ADMIN_DATABASE}")
-    await conn.execute(f"REVOKE CONNECT ON DATABASE {ADMIN_DATABASE} FROM PUBLIC")
+        await conn.execute(f"CREATE DATABASE {ADMIN_DATABASE} TEMPLATE template0")
+    await conn.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {ADMIN_DATABASE} FROM PUBLIC")
+
+
+async def close_other_databases(conn: asyncpg.Connection) -> list[str]:
+    """Takes from PUBLIC what it gets by default (CONNECT, TEMPORARY) on every database of
+    the backing Postgres (`postgres`, `template1`, the admin database, any other), so that an
+    environment's role reaches its own database only: each environment database grants its
+    own role. Returns the databases where PUBLIC keeps a privilege, because the server's role
+    may not change them (it neither owns them nor is a superuser)."""
+    opened = await conn.fetch(
+        "SELECT datname FROM pg_database WHERE datallowconn"
+        " AND (has_database_privilege('public', oid, 'CONNECT')"
+        " OR has_database_privilege('public', oid, 'TEMPORARY')) ORDER BY datname"
+    )
+    kept = []
+    for row in opened:
+        name = quote_ident(row["datname"])
+        try:  # without a grant option this is only a warning, except on a database we can't use
+            await conn.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM PUBLIC")
+        except asyncpg.InsufficientPrivilegeError:
+            kept.append(row["datname"])
+            continue
+        if await conn.fetchval(
+            "SELECT has_database_privilege('public', $1, 'CONNECT')"
+            " OR has_database_privilege('public', $1, 'TEMPORARY')",
+            row["datname"],
+        ):
+            kept.append(row["datname"])
+    return kept
+
+
+async def is_environment(admin: asyncpg.Connection, name: str) -> bool:
+    """Whether `name` is one of the environment databases in the registry."""
+    return bool(await admin.fetchval("SELECT 1 FROM iasql_database WHERE alias = $1", name))
 
 
 async def prepare_registry(admin: asyncpg.Connection) -> None:
@@ -88,12 +124,17 @@ async def connect_database(
     # CREATE ROLE hashes the password with SCRAM before it is stored (password_encryption).
     await admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD {quote_literal(password)}")
     try:
-        await admin.execute(f"CREATE DATABASE {name}")
+        # From template0, which no one can connect to: nothing made in template1 comes along.
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
         await admin.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM PUBLIC")
         await admin.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {name} TO {name}")
-        env = await asyncpg.connect(server_dsn, database=alias)
+        env = await asyncpg.connect(
+            server_dsn,
+            database=alias,
+            server_settings={"search_path": platform.ENGINE_SEARCH_PATH},
+        )
         try:
-            await env.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {name}")
+            await platform.secure(env, alias)
         finally:
             await env.close()
         await admin.execute("INSERT INTO iasql_database (alias, role_name) VALUES ($1, $1)", alias)

@@ -77,8 +77,15 @@ class Engine:
         conn = await asyncpg.connect(self.config.backend_dsn)
         try:
             await admin.ensure_admin_database(conn)
+            kept = await admin.close_other_databases(conn)
         finally:
             await conn.close()
+        if kept:
+            log.warning(
+                "the environments' roles can still connect to %s: this server's role may not"
+                " revoke CONNECT from PUBLIC there (do it as their owner)",
+                ", ".join(kept),
+            )
         async with self._admin_lock:
             await admin.prepare_registry(await self._admin_connection())
         self._recovery = asyncio.ensure_future(self._watch_backend())
@@ -168,7 +175,8 @@ class Engine:
                 )
 
     async def database(self, name: str) -> Database:
-        """The environment database `name`, its platform schema ensured on first use."""
+        """The environment database `name`, its platform schema ensured on first use. Only
+        the registry's environment databases have one: the engine opens no pool elsewhere."""
         if name == admin.ADMIN_DATABASE:
             raise EngineError(
                 "0A000",
@@ -178,6 +186,17 @@ class Engine:
         async with self._databases_lock:
             db = self._databases.get(name)
             if db is None:
+                async with self._admin_lock:
+                    registered = await admin.is_environment(await self._admin_connection(), name)
+                if not registered:
+                    raise EngineError(
+                        "0A000",
+                        f"iasql functions run only in environment databases, and {name!r} is"
+                        " not one",
+                        hint="connect to an environment database (SELECT * FROM iasql_db_list()"
+                        f" on the admin database {admin.ADMIN_DATABASE!r} lists them), or"
+                        " create one with: iasql db create NAME",
+                    )
                 db = await Database.open(
                     self.config.backend_dsn,
                     name,
@@ -492,7 +511,9 @@ class Engine:
     async def _help(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         """The built-in functions, and the RPCs of the modules installed here."""
         installed: set[str] = set()
-        if ctx.database != admin.ADMIN_DATABASE:
+        async with self._admin_lock:
+            environment = await admin.is_environment(await self._admin_connection(), ctx.database)
+        if environment:
             installed = set(await (await self.database(ctx.database)).installed())
         return [
             {

@@ -44,12 +44,19 @@ class Database:
         # min_size 0: no floor for asyncpg to restore in the background, which, while the
         # backing Postgres is down, it retries with a traceback in the log each time. A
         # connection lost with a restart is replaced when next acquired.
+        # A fixed search path: nothing a user may create is on it (see platform.secure).
         pool = await asyncpg.create_pool(
-            dsn, database=name, min_size=0, max_size=8, init=_init_connection
+            dsn,
+            database=name,
+            min_size=0,
+            max_size=8,
+            init=_init_connection,
+            server_settings={"search_path": platform.ENGINE_SEARCH_PATH},
         )
         async with pool.acquire() as conn:
             engine_user = await conn.fetchval("SELECT session_user")
             await platform.ensure(conn, functions)
+            await platform.secure(conn, name)  # the environment's role has its name
             if default_endpoint is None:
                 await conn.execute("DELETE FROM iasql_settings WHERE key = 'default_endpoint_url'")
             else:

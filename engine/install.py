@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from engine import audit, ddl
+from engine import audit, ddl, platform
 from engine.database import Database
 from engine.functions import CallContext, EngineError, Row, did_you_mean
 from engine.sync import sync_tables
@@ -74,10 +74,12 @@ async def install(db: Database, ctx: CallContext, names: list[str]) -> list[Row]
 
 async def _check_collisions(conn: asyncpg.Connection, modules: list[ModuleSpec]) -> None:
     names = [t.name for m in modules for t in m.tables]
+    # A user's table in their own schema would hide the module's from them.
     taken = await conn.fetch(
-        "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = 'public' AND relname = ANY($1::text[]) ORDER BY relname",
+        "SELECT DISTINCT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname IN ('public', $2) AND relname = ANY($1::text[]) ORDER BY relname",
         names,
+        platform.USER_SCHEMA,
     )
     if taken:
         tables = ", ".join(r["relname"] for r in taken)

@@ -9,11 +9,14 @@ a user who cannot.
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import asyncpg
 
-from engine.ddl import quote_literal
+from engine.ddl import quote_ident, quote_literal
 from engine.functions import REQUIRED, FunctionSpec
+
+log = logging.getLogger("iasql.engine")
 
 _SETUP_LOCK = 0x1A5C1  # advisory lock key: one engine at a time sets a database up
 
@@ -102,27 +105,33 @@ CREATE TABLE IF NOT EXISTS iasql_settings (
 
 -- Records each row change, with the transaction open at write time. TG_ARGV names secret
 -- columns, which are left out of the log.
+-- It runs as the engine's role for every user's write, so its search path is pinned with
+-- pg_temp last (a user's temp table must not catch the log's rows) and every name in it is
+-- qualified.
 CREATE OR REPLACE FUNCTION iasql_audit() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     tx text;
     secrets text[] := coalesce(TG_ARGV, ARRAY[]::text[]);  -- NULL when no column is secret
     entry jsonb;
 BEGIN
-    SELECT transaction_id INTO tx FROM iasql_transaction WHERE closed_at IS NULL;
+    SELECT t.transaction_id INTO tx FROM public.iasql_transaction t WHERE t.closed_at IS NULL;
     IF TG_OP = 'INSERT' THEN
-        entry := jsonb_build_object('change', to_jsonb(NEW) - secrets);
+        entry := pg_catalog.jsonb_build_object(
+            'change', pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) secrets);
     ELSIF TG_OP = 'DELETE' THEN
-        entry := jsonb_build_object('original', to_jsonb(OLD) - secrets);
+        entry := pg_catalog.jsonb_build_object(
+            'original', pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) secrets);
     ELSE
-        IF to_jsonb(NEW) = to_jsonb(OLD) THEN
+        IF pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.=) pg_catalog.to_jsonb(OLD) THEN
             RETURN NULL;
         END IF;
-        entry := jsonb_build_object('original', to_jsonb(OLD) - secrets,
-                                    'change', to_jsonb(NEW) - secrets);
+        entry := pg_catalog.jsonb_build_object(
+            'original', pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) secrets,
+            'change', pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) secrets);
     END IF;
-    INSERT INTO iasql_audit_log ("user", table_name, change_type, change, transaction_id)
-    VALUES (session_user, TG_TABLE_NAME, TG_OP::iasql_change_type, entry, tx);
+    INSERT INTO public.iasql_audit_log ("user", table_name, change_type, change, transaction_id)
+    VALUES (session_user, TG_TABLE_NAME, TG_OP::public.iasql_change_type, entry, tx);
     RETURN NULL;
 END $$;
 """
@@ -136,6 +145,15 @@ _PLATFORM_TABLES = (
     "iasql_commit_journal",
     "iasql_settings",
 )
+_PLATFORM_SEQUENCES = ("iasql_audit_log_id_seq", "iasql_commit_journal_id_seq")
+
+# The schema where an environment's role creates its own tables, functions and types. The
+# role may not create anything in `public`, where iasql's tables live: the engine's queries,
+# run as a privileged role with `public` in their search path, could otherwise pick a
+# function or operator a user made there (the CVE-2018-1058 class).
+USER_SCHEMA = "app"
+# The search path of the engine's own connections, and of its SECURITY DEFINER functions.
+ENGINE_SEARCH_PATH = "public, pg_temp"
 
 
 def _stub_sql(spec: FunctionSpec) -> str:
@@ -176,8 +194,59 @@ async def ensure(conn: asyncpg.Connection, functions: list[FunctionSpec]) -> Non
             await conn.execute(stub)
         await conn.execute(f"REVOKE ALL ON {', '.join(_PLATFORM_TABLES)} FROM PUBLIC")
         await conn.execute(f"GRANT SELECT ON {', '.join(_PLATFORM_TABLES)} TO PUBLIC")
+        # Read, never advanced, by users: what pg_dump needs to back an environment up.
+        await conn.execute(f"GRANT SELECT ON SEQUENCE {', '.join(_PLATFORM_SEQUENCES)} TO PUBLIC")
         await conn.execute(
             "INSERT INTO iasql_settings VALUES ('schema_version', $1)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             version,
+        )
+
+
+async def secure(conn: asyncpg.Connection, role: str) -> None:
+    """Locks the connected environment database down for its role (idempotent, so that it
+    also brings databases made by earlier versions up to date): the role may not create
+    anything in `public` and gets a schema of its own, first in its search path; each
+    SECURITY DEFINER function of the engine has its search path pinned with pg_temp last."""
+    name = quote_ident(role)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SETUP_LOCK)
+        if await conn.fetchval("SELECT has_schema_privilege($1, 'public', 'CREATE')", role):
+            await conn.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {name}")
+            await conn.execute(f"GRANT USAGE ON SCHEMA public TO {name}")
+        if await conn.fetchval("SELECT to_regnamespace($1) IS NULL", USER_SCHEMA):
+            database = quote_ident(await conn.fetchval("SELECT current_database()"))
+            await conn.execute(f"CREATE SCHEMA {USER_SCHEMA} AUTHORIZATION {name}")
+            await conn.execute(
+                f"ALTER ROLE {name} IN DATABASE {database} SET search_path = {USER_SCHEMA}, public"
+            )
+        unpinned = await conn.fetch(
+            "SELECT p.oid::regprocedure::text AS signature FROM pg_catalog.pg_proc p"
+            " WHERE p.prosecdef AND p.pronamespace = 'public'::regnamespace"
+            " AND p.proowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)"
+            " AND NOT coalesce(p.proconfig @> ARRAY[$1], false)",
+            f"search_path={ENGINE_SEARCH_PATH}",
+        )
+        for row in unpinned:
+            await conn.execute(
+                f"ALTER FUNCTION {row['signature']} SET search_path = {ENGINE_SEARCH_PATH}"
+            )
+    # Made by a user before `public` was closed to them (an earlier version): the engine's
+    # queries could pick these up. They are the user's, so they are only reported.
+    owners = await conn.fetch(
+        "SELECT DISTINCT r.rolname FROM ("
+        "  SELECT proowner AS owner FROM pg_catalog.pg_proc"
+        "  WHERE pronamespace = 'public'::regnamespace"
+        "  UNION ALL SELECT oprowner FROM pg_catalog.pg_operator"
+        "  WHERE oprnamespace = 'public'::regnamespace"
+        ") o JOIN pg_catalog.pg_roles r ON r.oid = o.owner"
+        " WHERE r.rolname <> current_user AND NOT r.rolsuper ORDER BY 1"
+    )
+    if owners:
+        log.warning(
+            "database %s: schema public has functions or operators of %s; iasql's own queries"
+            " could run them: move them to schema %s",
+            await conn.fetchval("SELECT current_database()"),
+            ", ".join(r["rolname"] for r in owners),
+            USER_SCHEMA,
         )

@@ -2,8 +2,10 @@
 
 A call such as `iasql_modules_list()` is replaced by
 `(SELECT * FROM jsonb_to_recordset(<rows>::jsonb) AS t(module_name text, ...))`, where
-`<rows>` is either a string literal holding the engine's rows as JSON (simple query) or an
-extra parameter filled in at Bind time (extended query). The backing Postgres then evaluates
+`<rows>` is an extra parameter filled in at Bind time with the engine's rows as JSON (a simple
+Query's statement is sent the extended way for that: see proxy/session.py `_extended_piece`),
+so that the rows, secrets included, never appear in a statement's text, which Postgres logs
+when it fails. (`render_with_rows` inlines them as literals.) The backing Postgres then evaluates
 the whole statement, so WHERE, ORDER BY, joins and RowDescription are exactly Postgres's.
 """
 

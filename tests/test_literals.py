@@ -120,11 +120,14 @@ def test_a_call_beside_a_long_literal_keeps_its_bytes(literal: str) -> None:
     [run] = new.client_data(pg.query(sql))
     assert isinstance(run, RunEngine)
     rows = [[{"version": "1.2"}]]
-    sent = query_text(to_server(new.engine_done(rows, None)))
+    # Sent as Parse (its rows a parameter), Bind, Describe, Execute, Sync.
+    kind, body = frames(to_server(new.engine_done(rows, None)))[0]
+    assert kind == b"P" and body.startswith(b"\x00")  # the unnamed statement
+    sent = body[1 : body.index(b"\x00", 1)]
     assert sent.endswith(f" WHERE {literal} <> ''".encode())  # verbatim, not re-printed
     # The rest is what pglast prints when it parses the whole statement.
     [whole] = split_statements(sql, CATALOG) or []
-    assert sent.split(b" WHERE ")[0] == whole.render_with_rows(rows).split(" WHERE ")[0].encode()
+    assert sent.split(b" WHERE ")[0] == whole.render_with_params(1).split(" WHERE ")[0].encode()
 
 
 def test_plain_statements_around_a_call_keep_their_long_literals() -> None:

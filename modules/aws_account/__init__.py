@@ -8,8 +8,9 @@ from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Ref, Tab
 # Functions the tables use. `default_aws_region()` is the default of every region column.
 _SETUP = (
     """CREATE OR REPLACE FUNCTION aws_default_endpoint() RETURNS varchar
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
-        SELECT value FROM iasql_settings WHERE key = 'default_endpoint_url'
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+        SELECT s.value FROM public.iasql_settings s
+        WHERE s.key OPERATOR(pg_catalog.=) 'default_endpoint_url'
     $$""",
 )
 
