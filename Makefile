@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench deps
+.PHONY: run test lint bench deps clients
 
 $(VENV)/.installed: requirements.lock pyproject.toml setup.py proxy/_frames.c
 	python3 -m venv $(VENV)
@@ -21,7 +21,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: deps lint
+# pgjdbc, a headless JRE and node-postgres, for tests/test_clients.py
+clients:
+	bash scripts/ensure-clients.sh
+
+test: deps clients lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 bench: deps

@@ -105,6 +105,8 @@ def client_env(password: str) -> dict[str, str]:
     # Stray PG* variables (PGDATABASE, PGSSLMODE...) would change what pgbench does.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGPASSWORD"] = password
+    # iasql offers TLS, which libpq's default (prefer) would take; the other targets have none.
+    env["PGSSLMODE"] = "disable"
     return env
 
 
