@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,16 +25,24 @@ from engine import Engine, EngineConfig
 from engine.admin import ADMIN_DATABASE, PublicAddress
 from engine.core import server_version
 from engine.transaction import TransactionSettings
+from iasql.certs import ensure_certificate, names_for
 from iasql.postgres import LocalPostgres, PostgresError
 from iasql.promote import PromotionError, add_promote
 from iasql.sandbox import MotoServer, SandboxError, read_json, stop_stale
+from proxy.limits import ConnectionLimits
 from proxy.server import BackendAddress, ProxyServer
+from proxy.tls import TlsConfigError, backend_tls, server_context
 
 ADMIN_USER = "iasql"
 STATE_FILE = "server.json"
 LOCK_FILE = "serve.lock"  # held (flock) by the `iasql serve` that owns the data directory
 SANDBOX_FILE = "sandbox.json"  # the local cloud's port, kept across restarts, and its pid
 JOURNAL_FILE = "sandbox-journal.jsonl"  # the local cloud's state (iasql/sandbox_server.py)
+# Connections of the backing Postgres kept for the engine: its pools (up to 8 per environment
+# in use), its admin and watch connections, and the proxy's password lookups.
+ENGINE_CONNECTIONS = 20
+DEFAULT_MAX_CONNECTIONS = 100
+DEFAULT_MAX_CONNECTIONS_PER_DB = 50
 
 
 class StartupError(Exception):
@@ -83,10 +92,52 @@ def add_serve(commands: Any) -> None:
         help="HOST[:PORT] written into the URLs iasql hands out (default: the listen address)",
     )
     serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env_default("TLS_CERT"),
+        help="the server's TLS certificate (PEM, chain included); default: one signed by a CA"
+        " that iasql makes in DATA_DIR/tls at the first start",
+    )
+    serve.add_argument(
+        "--tls-key", type=Path, default=env_default("TLS_KEY"), help="the key of --tls-cert"
+    )
+    serve.add_argument(
+        "--require-tls",
+        action="store_true",
+        default=env_default("REQUIRE_TLS") in ("1", "true"),
+        help="refuse connections that do not use TLS (sslmode=disable or allow)",
+    )
+    serve.add_argument(
         "--max-message-size",
         type=int,
         default=int(env_default("MAX_MESSAGE_SIZE", 128 * 1024 * 1024)),
         help="largest client message accepted, in bytes",
+    )
+    serve.add_argument(
+        "--auth-timeout",
+        type=float,
+        default=float(env_default("AUTH_TIMEOUT", 10)),
+        help="seconds a client has to finish its startup and login (0: no limit)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=_optional_int(env_default("MAX_CONNECTIONS")),
+        help=f"client connections at once, server-wide (default {DEFAULT_MAX_CONNECTIONS},"
+        " or what the backing Postgres has room for beside the engine)",
+    )
+    serve.add_argument(
+        "--max-connections-per-db",
+        type=int,
+        default=_optional_int(env_default("MAX_CONNECTIONS_PER_DB")),
+        help=f"client connections at once to one environment database (default"
+        f" {DEFAULT_MAX_CONNECTIONS_PER_DB})",
+    )
+    serve.add_argument(
+        "--admin-reserved-connections",
+        type=int,
+        default=int(env_default("ADMIN_RESERVED_CONNECTIONS", 5)),
+        help="of --max-connections, how many only the admin database may use",
     )
     serve.add_argument(
         "--begin-timeout",
@@ -123,11 +174,12 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.backend_url:
             backend_dsn, backing = args.backend_url, "external"
         else:
-            postgres = embedded_postgres(data_dir)
+            postgres = embedded_postgres(data_dir, args.max_connections)
             stack.callback(postgres.stop)
             postgres.stop_stale()
             postgres.start()
-            backend_dsn = postgres.dsn()
+            # Loopback only, no TLS: the relay's connections need not ask for it.
+            backend_dsn = postgres.dsn() + "?sslmode=disable"
             backing = f"embedded Postgres {postgres.binaries.version}, data in {data_dir}"
         if cloud is not None:
             stack.callback(cloud.stop)
@@ -158,6 +210,8 @@ async def serve_forever(
     cloud: MotoServer | None,
 ) -> int:
     address = public_address(args)
+    tls, tls_banner = server_tls(args, data_dir, address)
+    backend = backend_address(backend_dsn)
     endpoint = cloud.endpoint if cloud else args.cloud_endpoint
     settings = TransactionSettings(args.begin_timeout, args.commit_concurrency)
     engine = Engine(EngineConfig(backend_dsn, address, endpoint, settings))
@@ -167,7 +221,20 @@ async def serve_forever(
         raise StartupError(
             f"cannot use the backing Postgres at {describe_dsn(backend_dsn)}: {exc}"
         ) from exc
-    server = ProxyServer(engine, backend_address(backend_dsn), max_message=args.max_message_size)
+    try:
+        limits = await connection_limits(args, backend_dsn)
+    except BaseException:
+        await engine.close()
+        raise
+    server = ProxyServer(
+        engine,
+        backend,
+        max_message=args.max_message_size,
+        ssl=tls,
+        require_tls=args.require_tls,
+        auth_timeout=args.auth_timeout,
+        limits=limits,
+    )
     try:
         await server.listen(args.host, args.port)
     except OSError as exc:
@@ -182,7 +249,8 @@ async def serve_forever(
         print(f"  local AWS sandbox (moto): {cloud.endpoint}")
     elif args.cloud_endpoint:
         print(f"  default AWS endpoint: {args.cloud_endpoint}")
-    print(f"  admin database: {admin_url}")
+    print(f"  admin database: {admin_banner(backend_dsn, address, data_dir, args.backend_url)}")
+    print(f"  TLS: {tls_banner}")
     print("  create an environment database with: iasql db create NAME", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -238,7 +306,7 @@ def local_cloud(data_dir: Path, cloud_port: int) -> MotoServer:
     return MotoServer(cloud_port or None, data_dir / "moto.log", journal, state)
 
 
-def embedded_postgres(data_dir: Path) -> LocalPostgres:
+def embedded_postgres(data_dir: Path, max_connections: int | None = None) -> LocalPostgres:
     """The server's own Postgres in `data_dir/pgdata`, created on first start."""
     make_data_dir(data_dir)
     password_file = data_dir / "admin_password"
@@ -253,12 +321,58 @@ def embedded_postgres(data_dir: Path) -> LocalPostgres:
         data_dir / "pgdata",
         superuser=ADMIN_USER,
         password=password,
-        settings={"password_encryption": "scram-sha-256"},
+        settings={
+            "password_encryption": "scram-sha-256",
+            # Room for the proxy's clients, the engine, and Postgres's 3 superuser slots.
+            "max_connections": str(
+                (max_connections or DEFAULT_MAX_CONNECTIONS) + ENGINE_CONNECTIONS + 3
+            ),
+        },
         die_with_parent=True,  # a `kill -9` of the server does not leave it running
     )
     if not postgres.initialized():
         postgres.init()
     return postgres
+
+
+def _optional_int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+async def connection_limits(args: argparse.Namespace, backend_dsn: str) -> ConnectionLimits:
+    """The proxy's limits, checked against the backing Postgres: its max_connections must
+    hold --max-connections, plus ENGINE_CONNECTIONS for the engine, plus the slots it keeps
+    for superusers (which environment roles cannot use)."""
+    conn = await asyncpg.connect(backend_dsn)
+    try:
+        total = int(await conn.fetchval("SELECT current_setting('max_connections')"))
+        reserved = int(
+            await conn.fetchval(
+                "SELECT current_setting('superuser_reserved_connections')::int"
+                " + coalesce(current_setting('reserved_connections', true), '0')::int"
+            )
+        )
+    finally:
+        await conn.close()
+    room = total - reserved - ENGINE_CONNECTIONS
+    why = (
+        f"the backing Postgres has max_connections {total}, {reserved} of them reserved,"
+        f" and the engine keeps {ENGINE_CONNECTIONS}"
+    )
+    limit = args.max_connections
+    if limit is None:
+        limit = min(DEFAULT_MAX_CONNECTIONS, room)
+        if limit < 1:
+            raise StartupError(f"no room for client connections: {why}")
+    elif limit < 1 or limit > room:
+        raise StartupError(f"--max-connections {limit} does not fit: {why} (room for {room})")
+    per_db = args.max_connections_per_db or min(DEFAULT_MAX_CONNECTIONS_PER_DB, limit)
+    if not 0 <= args.admin_reserved_connections < limit:
+        raise StartupError(
+            f"--admin-reserved-connections {args.admin_reserved_connections} must be less"
+            f" than --max-connections {limit}"
+        )
+    return ConnectionLimits(limit, per_db, args.admin_reserved_connections, ADMIN_DATABASE)
 
 
 def admin_login(dsn: str) -> tuple[str, str | None]:
@@ -268,8 +382,37 @@ def admin_login(dsn: str) -> tuple[str, str | None]:
 
 
 def backend_address(dsn: str) -> BackendAddress:
+    """Where the relay connects, and with what TLS: the URL's sslmode (default prefer, as
+    libpq and the engine's asyncpg pools), sslrootcert, sslcert and sslkey."""
     parts = urlsplit(dsn)
-    return BackendAddress(parts.hostname or "localhost", parts.port or 5432)
+    try:
+        tls = backend_tls(dsn)
+    except TlsConfigError as exc:
+        raise StartupError(str(exc)) from exc
+    return BackendAddress(parts.hostname or "localhost", parts.port or 5432, tls)
+
+
+def server_tls(
+    args: argparse.Namespace, data_dir: Path, address: PublicAddress
+) -> tuple[ssl.SSLContext, str]:
+    """The context clients get TLS with, and the banner's line about it: --tls-cert and
+    --tls-key, else the certificate iasql keeps in DATA_DIR/tls (made at the first start)."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise StartupError("--tls-cert and --tls-key go together: give both, or neither")
+    if args.tls_cert:
+        cert, key = Path(args.tls_cert), Path(args.tls_key)
+        line = f"certificate {cert}"
+    else:
+        make_data_dir(data_dir)
+        made = ensure_certificate(data_dir, names_for(args.host, address.host))
+        cert, key = made.cert, made.key
+        line = f"verify the server with sslmode=verify-full sslrootcert={made.ca}"
+    if args.require_tls:
+        line += " (required)"
+    try:
+        return server_context(cert, key), line
+    except TlsConfigError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 def describe_dsn(dsn: str) -> str:
@@ -286,6 +429,20 @@ def check_port_free(host: str, port: int, what: str = "iasql") -> None:
         except OSError as exc:
             reason = exc.strerror or exc
             raise StartupError(f"{what} cannot listen on {host}:{port}: {reason}") from exc
+
+
+def admin_banner(
+    backend_dsn: str, address: PublicAddress, data_dir: Path, backend_url: str | None
+) -> str:
+    """The admin database's URL without its password, and where the password is kept: the
+    banner is often written to a log."""
+    user, password = admin_login(backend_dsn)
+    url = address.url(user, None, ADMIN_DATABASE)
+    if backend_url:
+        where = "the password of --backend-url" if password else "no password"
+    else:
+        where = f"password in {(data_dir / 'admin_password').absolute()}"
+    return f"{url} ({where})"
 
 
 def write_state(data_dir: Path, admin_url: str) -> Path:

@@ -290,3 +290,63 @@ def decode_startup(packet: bytes) -> dict[str, str]:
         params[key] = reader.cstring()
     reader.end()
     return params
+
+
+# --- authentication (the proxy's own SCRAM exchange: proxy/login.py) ------------------------
+
+# Authentication request codes ('R' messages)
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+
+def authentication(code: int, data: bytes = b"") -> bytes:
+    """An Authentication* message ('R'): its code, then the code's data."""
+    return message(b"R", _I32.pack(code) + data)
+
+
+def authentication_sasl(mechanisms: list[str]) -> bytes:
+    return authentication(AUTH_SASL, b"".join(cstring(m) for m in mechanisms) + b"\x00")
+
+
+def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
+    return message(b"p", cstring(mechanism) + _I32.pack(len(data)) + data)
+
+
+def sasl_response(data: bytes) -> bytes:
+    return message(b"p", data)
+
+
+def decode_sasl_initial_response(body: bytes) -> tuple[str, bytes]:
+    """(mechanism, initial client response) of a SASLInitialResponse body."""
+    reader = Reader(body)
+    mechanism = reader.cstring()
+    data = reader.value()
+    reader.end()
+    return mechanism, data or b""
+
+
+def decode_sasl_mechanisms(data: bytes) -> list[str]:
+    """The mechanism names of an AuthenticationSASL message's data."""
+    reader = Reader(data)
+    names = []
+    while (name := reader.cstring()) != "":
+        names.append(name)
+    return names
+
+
+def negotiate_protocol_version(minor: int, options: list[str]) -> bytes:
+    """NegotiateProtocolVersion: the newest minor version of 3 served, and the `_pq_.`
+    options of the startup packet that are not recognized."""
+    names = b"".join(cstring(o) for o in options)
+    return message(b"v", _I32.pack(minor) + _I32.pack(len(options)) + names)
+
+
+def startup_message(params: dict[str, str]) -> bytes:
+    """A v3.0 StartupMessage, its length word included."""
+    body = _I32.pack(PROTOCOL_V3) + b"".join(cstring(k) + cstring(v) for k, v in params.items())
+    body += b"\x00"
+    return _I32.pack(len(body) + 4) + body

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import struct
 import traceback
 from dataclasses import dataclass
 from typing import Any, cast
@@ -11,19 +13,25 @@ from typing import Any, cast
 import asyncpg
 
 from engine import CallContext, Engine, EngineError
+from engine.admin import ADMIN_DATABASE
 from proxy import protocol as pg
 from proxy.intercept import prefilter
+from proxy.limits import ConnectionLimits
+from proxy.roles import RoleDirectory
 from proxy.session import (
     CancelTarget,
     CloseConnection,
     ConnectServer,
     Event,
     KeyAssigned,
+    LookupRole,
     RunEngine,
     Session,
+    StartTls,
     ToClient,
     ToServer,
 )
+from proxy.tls import BackendTls
 
 log = logging.getLogger("iasql.proxy")
 
@@ -32,20 +40,105 @@ log = logging.getLogger("iasql.proxy")
 class BackendAddress:
     host: str
     port: int
+    tls: BackendTls | None = None  # None: plaintext (as sslmode=disable)
 
     async def connect(self, loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
-        if self.host.startswith("/"):
+        if self.host.startswith("/"):  # Postgres speaks no TLS on a unix socket
             return await loop.create_unix_connection(factory, f"{self.host}/.s.PGSQL.{self.port}")
-        return await loop.create_connection(factory, self.host, self.port)
+        if self.tls is None or self.tls.context is None:
+            return await loop.create_connection(factory, self.host, self.port)
+        return await self._connect_tls(loop, factory, self.tls, self.tls.context)
+
+    async def _connect_tls(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Any,
+        tls: BackendTls,
+        context: ssl.SSLContext,
+    ) -> Any:
+        """SSLRequest, then the TLS handshake on the same socket, as libpq does. What the
+        caller then writes (the startup packet, a CancelRequest) goes through TLS."""
+        raw, answer = await loop.create_connection(_SslAnswer, self.host, self.port)
+        try:
+            raw.write(_SSL_REQUEST)
+            reply = await answer.reply
+            if reply == b"S":
+                # The caller's protocol comes in after the handshake: a failed one must not
+                # reach its connection_lost (the caller reports the error itself).
+                transport = await loop.start_tls(
+                    raw, asyncio.Protocol(), context, server_hostname=self.host
+                )
+                if transport is None:  # the socket closed during the handshake
+                    raise ConnectionResetError("the backing Postgres closed the TLS handshake")
+                protocol = factory()
+                transport.set_protocol(protocol)
+                protocol.connection_made(transport)
+                return transport, protocol
+            if reply == b"N" and not tls.required:  # sslmode=prefer: carry on in plaintext
+                protocol = factory()
+                raw.set_protocol(protocol)
+                protocol.connection_made(raw)
+                return raw, protocol
+            if reply == b"N":
+                raise ConnectionRefusedError(
+                    f"the backing Postgres does not offer TLS (sslmode={tls.mode})"
+                )
+            # Bytes after 'S' were sent before the handshake: a man in the middle may have
+            # put them there (CVE-2021-23222), so they are never read as the server's.
+            raise ConnectionError(f"unexpected answer to SSLRequest: {reply[:16]!r}")
+        except BaseException:
+            raw.close()
+            raise
+
+
+_SSL_REQUEST = struct.pack("!ii", 8, pg.SSL_REQUEST)
+
+
+class _SslAnswer(asyncio.Protocol):
+    """Reads the backend's one-byte answer to an SSLRequest (all that has arrived, so that
+    anything sent after the 'S' is seen and refused)."""
+
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.reply.done():
+            self.reply.set_result(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(
+                exc or ConnectionResetError("the backing Postgres closed the connection")
+            )
 
 
 class ProxyServer:
     """Listens for Postgres clients and relays each to the backing Postgres."""
 
-    def __init__(self, engine: Engine, backend: BackendAddress, *, max_message: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        backend: BackendAddress,
+        *,
+        max_message: int,
+        ssl: ssl.SSLContext | None = None,
+        require_tls: bool = False,
+        auth_timeout: float = 10.0,
+        limits: ConnectionLimits | None = None,
+        verify_passwords: bool = True,
+    ) -> None:
         self.engine = engine
         self.backend = backend
         self.max_message = max_message
+        self.ssl = ssl  # with a context, SSLRequest is answered 'S'; without, 'N'
+        self.require_tls = require_tls  # refuse startups that did not come through TLS
+        # A client not logged in after this many seconds is disconnected (0: never).
+        self.auth_timeout = auth_timeout
+        self.limits = limits or ConnectionLimits()
+        # Password checks in the proxy: the verifiers come from pg_authid (proxy/login.py).
+        self.roles = (
+            RoleDirectory(engine.config.backend_dsn, ADMIN_DATABASE) if verify_passwords else None
+        )
         self.prefilter = prefilter(engine.functions)
         self.by_cancel_key: dict[tuple[int, bytes], ClientConnection] = {}
         self.connections: set[ClientConnection] = set()
@@ -66,6 +159,8 @@ class ProxyServer:
             conn.close()
         if self._server is not None:
             await self._server.wait_closed()
+        if self.roles is not None:
+            await self.roles.close()
 
     async def cancel(self, event: CancelTarget) -> None:
         """Cancels a running engine call of that session, and whatever its backend runs."""
@@ -88,7 +183,12 @@ class ClientConnection(asyncio.Protocol):
             catalog=server.engine.functions,
             mentions_function=server.prefilter,
             max_message=server.max_message,
+            tls=server.ssl is not None,
+            require_tls=server.require_tls,
+            verify_passwords=server.roles is not None,
         )
+        self.counted = False  # in server.limits, for session.database
+        self.auth_timer: asyncio.TimerHandle | None = None
         self.client: asyncio.Transport | None = None
         self.backend: asyncio.Transport | None = None
         self.to_backend: list[bytes] = []  # written once the backend connection is up
@@ -104,6 +204,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.client = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.server.connections.add(self)
+        if self.server.auth_timeout > 0:
+            loop = asyncio.get_running_loop()
+            self.auth_timer = loop.call_later(self.server.auth_timeout, self.auth_timed_out)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -139,6 +242,8 @@ class ClientConnection(asyncio.Protocol):
                     self.client.write(event.data)
             elif isinstance(event, RunEngine):
                 self.engine_task = asyncio.get_running_loop().create_task(self.run_engine(event))
+            elif isinstance(event, LookupRole):
+                asyncio.get_running_loop().create_task(self.lookup_role(event.user))
             elif isinstance(event, ConnectServer):
                 asyncio.get_running_loop().create_task(self.connect_backend(event))
             elif isinstance(event, KeyAssigned):
@@ -146,6 +251,8 @@ class ClientConnection(asyncio.Protocol):
                 self.server.by_cancel_key[self.cancel_key] = self
             elif isinstance(event, CancelTarget):
                 asyncio.get_running_loop().create_task(self.server.cancel(event))
+            elif isinstance(event, StartTls):
+                asyncio.get_running_loop().create_task(self.start_tls())
             elif isinstance(event, CloseConnection):
                 self.close()
         if self.reading_paused or self.backend is None or self.backend_full or self.session.blocked:
@@ -156,7 +263,7 @@ class ClientConnection(asyncio.Protocol):
             return
         # Stop reading a client whose requests wait (for the engine, or for the backend to
         # connect), so a flood of input cannot grow the backlog without bound.
-        waiting_for_backend = self.backend is None and self.session.user != ""
+        waiting_for_backend = self.backend is None and self.session.wants_server
         should_pause = self.session.blocked or waiting_for_backend or self.backend_full
         if should_pause and not self.reading_paused:
             self.client.pause_reading()
@@ -165,7 +272,64 @@ class ClientConnection(asyncio.Protocol):
             self.client.resume_reading()
             self.reading_paused = False
 
+    async def start_tls(self) -> None:
+        """The client got 'S': the handshake, on the same socket. The session is blocked
+        until then, so its reading is paused (asyncio's start_tls resumes it)."""
+        if self.client is None or self.closed or self.server.ssl is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(self.client, self, self.server.ssl, server_side=True)
+        except OSError as exc:  # ssl.SSLError and TimeoutError (the handshake's 60 s) too
+            log.info("TLS handshake with a client failed: %s", exc)
+            self.close()
+            return
+        if transport is None or self.closed:
+            if transport is not None:
+                transport.close()
+            self.close()
+            return
+        self.client = cast(asyncio.Transport, transport)
+        self.reading_paused = False  # the TLS transport reads, whatever the raw one did
+        self.apply(self.session.tls_started())
+
+    async def lookup_role(self, user: str) -> None:
+        assert self.server.roles is not None
+        try:
+            role = await self.server.roles.find(user)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.error("cannot read the role %r from the backing Postgres: %s", user, exc)
+            self.fail("08006", "the iasql server cannot reach its backing Postgres")
+            return
+        if not self.closed:
+            self.apply(self.session.role_found(role))
+
+    def auth_timed_out(self) -> None:
+        """--auth-timeout: a client still not logged in is disconnected, with a FATAL when no
+        server message is half relayed to it."""
+        self.auth_timer = None
+        if self.closed or self.session.authenticated:
+            return
+        if self.client is not None and self.session.at_frame_boundary:
+            timeout = f"{self.server.auth_timeout:g}"
+            self.client.write(
+                pg.error_response(
+                    "08P01",
+                    f"canceling authentication due to timeout: the login did not finish"
+                    f" within {timeout} s (--auth-timeout)",
+                    fatal=True,
+                )
+            )
+        self.close()
+
     async def connect_backend(self, event: ConnectServer) -> None:
+        if self.closed:
+            return
+        refusal = self.server.limits.admit(self.session.database)
+        if refusal is not None:
+            self.fail("53300", refusal)
+            return
+        self.counted = True
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await self.server.backend.connect(loop, lambda: BackendConnection(self))
@@ -243,6 +407,11 @@ class ClientConnection(asyncio.Protocol):
             return
         self.closed = True
         self.server.connections.discard(self)
+        if self.counted:
+            self.counted = False
+            self.server.limits.release(self.session.database)
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
         if self.cancel_key is not None:
             self.server.by_cancel_key.pop(self.cancel_key, None)
         if self.engine_task is not None:

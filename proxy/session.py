@@ -24,6 +24,7 @@ from proxy import protocol as pg
 from proxy.frames import scan_client, scan_server, table
 from proxy.intercept import Call, Prefilter, Statement, UnsupportedCall, split_statements
 from proxy.literals import Literals, reduce
+from proxy.login import Login, Role, Step
 from proxy.values import decode_param
 
 _LENGTH = struct.Struct("!i")
@@ -79,8 +80,29 @@ class CloseConnection:
     pass
 
 
+@dataclass(slots=True)
+class LookupRole:
+    """Find the role's stored password verifier, then call `Session.role_found`."""
+
+    user: str
+
+
+@dataclass(slots=True)
+class StartTls:
+    """The client was answered 'S' to its SSLRequest: run the TLS handshake on its socket, then
+    call `Session.tls_started`. Until then the session reads nothing more from the client."""
+
+
 Event = (
-    ToServer | ToClient | ConnectServer | CancelTarget | KeyAssigned | RunEngine | CloseConnection
+    ToServer
+    | ToClient
+    | ConnectServer
+    | CancelTarget
+    | KeyAssigned
+    | RunEngine
+    | CloseConnection
+    | StartTls
+    | LookupRole
 )
 _NO_EVENTS: tuple[Event, ...] = ()
 
@@ -92,6 +114,9 @@ class _Sync:
 
 
 _SYNC = _Sync()
+# A simple Query's statement that the proxy sent as Parse/Bind/Describe/Execute/Sync (see
+# `_extended_piece`): its ParseComplete, BindComplete and NoData are not for the client.
+_EXTENDED = _Sync()
 
 
 @dataclass(slots=True)
@@ -137,10 +162,15 @@ _QUERY, _PARSE, _BIND, _DESCRIBE, _CLOSE, _SYNC_MSG, _FUNCTION_CALL = b"QPBDCSF"
 _CLIENT_INSPECTED = frozenset((_QUERY, _PARSE, _BIND, _DESCRIBE, _CLOSE, _SYNC_MSG, _FUNCTION_CALL))
 _READY, _ERROR, _PARAMS, _KEY = b"ZEtK"
 _SERVER_INSPECTED = frozenset((_READY, _ERROR, _PARAMS, _KEY))
+# ParseComplete, BindComplete, NoData: dropped from the answer to an _EXTENDED statement.
+_EXTENDED_ACKS = frozenset(b"12n")
 # Relayed with no look inside; as lookup tables for the frame walks of proxy/frames.py.
 _CLIENT_PLAIN_TABLE = table(pg.FRONTEND_TYPES - _CLIENT_INSPECTED)
 _SERVER_INSPECTED_TABLE = table(_SERVER_INSPECTED)
 _STATEMENT = ord("S")  # Describe/Close of a prepared statement (not a portal)
+_DESCRIBE_PORTAL = pg.message(b"D", b"P\x00")  # the unnamed portal
+_EXECUTE_ALL = pg.message(b"E", b"\x00\x00\x00\x00\x00")  # the unnamed portal, every row
+_SYNC_MESSAGE = pg.message(b"S", b"")
 _POISON_PREFIX = "__iasql_poison_"
 
 
@@ -152,9 +182,12 @@ class Session:
     database: str = ""
     user: str = ""
     status: bytes = b"I"  # the last ReadyForQuery status: I, T or E
+    tls: bool = False  # answer SSLRequest 'S' (the server has a certificate), else 'N'
+    require_tls: bool = False  # refuse a startup that did not come through TLS
+    encrypted: bool = False  # the client's bytes come through TLS. Read-only outside.
 
     _started: bool = False
-    _negotiated: set[int] = field(default_factory=set)  # SSL/GSS requests answered 'N'
+    _negotiated: set[int] = field(default_factory=set)  # SSL/GSS requests answered
     # Set at the server's first ReadyForQuery: before it, bytes are relayed uninspected, so
     # nothing reaches the engine until Postgres has authenticated the client.
     _authenticated: bool = False
@@ -170,6 +203,9 @@ class Session:
     _plan: _QueryPlan | None = None
     _pending_bind: tuple[pg.Bind, _Prepared] | None = None
     _notices: list[bytes] = field(default_factory=list)
+    # Check SCRAM passwords in the proxy (proxy/login.py) before the backend is connected.
+    verify_passwords: bool = False
+    _login: Login | None = None
 
     # --- the fast path: chunks that need nothing but relaying -----------------------------
     # Most traffic is whole frames with nothing for the proxy in them: a Bind/Execute/Sync, a
@@ -209,7 +245,10 @@ class Session:
             self._inflight.popleft()
             self.status = data[last + 5 : last + 6]
             return True
-        return code not in _SERVER_INSPECTED
+        # (A ReadyForQuery ends what an _EXTENDED entry answers: it is not _SYNC, see above.)
+        return code not in _SERVER_INSPECTED and not (
+            self._inflight and self._inflight[0] is _EXTENDED
+        )
 
     # --- client -> server ---------------------------------------------------------------
 
@@ -226,7 +265,16 @@ class Session:
             self._need = 0
         if not self._started:
             return self._startup(data)
+        if self._login is not None:
+            return self._login_events(self._login.client(data))
         return self._scan_client(data)
+
+    def tls_started(self) -> list[Event]:
+        """The TLS handshake the StartTls event asked for is done: from now on the client's
+        bytes are the decrypted ones, and the startup packet comes next."""
+        self.encrypted = True
+        self.blocked = False
+        return self.client_data(b"")
 
     def _startup(self, data: bytes) -> list[Event]:
         events: list[Event] = []
@@ -243,9 +291,14 @@ class Session:
             code = _LENGTH.unpack_from(data, 4)[0]
             if code not in (pg.SSL_REQUEST, pg.GSSENC_REQUEST) or length != 8:
                 break
-            if code in self._negotiated:  # Postgres too allows each request once
+            if code in self._negotiated or self.encrypted:  # as Postgres: each once, none in TLS
                 return events + self._violation("unsupported frontend protocol")
             self._negotiated.add(code)
+            if code == pg.SSL_REQUEST and self.tls:
+                if len(data) > 8:  # would be read as if it had come through TLS (CVE-2021-23214)
+                    return events + self._violation("received unencrypted data after SSL request")
+                self.blocked = True  # until the handshake is done
+                return [*events, ToClient(b"S"), StartTls()]
             events.append(ToClient(b"N"))
             data = data[8:]
         return events + self._startup_packet(data[:length], data[length:])
@@ -258,6 +311,12 @@ class Session:
             return [CancelTarget(pid, packet[12:16], packet), CloseConnection()]
         if code >> 16 != 3:
             return self._violation("unsupported frontend protocol")
+        if self.require_tls and not self.encrypted:
+            return self._violation(
+                "this iasql server accepts only TLS connections",
+                "28000",
+                hint="connect with sslmode=require, or sslmode=verify-full and the server's CA",
+            )
         try:
             params = pg.decode_startup(b"\x00\x03\x00\x00" + packet[8:])
         except pg.ProtocolViolation as exc:
@@ -267,8 +326,68 @@ class Session:
         if not self.user:
             return self._violation("no PostgreSQL user name specified in startup packet", "28000")
         self._started = True
+        if self.verify_passwords:
+            self._login = Login(self.user, params, packet)
+            self.blocked = True  # until the role is looked up
+            self._backlog += rest
+            return [LookupRole(self.user)]
         events: list[Event] = [ConnectServer(packet, params)]
         self._backlog += rest
+        return events
+
+    # --- the proxy's own login (proxy/login.py) ------------------------------------------
+
+    @property
+    def authenticated(self) -> bool:
+        """The backing Postgres has logged the client in (its first ReadyForQuery)."""
+        return self._authenticated
+
+    @property
+    def wants_server(self) -> bool:
+        """The backend connection has been asked for: the client's requests wait for it."""
+        return self._started and (self._login is None or self._login.connecting)
+
+    @property
+    def at_frame_boundary(self) -> bool:
+        """No server message is half relayed to the client: the proxy may send one."""
+        return not self._server_partial and not self._server_skip
+
+    def role_found(self, role: Role | None) -> list[Event]:
+        """The answer to LookupRole: the role's pg_authid entry, or None when there is none."""
+        login = self._login
+        if login is None:
+            return []
+        self.blocked = False
+        step = login.role(role)
+        if step.relay:  # the backing Postgres checks this one: as before the proxy checked any
+            self._login = None
+            return [ConnectServer(login.packet, login.params), *self._unblock()]
+        events = self._login_events(step)
+        if self._backlog and self._login is not None:
+            data = bytes(self._backlog)
+            self._backlog.clear()
+            events += self._login_events(self._login.client(data))
+        return events
+
+    def _login_events(self, step: Step) -> list[Event]:
+        login = self._login
+        assert login is not None
+        events: list[Event] = [ToClient(step.to_client)] if step.to_client else []
+        if step.close:
+            self.blocked = True
+            self._backlog.clear()
+            return [*events, CloseConnection()]
+        if step.to_server:
+            events.append(ToServer(step.to_server))
+        if step.leftover:
+            self._backlog += step.leftover
+        if step.connect is not None:
+            self.blocked = True  # the client's next requests wait for the backend's login
+            events.append(ConnectServer(step.connect, login.params))
+        if step.rest is not None:  # logged in (or refused) by the backend: relay from here
+            self._login = None
+            events += self.server_data(step.rest)
+            events += self._unblock()
         return events
 
     def _scan_client(self, data: bytes) -> list[Event]:
@@ -392,6 +511,10 @@ class Session:
         piece = plan.pieces[plan.next]
         plan.next += 1
         if isinstance(piece, Statement):
+            if piece.max_param:  # as Postgres answers it, before any call runs
+                plan.next = len(plan.pieces)
+                error = EngineError("42P02", f"there is no parameter ${piece.max_param}")
+                return self._send_piece(self._poison_query(error))
             plan.running = piece
             return self._run_calls(piece.calls, None)
         return self._send_piece(self._plan_query(piece))
@@ -402,13 +525,31 @@ class Session:
         found = self._plan.literals
         return pg.query(sql) if found is None else pg.query_of(found.expand(sql))
 
-    def _send_piece(self, message: bytes) -> list[Event]:
+    def _extended_piece(self, statement: Statement, rows: list[list[Row]]) -> tuple[bytes, bytes]:
+        """A plan's statement with its calls' rows, as Parse/Bind/Describe/Execute/Sync with
+        the rows as Bind parameters: what a module function returns (a secret key, say) is
+        not in the statement's text, which Postgres logs when the statement fails (it logs no
+        parameters by default). The answer is made a simple Query's: see _EXTENDED."""
+        sql = statement.render_with_params(1)  # the statement has no $n of its own
+        types = [3802] * len(statement.calls)  # jsonb
+        assert self._plan is not None
+        found = self._plan.literals
+        parse = (
+            pg.parse("", sql, types) if found is None else pg.parse_of("", found.expand(sql), types)
+        )
+        values: list[bytes | None] = [json.dumps(r, default=str).encode() for r in rows]
+        bind = pg.Bind("", "", [], values, []).encode()
+        # Two writes, not one concatenation: the Parse may be a huge statement's one copy.
+        return parse, bind + _DESCRIBE_PORTAL + _EXECUTE_ALL + _SYNC_MESSAGE
+
+    def _send_piece(self, message: bytes | tuple[bytes, ...], answer: _Sync = _SYNC) -> list[Event]:
         """Sending the last piece ends the plan: its answer, ReadyForQuery included, then
         goes straight to the client, and the client's next requests may follow it at once."""
         plan = self._plan
         assert plan is not None
-        self._inflight.append(_SYNC)
-        events: list[Event] = [ToServer(message)]
+        self._inflight.append(answer)
+        chunks = message if isinstance(message, tuple) else (message,)
+        events: list[Event] = [ToServer(chunk) for chunk in chunks]
         if plan.next >= len(plan.pieces):
             self._plan = None
             events += self._unblock()
@@ -514,7 +655,7 @@ class Session:
             plan.next = len(plan.pieces)  # nothing after a failed call runs
             return self._send_piece(self._poison_query(error))
         assert rows is not None
-        return self._send_piece(self._plan_query(statement.render_with_rows(rows)))
+        return self._send_piece(self._extended_piece(statement, rows), _EXTENDED)
 
     def notice(self, text: str) -> list[Event]:
         """A NOTICE from a running engine call, sent between two server frames."""
@@ -540,14 +681,16 @@ class Session:
         self._inflight.append(_Poison(token, message))
         return token
 
-    def _violation(self, text: str, code: str = "08P01") -> list[Event]:
+    def _violation(self, text: str, code: str = "08P01", hint: str | None = None) -> list[Event]:
         self.blocked = True  # nothing more is read from this client
         self._backlog.clear()
-        return [ToClient(pg.error_response(code, text, fatal=True)), CloseConnection()]
+        return [ToClient(pg.error_response(code, text, hint=hint, fatal=True)), CloseConnection()]
 
     # --- server -> client ---------------------------------------------------------------
 
     def server_data(self, data: bytes) -> list[Event]:
+        if self._login is not None:
+            return self._login_events(self._login.server(data))
         if self._server_partial:
             data = self._server_partial + data
             self._server_partial = b""
@@ -566,7 +709,9 @@ class Session:
                 break
             code = data[pos]
             end = pos + 1 + _unpack_length(data, pos + 1)[0]
-            if code in _SERVER_INSPECTED:
+            if code in _SERVER_INSPECTED or (
+                code in _EXTENDED_ACKS and self._inflight and self._inflight[0] is _EXTENDED
+            ):
                 if end > size:
                     self._server_partial = data[pos:]
                     break
@@ -606,7 +751,7 @@ class Session:
         if code == _READY:
             self.status = data[pos + 5 : pos + 6]
             self._authenticated = True
-            while self._inflight and self._inflight.popleft() is not _SYNC:
+            while self._inflight and not isinstance(self._inflight.popleft(), _Sync):
                 pass
             if self._plan is not None and not self._inflight:
                 relay, events = self._plan_ready()
@@ -616,6 +761,8 @@ class Session:
             return self._server_error(data[pos + 5 : end]), []
         if code == _PARAMS:
             return self._parameter_description(data[pos + 5 : end]), []
+        if code in _EXTENDED_ACKS:  # answering an _EXTENDED statement: a simple Query has none
+            return b"", _NO_EVENTS
         if end - pos >= 13:  # K: BackendKeyData
             pid = _LENGTH.unpack_from(data, pos + 5)[0]
             return None, [KeyAssigned(pid, data[pos + 9 : end])]
@@ -627,7 +774,7 @@ class Session:
             self._plan.failed = True
         replacement = None
         message = pg.decode_fields(body).get("M", "")
-        while self._inflight and self._inflight[0] is not _SYNC:
+        while self._inflight and not isinstance(self._inflight[0], _Sync):
             entry = self._inflight.popleft()
             if isinstance(entry, _Poison) and entry.token in message:
                 replacement = entry.error
@@ -636,7 +783,7 @@ class Session:
     def _parameter_description(self, body: bytes) -> bytes | None:
         while self._inflight and not isinstance(self._inflight[0], _Describe | _Sync):
             self._inflight.popleft()
-        if not self._inflight or self._inflight[0] is _SYNC:
+        if not self._inflight or isinstance(self._inflight[0], _Sync):
             return None
         entry = self._inflight.popleft()
         if entry.client_params is None:

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any, TypeVar, cast
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -22,9 +22,11 @@ from engine import Engine, EngineConfig
 from engine.admin import PublicAddress
 from engine.cloud import AwsCloud, Credentials
 from engine.transaction import TransactionSettings
+from iasql.certs import ensure_certificate, names_for
 from iasql.postgres import LocalPostgres, free_port
 from iasql.sandbox import MotoServer
 from proxy.server import BackendAddress, ProxyServer
+from proxy.tls import server_context
 
 SUPERUSER = "iasql_test"
 PASSWORD = "test-pw-'\"-é"
@@ -97,6 +99,39 @@ def iasql(postgres: LocalPostgres) -> Iterator[RunningServer]:
     asyncio.run_coroutine_threadsafe(engine.close(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+
+
+@dataclass
+class TlsServer(RunningServer):
+    """A second listener of the in-process server, on the same engine and backend, that
+    offers TLS with a certificate made as `iasql serve` makes its own, and refuses plaintext."""
+
+    ca: Path = Path()  # the CA that signed its certificate: sslrootcert for verify-full
+
+    def tls_dsn(self, url: str, mode: str = "verify-full") -> str:
+        """`url` (e.g. an environment's, from iasql_connect) pointed at this listener."""
+        parts = urlsplit(url)
+        netloc = f"{parts.netloc.rpartition('@')[0]}@{self.host}:{self.port}"
+        query = f"sslmode={mode}&sslrootcert={quote(str(self.ca))}"
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+@pytest.fixture(scope="session")
+def iasql_tls(iasql: RunningServer) -> Iterator[TlsServer]:
+    folder = Path(tempfile.mkdtemp(prefix="iasql-test-tls-"))
+    made = ensure_certificate(folder, names_for("127.0.0.1"))
+    context = server_context(made.cert, made.key)
+    engine, backend = iasql.proxy.engine, iasql.proxy.backend
+
+    async def start() -> tuple[ProxyServer, int]:
+        proxy = ProxyServer(engine, backend, max_message=1 << 20, ssl=context, require_tls=True)
+        return proxy, await proxy.listen("127.0.0.1", 0)
+
+    proxy, port = cast(tuple[ProxyServer, int], iasql.run(start()))
+    assert made.ca is not None
+    yield TlsServer("127.0.0.1", port, iasql.loop, proxy, ca=made.ca)
+    iasql.run(proxy.close())
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

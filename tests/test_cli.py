@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import boto3
 import psycopg
@@ -41,6 +41,8 @@ from tests.conftest import (
     rows,
 )
 
+pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
+
 _SCRIPT = Path(sys.executable).with_name("iasql")  # the console script of this venv
 IASQL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "iasql.cli"]
 START_DEADLINE = 90.0  # generous: initdb plus moto's imports on a slow, busy machine
@@ -49,7 +51,8 @@ STOP_DEADLINE = 30.0
 LISTEN = re.compile(r"iasql (\S+) listening on ([\d.]+):(\d+)")
 BACKING = re.compile(r"  backing store: (.+)")
 MOTO = re.compile(r"  local AWS sandbox \(moto\): (http://[\d.]+:\d+)")
-ADMIN = re.compile(r"  admin database: (postgres://\S+)")
+# The admin URL without its password, and where the password is kept.
+ADMIN = re.compile(r"  admin database: (postgres://\S+) \((.+)\)")
 _RUNS = itertools.count()
 LAST_BANNER_LINE = "  create an environment database with: iasql db create NAME"
 
@@ -145,7 +148,8 @@ class Banner:
     host: str
     port: int
     backing: str
-    admin_url: str
+    admin_url: str  # with the password, read where the banner says it is kept
+    admin_password_at: str  # what the banner says instead of the password
     moto_endpoint: str | None
     lines: list[str]
 
@@ -205,10 +209,23 @@ class Server:
             host=listen[2],
             port=int(listen[3]),
             backing=backing[1],
-            admin_url=admin[1],
+            admin_url=self._with_password(admin[1], admin[2]),
+            admin_password_at=admin[2],
             moto_endpoint=moto[1] if moto else None,
             lines=lines,
         )
+
+    def _with_password(self, url: str, where: str) -> str:
+        if where.startswith("password in "):
+            password = Path(where.removeprefix("password in ")).read_text().strip()
+        else:
+            assert where == "the password of --backend-url", where
+            backend = self.argv[self.argv.index("--backend-url") + 1]
+            password = unquote(urlsplit(backend).password or "")
+        scheme, rest = url.split("://", 1)
+        user, at, place = rest.partition("@")
+        assert at and ":" not in user, url  # printed without a password
+        return f"{scheme}://{user}:{quote(password, safe='')}@{place}"
 
     def stderr(self) -> str:
         try:
@@ -333,8 +350,10 @@ def test_banner_names_address_admin_url_and_sandbox(shared: Running) -> None:
     admin = urlsplit(banner.admin_url)
     assert (admin.scheme, admin.hostname, admin.port) == ("postgres", "127.0.0.1", banner.port)
     assert (admin.username, admin.path) == ("iasql", "/iasql")
+    # The banner (often kept in a log) says where the password is, never the password.
+    assert banner.admin_password_at == f"password in {data_dir / 'admin_password'}"
     assert admin.password is not None
-    assert unquote(admin.password) == (data_dir / "admin_password").read_text().strip()
+    assert unquote(admin.password) not in "\n".join(banner.lines)
     version = psql(banner.admin_url, "SELECT * FROM iasql_version()")
     assert (version.returncode, version.stdout) == (0, f"{banner.version}\n"), version.stderr
 
@@ -727,9 +746,11 @@ def test_backend_url_uses_an_external_postgres(
     assert server.seen == set()  # neither an embedded Postgres nor moto
     assert not (server.data_dir / "pgdata").exists()
     assert not (server.data_dir / "admin_password").exists()
-    # The admin URL carries the external role's own login (its password needs URL quoting).
+    # The admin URL is the external role's own login; the banner does not print its password.
     admin = urlsplit(banner.admin_url)
     assert (admin.username, unquote(admin.password or "")) == (SUPERUSER, PASSWORD)
+    assert banner.admin_password_at == "the password of --backend-url"
+    assert quote(PASSWORD, safe="") not in "\n".join(banner.lines)
     version = psql(banner.admin_url, "SELECT * FROM iasql_version()")
     assert (version.returncode, version.stdout) == (0, f"{server_version()}\n"), version.stderr
 

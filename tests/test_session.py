@@ -173,12 +173,57 @@ def test_intercepted_query_runs_the_engine_then_sends_the_rewritten_statement() 
     spec, arguments = events[0].calls[0]
     assert spec.name == "iasql_version" and arguments == []
     events = session.engine_done([[{"version": "9.9"}]], None)
-    (_, rewritten), (_, second) = frames(to_server(events))
-    sql = pg.decode_query(rewritten)
-    assert "jsonb_to_recordset" in sql and '"version"' in sql and "9.9" in sql
+    sent = frames(to_server(events))
+    assert [kind for kind, _ in sent] == [b"P", b"B", b"D", b"E", b"S", b"Q"]
+    parse, bind = pg.decode_parse(sent[0][1]), pg.decode_bind(sent[1][1])
+    # The rows travel as a parameter, not in the statement's text (which Postgres may log).
+    assert "jsonb_to_recordset(CAST($1 AS jsonb))" in parse.sql and "version text" in parse.sql
+    assert "9.9" not in parse.sql and parse.param_types == [3802]
+    assert bind.values == [b'[{"version": "9.9"}]']
     assert not session.blocked
     # the pipelined second query waited behind the engine call, and went out right after
-    assert pg.decode_query(second) == "SELECT 2"
+    assert pg.decode_query(sent[5][1]) == "SELECT 2"
+
+
+def test_a_simple_query_sent_as_extended_gets_a_simple_query_answer() -> None:
+    """ParseComplete, BindComplete and NoData answer the proxy's messages, not the client's
+    Query: they are dropped, however the server's answer is cut into chunks."""
+    row_description = pg.message(b"T", b"\x00\x01version\x00" + b"\x00" * 18)
+    answer = (
+        pg.message(b"1", b"")
+        + pg.message(b"2", b"")
+        + row_description
+        + pg.message(b"D", b"\x00\x01\x00\x00\x00\x011")
+        + pg.message(b"C", b"SELECT 1\x00")
+        + pg.ready_for_query(b"I")
+    )
+    for cut in range(len(answer) + 1):
+        copy = started_session()
+        copy.client_data(pg.query("SELECT * FROM iasql_version()"))
+        copy.engine_done([[{"version": "1"}]], None)
+        got = to_client(copy.server_data(answer[:cut]) + copy.server_data(answer[cut:]))
+        assert got == answer[10:], cut
+    # An INSERT's NoData too; and after the ReadyForQuery the client's own extended requests
+    # get their ParseComplete again.
+    session = started_session()
+    session.client_data(pg.query("INSERT INTO t SELECT * FROM iasql_version()"))
+    session.engine_done([[{"version": "1"}]], None)
+    insert = pg.message(b"1", b"") + pg.message(b"2", b"") + pg.message(b"n", b"")
+    insert += pg.message(b"C", b"INSERT 0 1\x00") + pg.ready_for_query(b"I")
+    client_parse = pg.parse("", "SELECT 1", []) + pg.message(b"S", b"")
+    session.client_data(client_parse)
+    events = session.server_data(insert + pg.message(b"1", b"") + pg.ready_for_query(b"I"))
+    assert to_client(events) == insert[15:] + pg.message(b"1", b"") + pg.ready_for_query(b"I")
+
+
+def test_a_simple_query_with_calls_and_a_parameter_is_refused_before_the_calls_run() -> None:
+    session = started_session()
+    events = session.client_data(pg.query("SELECT * FROM iasql_version() WHERE $1"))
+    assert not any(isinstance(e, RunEngine) for e in events)
+    token = pg.decode_query(to_server(events)[5:]).split('"')[1]
+    server_error = pg.error_response("42P01", f'relation "{token}" does not exist')
+    fields = pg.decode_fields(to_client(session.server_data(server_error))[5:])
+    assert (fields["C"], fields["M"]) == ("42P02", "there is no parameter $1")
 
 
 def test_engine_error_is_delivered_in_order_through_a_poisoned_statement() -> None:
@@ -204,7 +249,7 @@ def test_multi_statement_query_runs_pieces_in_order_with_one_ready_for_query() -
     assert to_client(events) == pg.message(b"C", b"CREATE TABLE\x00")  # RFQ held back
     assert isinstance(events[-1], RunEngine)
     events = session.engine_done([[{"version": "1"}]], None)
-    assert "jsonb_to_recordset" in pg.decode_query(to_server(events)[5:])
+    assert "jsonb_to_recordset" in pg.decode_parse(frames(to_server(events))[0][1]).sql
     events = session.server_data(pg.message(b"C", b"SELECT 1\x00") + pg.ready_for_query(b"I"))
     assert pg.decode_query(to_server(events)[5:]) == "INSERT INTO t VALUES (1)"
     events = session.server_data(pg.message(b"C", b"INSERT 0 1\x00") + pg.ready_for_query(b"I"))
