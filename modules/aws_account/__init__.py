@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from modules import VERSION
-from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
+from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Table
 
-# Functions the tables use. `default_aws_region()` is the default of every region column.
+# Functions the tables use. `default_aws_region()` is the default of every region column
+# (modules._aws.region).
 _SETUP = (
     """CREATE OR REPLACE FUNCTION aws_default_endpoint() RETURNS varchar
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
@@ -50,18 +51,6 @@ _REGION_FUNCTIONS = (
         AFTER INSERT OR UPDATE OR DELETE ON aws_regions
         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION aws_regions_check_default()""",
 )
-
-
-def region_column() -> Column:
-    """The `region` column of every regional table."""
-    return Column(
-        "region",
-        "varchar",
-        nullable=False,
-        default="default_aws_region()",
-        ref=Ref("aws_regions", key="region"),
-        replaces=True,
-    )
 
 
 class RegionsMapper:

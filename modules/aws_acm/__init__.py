@@ -9,8 +9,8 @@ import json
 from typing import Any
 
 from modules import VERSION
-from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import normalize_tags, tags_column, user_tags
+from modules._aws.region import region_column
+from modules._aws.tags import normalize_tags, tags_column, user_tags
 from modules.concurrency import gather_bounded
 from modules.errors import ignoring
 from modules.spec import Cloud, CloudError, Column, ModuleFunction, ModuleSpec, Record, Table

@@ -7,7 +7,7 @@ import datetime as dt
 import os
 
 from modules import VERSION
-from modules.aws_account import region_column
+from modules._aws.region import region_column
 from modules.concurrency import gather_bounded
 from modules.spec import Cloud, Column, ModuleSpec, Record, Table
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from modules.aws_vpc.ec2 import normalize_tags
+from modules._aws.tags import Tags, normalize_tags, tag_list
+from modules.concurrency import KeyedLocks
 from modules.errors import ignoring
-from modules.spec import TOKEN_TAG, Cloud, CloudError
-
-Tags = dict[str, str]
+from modules.spec import Cloud, CloudError
 
 # Tags iasql puts on instances for itself (the create token, the AMI as written, the groups AWS
 # gave at launch): hidden from the `tags` column like AWS's own `aws:` tags.
@@ -28,22 +27,10 @@ def normalize_instance_tags(value: Any) -> Tags | None:
     return {k: v for k, v in tags.items() if not k.startswith(MARKER_PREFIX)} or None
 
 
-def tag_dict(aws_tags: list[dict[str, str]] | None) -> Tags:
-    return {t["Key"]: t.get("Value", "") for t in aws_tags or ()}
-
-
-def tag_list(tags: Tags) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v} for k, v in tags.items()]
-
-
 def specification(resource_type: str, tags: Any, extra: Tags) -> list[dict[str, Any]]:
     """TagSpecifications: the user's tags plus iasql's markers (token and the like)."""
     pairs = {**(normalize_instance_tags(tags) or {}), **extra}
     return [{"ResourceType": resource_type, "Tags": tag_list(pairs)}] if pairs else []
-
-
-def token_tag(token: str | None) -> Tags:
-    return {TOKEN_TAG: token} if token else {}
 
 
 def commit_of(token: str | None) -> str | None:
@@ -111,15 +98,6 @@ def _primary(interface: dict[str, Any]) -> bool:
     return interface.get("Attachment", {}).get("DeviceIndex", 0) == 0
 
 
-class InstanceLocks:
-    """One asyncio lock per instance: a commit runs independent steps at once, and changing an
-    instance's group list is a read followed by a write that must not interleave."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def __call__(self, instance_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(instance_id, asyncio.Lock())
-
-
-INSTANCE_LOCKS = InstanceLocks()
+# One lock per instance: a commit runs independent steps at once, and changing an instance's
+# group list is a read followed by a write that must not interleave.
+INSTANCE_LOCKS: KeyedLocks[str] = KeyedLocks()

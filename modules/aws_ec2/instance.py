@@ -8,7 +8,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from modules.aws_account import region_column
+from modules._aws.region import region_column
+from modules._aws.tags import sync_tags, tag_dict, token_tag, with_token
+from modules._aws.waiters import wait_for
 from modules.aws_ec2.common import (
     AMI_TAG,
     INSTANCE_LOCKS,
@@ -19,10 +21,7 @@ from modules.aws_ec2.common import (
     normalize_instance_tags,
     region_of,
     specification,
-    tag_dict,
-    token_tag,
 )
-from modules.aws_vpc.ec2 import sync_tags, wait_for, with_token
 from modules.errors import ignoring
 from modules.spec import (
     TOKEN,

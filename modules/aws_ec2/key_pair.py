@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import wait_for
+from modules._aws.region import region_column
+from modules._aws.waiters import wait_for
 from modules.errors import ignoring
 from modules.spec import Cloud, CloudError, Column, ModuleFunction, Record, Table
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from modules.aws_account import region_column
+from modules._aws.region import region_column
+from modules.concurrency import KeyedLocks
 from modules.errors import ignoring
 from modules.spec import Cloud, Column, Record, Table, foreign_key
 
@@ -25,11 +26,10 @@ class RegisteredInstanceMapper:
         # One change at a time per (target group, instance): a port change is a delete and a
         # create that a commit runs concurrently, and the delete's put-back below must not
         # interleave with the create.
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
 
     def _lock(self, record: Record) -> asyncio.Lock:
-        key = (record["target_group_id"], record["instance"])
-        return self._locks.setdefault(key, asyncio.Lock())
+        return self._locks((record["target_group_id"], record["instance"]))
 
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         records = []

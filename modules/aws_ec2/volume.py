@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from modules.aws_account import region_column
+from modules._aws.region import region_column
+from modules._aws.tags import sync_tags, token_tag, with_token
+from modules._aws.waiters import wait_for
 from modules.aws_ec2.common import (
     live_instances,
     normalize_instance_tags,
     root_device,
     specification,
-    token_tag,
 )
 from modules.aws_vpc import availability_zone_column
-from modules.aws_vpc.ec2 import sync_tags, wait_for, with_token
 from modules.errors import ignoring
 from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Table, foreign_key
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from modules import VERSION
-from modules.aws_account import region_column
+from modules._aws.region import region_column
 from modules.aws_ec2.common import live_instances
 from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Table, foreign_key
 

@@ -3,18 +3,16 @@ groups, load balancers, their security groups and their listeners."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 from modules import VERSION
-from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import with_token
-from modules.concurrency import gather_bounded
+from modules._aws.region import region_column
+from modules._aws.tags import tag_list, token_tag, with_token
+from modules.concurrency import KeyedLocks, gather_bounded
 from modules.errors import ignoring
 from modules.spec import (
     TOKEN,
-    TOKEN_TAG,
     Cloud,
     CloudError,
     Column,
@@ -37,8 +35,8 @@ def region_of(arn: str) -> str:
 def _token_tags(record: Record) -> dict[str, Any]:
     """The Tags argument of a create: the engine's token (a create undoing a delete may have
     none, and AWS refuses an empty tag list)."""
-    token = record.get(TOKEN)
-    return {"Tags": [{"Key": TOKEN_TAG, "Value": token}]} if token else {}
+    tags = tag_list(token_tag(record.get(TOKEN)))
+    return {"Tags": tags} if tags else {}
 
 
 async def _tags(elb: Any, arns: list[str]) -> dict[str, list[dict[str, str]]]:
@@ -428,17 +426,8 @@ LOAD_BALANCER = Table(
 # --- load_balancer_security_groups ---------------------------------------------------------
 
 # set_security_groups replaces a load balancer's whole list: each change reads the list and
-# writes it back, one at a time per load balancer. A lock belongs to one event loop, and the
-# mapper outlives loops (tests run one per call), so each is kept with its loop.
-_group_locks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
-
-
-def _group_lock(arn: str) -> asyncio.Lock:
-    loop = asyncio.get_running_loop()
-    found = _group_locks.get(arn)
-    if found is None or found[0] is not loop:
-        found = _group_locks[arn] = (loop, asyncio.Lock())
-    return found[1]
+# writes it back, one at a time per load balancer.
+_group_lock: KeyedLocks[str] = KeyedLocks()
 
 
 def _assigned(tags: list[dict[str, str]] | None) -> list[str] | None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from modules import VERSION
+from modules._aws.policy import canonical_policy, load_policy, policy_text
 from modules.concurrency import gather_bounded
 from modules.errors import error_code, ignoring
 from modules.spec import Cloud, CloudError, Column, ModuleFunction, ModuleSpec, Record, Ref, Table
@@ -29,65 +28,6 @@ IAM_CONCURRENCY = 8
 WAIT = {"Delay": 2, "MaxAttempts": 30}
 
 # --- canonical forms ------------------------------------------------------------------------
-
-# IAM's reading of a document without a Version element.
-DEFAULT_POLICY_VERSION = "2008-10-17"
-_PRINCIPAL_KEYS = ("Principal", "NotPrincipal")
-
-
-def _loaded(value: Any) -> Any:
-    """A policy document as Python data: JSON text (URL-encoded, as IAM's raw answers are)
-    is parsed; text that is no JSON is left as it is, for AWS to reject."""
-    if not isinstance(value, str):
-        return value
-    for text in (value, urllib.parse.unquote(value)):
-        try:
-            return json.loads(text)
-        except ValueError:
-            continue
-    return value
-
-
-def _sort_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _principal_id(value: Any) -> Any:
-    """IAM stores a bare account id as a principal in its ARN form."""
-    text = str(value)
-    return f"arn:aws:iam::{text}:root" if text.isdigit() and len(text) == 12 else value
-
-
-def _canonical(value: Any, key: str | None = None) -> Any:
-    """Every list position of the policy grammar is a set that takes a bare value too: list
-    order and duplicates don't count and ["x"] means "x"."""
-    if isinstance(value, dict):
-        items = {k: _canonical(v, k) for k, v in value.items()}
-        if key in _PRINCIPAL_KEYS and "AWS" in items:
-            ids = items["AWS"] if isinstance(items["AWS"], list) else [items["AWS"]]
-            items["AWS"] = _canonical([_principal_id(v) for v in ids])
-        if items.get("Sid") == "":  # an empty Sid is no Sid
-            del items["Sid"]
-        return items
-    if isinstance(value, list):
-        unique = {_sort_key(v): v for v in (_canonical(v, key) for v in value)}
-        ordered = [unique[k] for k in sorted(unique)]
-        return ordered[0] if len(ordered) == 1 else ordered
-    return value
-
-
-def canonical_policy(value: Any) -> str | None:
-    """A policy document as compact, key-sorted JSON in which what IAM treats as the same
-    reads the same: key order, a Statement object or a one-element list, the order of
-    statements and actions, a missing Version (IAM reads it as 2008-10-17), an account id or
-    its root ARN as principal."""
-    if value is None:
-        return None
-    document = _loaded(value)
-    if not isinstance(document, dict):
-        return document if isinstance(document, str) else _sort_key(document)
-    document = _canonical({"Version": DEFAULT_POLICY_VERSION, **document})
-    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 def normalize_arns(value: Any) -> list[str] | None:
@@ -116,7 +56,7 @@ def _as_list(value: Any) -> list[Any]:
 def trusts_ec2(document: Any) -> bool:
     """Whether an assume-role policy lets EC2 assume the role: such a role gets an instance
     profile of its own name, which is what an instance is launched with."""
-    loaded = _loaded(document)
+    loaded = load_policy(document)
     statements = _as_list(loaded.get("Statement")) if isinstance(loaded, dict) else []
     for statement in statements:
         if not isinstance(statement, dict) or statement.get("Effect") != "Allow":
@@ -127,10 +67,6 @@ def trusts_ec2(document: Any) -> bool:
         if "ec2.amazonaws.com" in services and actions & {"sts:assumerole", "sts:*", "*"}:
             return True
     return False
-
-
-def _policy_text(document: Any) -> str:
-    return document if isinstance(document, str) else json.dumps(document)
 
 
 # --- small IAM helpers ----------------------------------------------------------------------
@@ -196,7 +132,7 @@ def _role_record(role: dict[str, Any], policies: list[str] | None) -> Record:
     return {
         "arn": role["Arn"],
         "role_name": role["RoleName"],
-        "assume_role_policy_document": _loaded(role.get("AssumeRolePolicyDocument")),
+        "assume_role_policy_document": load_policy(role.get("AssumeRolePolicyDocument")),
         "description": normalize_description(role.get("Description")),
         "attached_policies_arns": policies,
         "path": role.get("Path", "/"),  # not a column: for `protected`
@@ -270,7 +206,7 @@ class RoleMapper:
         described = {"Description": record["description"]} if record.get("description") else {}
         async with cloud.client("iam", None) as iam:
             await iam.create_role(
-                RoleName=name, AssumeRolePolicyDocument=_policy_text(document), **described
+                RoleName=name, AssumeRolePolicyDocument=policy_text(document), **described
             )
             try:
                 await iam.get_waiter("role_exists").wait(RoleName=name, WaiterConfig=WAIT)
@@ -295,7 +231,7 @@ class RoleMapper:
                 current["assume_role_policy_document"]
             ):
                 await iam.update_assume_role_policy(
-                    RoleName=name, PolicyDocument=_policy_text(document)
+                    RoleName=name, PolicyDocument=policy_text(document)
                 )
             description = normalize_description(record.get("description"))
             if description != normalize_description(current.get("description")):

@@ -12,7 +12,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from modules import VERSION
-from modules.aws_account import region_column
+from modules._aws.policy import canonical_policy, policy_text
+from modules._aws.region import region_column
 from modules.errors import error_code, ignoring
 from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
 
@@ -20,30 +21,6 @@ US_EAST_1 = "us-east-1"  # the one region whose buckets have no LocationConstrai
 
 
 # Canonical forms, for comparing what a user wrote with what AWS hands back.
-
-
-def _collapse(value: Any) -> Any:
-    """In the policy grammar every list position (Statement, Action, Resource, a principal's
-    ids, condition values) takes a bare value too, and ["x"] means "x"."""
-    if isinstance(value, dict):
-        return {k: _collapse(v) for k, v in value.items()}
-    if isinstance(value, list):
-        items = [_collapse(v) for v in value]
-        return items[0] if len(items) == 1 else items
-    return value
-
-
-def canonical_policy(value: Any) -> str | None:
-    """A policy document as compact JSON with sorted keys: key order, a JSON string vs an
-    object and a one-element list vs its element don't count."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return value  # not JSON: compared as written, AWS will reject it
-    return json.dumps(_collapse(value), sort_keys=True, separators=(",", ":"))
 
 
 def canonical_tags(value: Any) -> dict[str, str] | None:
@@ -126,8 +103,7 @@ async def _apply_settings(s3: Any, record: Record, current: Record) -> None:
         if policy is None:
             await s3.delete_bucket_policy(Bucket=name)
         else:
-            text = policy if isinstance(policy, str) else json.dumps(policy)
-            await s3.put_bucket_policy(Bucket=name, Policy=text)
+            await s3.put_bucket_policy(Bucket=name, Policy=policy_text(policy))
     if tags != canonical_tags(current.get("tags")):
         if tags is None:
             await s3.delete_bucket_tagging(Bucket=name)

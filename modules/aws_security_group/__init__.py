@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from modules import VERSION
-from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import (
-    normalize_cidr,
-    tag_specifications,
-    wait_for,
-    with_token,
-)
+from modules._aws.cidr import normalize_cidr
+from modules._aws.region import region_column
+from modules._aws.tags import tag_specifications, with_token
+from modules._aws.waiters import wait_for
 from modules.errors import ignoring
 from modules.spec import (
     TOKEN,

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from modules import VERSION
-from modules.aws_account import region_column
+from modules._aws.policy import canonical_policy
+from modules._aws.region import region_column
 from modules.concurrency import gather_bounded
 from modules.spec import Cloud, Column, ModuleSpec, Record, Table
 
@@ -19,15 +20,6 @@ _ATTRIBUTES = {
     "message_retention_period": "MessageRetentionPeriod",
     "maximum_message_size": "MaximumMessageSize",
 }
-
-
-def canonical_json(value: Any) -> Any:
-    """Policy documents compare by content: key order and a JSON string vs object don't count."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = json.loads(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _record(url: str, attributes: dict[str, str]) -> Record:
@@ -46,7 +38,11 @@ def _record(url: str, attributes: dict[str, str]) -> Record:
 def _attributes(record: Record) -> dict[str, str]:
     attributes = {a: str(record[c]) for c, a in _ATTRIBUTES.items() if record.get(c) is not None}
     policy = record.get("policy")
-    attributes["Policy"] = "" if policy is None else canonical_json(policy)
+    if isinstance(policy, str):
+        policy = json.loads(policy)
+    # The document as written, in compact JSON (what is compared is `canonical_policy`).
+    text = "" if policy is None else json.dumps(policy, sort_keys=True, separators=(",", ":"))
+    attributes["Policy"] = text
     return attributes
 
 
@@ -95,7 +91,7 @@ QUEUE = Table(
         Column("receive_message_wait_time_seconds", "integer", nullable=False, default="0"),
         Column("message_retention_period", "integer", nullable=False, default="345600"),
         Column("maximum_message_size", "integer", nullable=False, default="262144"),
-        Column("policy", "json", normalize=canonical_json),
+        Column("policy", "json", normalize=canonical_policy),
         Column("arn", "varchar", cloud_assigned=True),
         region_column(),
     ),

@@ -1,4 +1,7 @@
-"""aws_vpc: availability zones, VPCs and subnets."""
+"""aws_vpc: availability zones, VPCs and subnets (here); DHCP option sets, elastic IPs, internet
+and NAT gateways, route tables, their associations and routes (`routing.py`); network ACLs,
+peering connections, gateway and interface endpoints and the subnets of an interface endpoint
+(`network.py`): fifteen tables in all."""
 
 from __future__ import annotations
 
@@ -6,16 +9,10 @@ import asyncio
 from typing import Any
 
 from modules import VERSION
-from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import (
-    normalize_cidr,
-    sync_tags,
-    tag_specifications,
-    tags_column,
-    user_tags,
-    wait_for,
-    with_token,
-)
+from modules._aws.cidr import normalize_cidr
+from modules._aws.region import region_column
+from modules._aws.tags import sync_tags, tag_specifications, tags_column, user_tags, with_token
+from modules._aws.waiters import wait_for
 from modules.aws_vpc.network import (
     ENDPOINT_GATEWAY,
     ENDPOINT_INTERFACE,

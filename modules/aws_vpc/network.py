@@ -4,7 +4,6 @@ and VPC endpoints (gateway, interface, and the subnets of an interface endpoint)
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -13,18 +12,19 @@ from typing import Any
 from aiobotocore.waiter import create_waiter_with_client
 from botocore.waiter import WaiterModel
 
-from modules.aws_account import region_column
-from modules.aws_s3 import canonical_policy
-from modules.aws_vpc.ec2 import (
-    normalize_cidr,
+from modules._aws.cidr import normalize_cidr
+from modules._aws.policy import canonical_policy, policy_text
+from modules._aws.region import region_column
+from modules._aws.tags import (
     sync_tags,
     tag_specifications,
     tags_column,
     update_tags,
     user_tags,
-    wait_for,
     with_token,
 )
+from modules._aws.waiters import wait_for
+from modules.concurrency import KeyedLocks
 from modules.errors import ignoring
 from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Ref, Table, foreign_key
 
@@ -469,7 +469,7 @@ def _policy_document(value: Any) -> str:
     with ResetPolicy (which moto ignores)."""
     if value is None:
         return _FULL_ACCESS_DOCUMENT
-    return value if isinstance(value, str) else json.dumps(value)
+    return policy_text(value)
 
 
 def _read_policy(document: str | None) -> Any:
@@ -565,12 +565,12 @@ async def _wait_endpoint(ec2: Any, name: str, endpoint_id: str) -> None:
 
 
 # One change at a time per endpoint: each one puts it back into `pending` for a while.
-_ENDPOINT_LOCKS: dict[str, asyncio.Lock] = {}
+_ENDPOINT_LOCKS: KeyedLocks[str] = KeyedLocks()
 
 
 @contextlib.asynccontextmanager
 async def _changing(ec2: Any, endpoint_id: str) -> AsyncIterator[None]:
-    async with _ENDPOINT_LOCKS.setdefault(endpoint_id, asyncio.Lock()):
+    async with _ENDPOINT_LOCKS(endpoint_id):
         await _wait_endpoint(ec2, "EndpointAvailable", endpoint_id)
         yield
         await _wait_endpoint(ec2, "EndpointAvailable", endpoint_id)

@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modules.aws_account import region_column
-from modules.aws_vpc.ec2 import (
-    normalize_cidr,
+from modules._aws.cidr import normalize_cidr
+from modules._aws.region import region_column
+from modules._aws.tags import (
     sync_tags,
     tag_specifications,
     tags_column,
     update_tags,
     user_tags,
-    wait_for,
     with_token,
 )
+from modules._aws.waiters import wait_for
 from modules.errors import ignoring
 from modules.spec import TOKEN, Cloud, CloudError, Column, Record, Ref, Table, foreign_key
 

@@ -1,9 +1,8 @@
-"""EC2 helpers shared by aws_vpc and the modules built on it (aws_security_group): tags and the
-create token, CIDR forms, waiters, and errors that mean "already gone"."""
+"""Tags as a `tags` column holds them, and the create token (see modules.spec.TOKEN) that a
+mapper tags a resource with, so that a create cut short can be found again."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,18 +10,6 @@ from typing import Any
 from modules.spec import TOKEN, TOKEN_TAG, Cloud, Column, Record
 
 Tags = dict[str, str]
-
-
-def normalize_cidr(value: Any) -> str | None:
-    """A CIDR as Postgres's cidr type prints it: host bits cleared ("10.0.0.1/8" is
-    "10.0.0.0/8"), IPv6 compressed and lower case. Something that is no CIDR is left for AWS
-    to reject."""
-    if value is None:
-        return None
-    try:
-        return str(ipaddress.ip_network(str(value).strip(), strict=False))
-    except ValueError:
-        return str(value)
 
 
 def _hidden(key: str) -> bool:
@@ -43,37 +30,48 @@ def normalize_tags(value: Any) -> Tags | None:
 
 
 def tags_column() -> Column:
-    """The `tags` column of an EC2 resource: a JSON object, compared as `normalize_tags` does."""
+    """The `tags` column of a resource: a JSON object, compared as `normalize_tags` does."""
     return Column("tags", "json", normalize=normalize_tags)
 
 
-def _as_dict(aws_tags: list[dict[str, str]] | None) -> Tags:
+def tag_dict(aws_tags: list[dict[str, str]] | None) -> Tags:
+    """AWS's tag list ([{"Key": .., "Value": ..}]) as a dict, hidden tags included."""
     return {t["Key"]: t.get("Value", "") for t in aws_tags or ()}
+
+
+def tag_list(tags: Tags) -> list[dict[str, str]]:
+    """A dict of tags as AWS's tag list."""
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
 def user_tags(aws_tags: list[dict[str, str]] | None) -> Tags | None:
     """The `tags` column from AWS's tag list."""
-    return normalize_tags(_as_dict(aws_tags))
+    return normalize_tags(tag_dict(aws_tags))
+
+
+def token_tag(token: str | None) -> Tags:
+    """The tag that marks a resource with its create token (none without a token)."""
+    return {TOKEN_TAG: token} if token else {}
 
 
 def with_token(record: Record, aws_tags: list[dict[str, str]] | None) -> Record:
     """Reports the create token a resource was tagged with, so the engine can find it again."""
-    token = _as_dict(aws_tags).get(TOKEN_TAG)
+    token = tag_dict(aws_tags).get(TOKEN_TAG)
     if token is not None:
         record[TOKEN] = token
     return record
 
 
 def tag_specifications(resource_type: str, tags: Any, token: str | None) -> list[dict[str, Any]]:
-    """TagSpecifications for a create call: the user's tags plus the create token."""
-    pairs = [{"Key": k, "Value": v} for k, v in (normalize_tags(tags) or {}).items()]
+    """TagSpecifications for an EC2 create call: the user's tags plus the create token."""
+    pairs = tag_list(normalize_tags(tags) or {})
     if token is not None:
         pairs.append({"Key": TOKEN_TAG, "Value": token})
     return [{"ResourceType": resource_type, "Tags": pairs}] if pairs else []
 
 
 async def sync_tags(ec2: Any, resource_id: str, wanted: Any, current: Any) -> None:
-    """Changes the resource's visible tags from `current` to `wanted` (hidden ones stay)."""
+    """Changes an EC2 resource's visible tags from `current` to `wanted` (hidden ones stay)."""
     new = normalize_tags(wanted) or {}
     old = normalize_tags(current) or {}
     removed = [{"Key": k} for k in old if k not in new]
@@ -91,16 +89,10 @@ async def update_tags(
     id_column: str,
     read_one: Callable[[Any, str, str], Awaitable[Record]],
 ) -> Record:
-    """A mapper's update for a resource whose tags are all that changes in place: syncs the
-    tags of the resource `current[id_column]`, then returns it as `read_one(ec2, id, region)`
-    reads it."""
+    """A mapper's update for an EC2 resource whose tags are all that changes in place: syncs
+    the tags of the resource `current[id_column]`, then returns it as
+    `read_one(ec2, id, region)` reads it."""
     resource_id = current[id_column]
     async with cloud.client("ec2", current["region"]) as ec2:
         await sync_tags(ec2, resource_id, record.get("tags"), current.get("tags"))
         return await read_one(ec2, resource_id, current["region"])
-
-
-async def wait_for(ec2: Any, waiter: str, **params: Any) -> None:
-    """Waits with an EC2 waiter, polling every 2 s: new resources are usually ready at once,
-    but a describe right after a create may not find them yet."""
-    await ec2.get_waiter(waiter).wait(**params, WaiterConfig={"Delay": 2, "MaxAttempts": 60})

@@ -1,0 +1,3 @@
+"""The shared AWS library of the modules, owned by no service: tags and the create token
+(`tags`), CIDR forms (`cidr`), EC2 waiters (`waiters`), policy documents (`policy`) and the
+region column (`region`). A module imports these, never another module's helpers."""
