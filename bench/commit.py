@@ -65,11 +65,15 @@ from engine import Engine, EngineConfig
 from engine.admin import PublicAddress
 from engine.transaction import TransactionSettings
 from iasql.postgres import LocalPostgres, PostgresError, free_port
-from iasql.relay import RelayThread
 from iasql.sandbox import MotoServer, SandboxError
 from modules.aws_cloudwatch import LogGroupMapper
 from modules.aws_sqs import QueueMapper
 from proxy.server import BackendAddress, ProxyServer
+
+# The delaying HTTP relay belongs to the tests (tests/support/), not to the installed package:
+# found through the repository root, since bench/ runs as scripts.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.http_relay import RelayThread
 
 USER = "bench"
 ROOT = Path(__file__).resolve().parent.parent

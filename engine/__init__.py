@@ -1,4 +1,5 @@
-"""The engine: functions, environment databases and (later) transactions and the audit log."""
+"""The engine: functions, environment databases, modules, infrastructure transactions (plan,
+apply, sync) and the audit log."""
 
 from engine.core import Engine, EngineConfig
 from engine.functions import CallContext, EngineError, FunctionSpec

@@ -42,11 +42,13 @@ class AwsCloud:
         self.credentials = credentials
         self._session = get_session()
         # An unreachable, refusing, 500-answering or connection-dropping endpoint fails a call
-        # within 10 s (3 attempts of a 2 s connect, backoff under 1 + 2 s); a slow one has 60 s.
+        # in about 10 s (3 attempts of a 3 s connect, with backoff under 1 + 2 s); a slow one
+        # has 60 s. A 3 s connect outlasts a loopback SYN retry at 1 s and a busy event loop;
+        # 2 s timed out against a local moto on a machine loaded with test suites.
         self._config = AioConfig(
             retries={"mode": "standard", "total_max_attempts": 3},
             max_pool_connections=max_connections,
-            connect_timeout=2,
+            connect_timeout=3,
             read_timeout=60,
         )
         self._clients: dict[tuple[str, str], Any] = {}

@@ -29,7 +29,8 @@ PROBE_TIMEOUT = 5.0
 # OSError; CannotConnectNowError, "the database system is starting up", a PostgresError).
 BACKEND_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-# IaSQL's old names. (`iasql_sync` was one too; here it is the drift import, SPEC section 3.)
+# IaSQL's old names. (`iasql_sync` was one too; here it is the drift import, as the README's
+# "Infrastructure transactions" section says.)
 DEPRECATED = {
     "iasql_apply": "iasql_begin(), then iasql_commit()",
     "iasql_preview_apply": "iasql_preview()",

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy import MetaData, inspect, select, text
 
-from tests.conftest import RunningServer, TlsServer
+from tests.support.env import RunningServer, TlsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ROOT / "tests" / "clients"

@@ -1,7 +1,8 @@
 """Engine trust under concurrency and faults: edits made while a commit, a sync or an import
 runs are never lost, and a cloud that goes away mid-commit gets an honest answer and a later
-cleanup. AWS calls go through the delaying relay (iasql/relay.py), which holds each request
-long enough for another session to act meanwhile, and can drop connections on demand."""
+cleanup. AWS calls go through the delaying relay (tests/support/http_relay.py), which holds
+each request long enough for another session to act meanwhile, and can drop connections on
+demand."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import boto3
 import psycopg
 import pytest
 
-from iasql.relay import RelayThread
 from iasql.sandbox import MotoServer
-from tests.conftest import only_regions, rows
+from tests.support.env import only_regions, rows
+from tests.support.http_relay import RelayThread
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

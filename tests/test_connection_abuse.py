@@ -37,7 +37,7 @@ from proxy import protocol as pg
 from proxy.login import UNVERIFIABLE
 from proxy.roles import RoleDirectory
 from proxy.server import BackendAddress, ProxyServer
-from tests.conftest import PASSWORD, SUPERUSER, RunningServer
+from tests.support.env import PASSWORD, SUPERUSER, RunningServer
 
 AUTH_TIMEOUT = 1.0
 

@@ -16,8 +16,8 @@ import pytest
 
 from iasql.postgres import LocalPostgres, free_port
 from iasql.sandbox import MotoServer
-from tests.conftest import add_credentials, reachable_tempdir
-from tests.test_cli import Server
+from tests.support.cli import Server
+from tests.support.env import add_credentials, reachable_tempdir
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

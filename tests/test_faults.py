@@ -20,8 +20,8 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from engine.cloud import cloud_failure
-from iasql.relay import RelayThread
-from tests.conftest import RunningServer, only_regions, rows
+from tests.support.env import RunningServer, only_regions, rows
+from tests.support.http_relay import RelayThread
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

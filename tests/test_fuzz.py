@@ -34,7 +34,7 @@ import pytest
 
 from engine.core import server_version
 from iasql.postgres import LocalPostgres
-from tests.conftest import PASSWORD, SUPERUSER, RunningServer
+from tests.support.env import PASSWORD, SUPERUSER, RunningServer
 
 MAX_MESSAGE = 1 << 20  # the `iasql` fixture's max_message
 MAX_STARTUP = 10_000  # Postgres's limit for a startup packet, which the proxy shares

@@ -11,7 +11,7 @@ import pytest
 
 from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
-from tests.conftest import RunningServer, add_credentials, only_regions, rows
+from tests.support.env import RunningServer, add_credentials, only_regions, rows
 
 
 def logs_client(moto: MotoServer, region: str) -> object:

@@ -10,7 +10,7 @@ import pytest
 
 from engine.core import server_version
 from modules import available_modules
-from tests.conftest import RunningServer, psql_env
+from tests.support.env import RunningServer, psql_env
 
 MODULES = sorted(available_modules())
 

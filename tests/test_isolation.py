@@ -19,7 +19,7 @@ import pytest
 
 from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
-from tests.conftest import (
+from tests.support.env import (
     PASSWORD,
     SUPERUSER,
     RunningServer,

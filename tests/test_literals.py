@@ -16,8 +16,8 @@ from proxy import protocol as pg
 from proxy.intercept import prefilter, split_statements
 from proxy.literals import long_literals, reduce
 from proxy.session import CloseConnection, RunEngine, Session, ToServer
-from tests.conftest import RunningServer
-from tests.test_session import CATALOG, frames, startup, to_client, to_server
+from tests.support.env import RunningServer
+from tests.support.wire import CATALOG, frames, startup, to_client, to_server
 
 BIG = "x" * 70_000  # longer than literals.STRIP_FROM: the statement is reduced
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from iasql.postgres import LocalPostgres, free_port
-from tests.conftest import reachable_tempdir
-from tests.test_cli import Server
+from tests.support.cli import Server
+from tests.support.env import reachable_tempdir
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

@@ -4,16 +4,11 @@ deleted through begin / preview / commit, an INSERT refused, and the two RPCs ag
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import boto3
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from iasql.sandbox import MotoServer
 from modules.aws_acm import (
@@ -25,35 +20,10 @@ from modules.aws_acm import (
     certificate_request,
 )
 from modules.spec import CloudError
-from tests.conftest import add_credentials, in_cloud, rows
-from tests.test_module_vpc import REGION, mapper
+from tests.support.aws import REGION, make_certificate, mapper, only_one_region
+from tests.support.env import add_credentials, in_cloud, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
-
-
-def make_certificate(domain: str) -> tuple[str, str]:
-    """A self-signed PEM certificate for `domain` and its PEM private key."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return pem, private
 
 
 def acm_client(moto: MotoServer, region: str = REGION) -> Any:
@@ -196,12 +166,6 @@ def test_certificate_mapper(moto: MotoServer) -> None:
 
 
 # --- through SQL ---------------------------------------------------------------------------
-
-
-def only_one_region(conn: psycopg.Connection) -> None:
-    """Reads only us-east-1 from now on: every read of every table otherwise visits each
-    region. (The first install with credentials fills aws_regions.)"""
-    conn.execute("UPDATE aws_regions SET is_enabled = (region = %s)", (REGION,))
 
 
 @pytest.fixture

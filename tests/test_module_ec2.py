@@ -15,7 +15,7 @@ import pytest
 
 from iasql.sandbox import MotoServer
 from modules.aws_ec2.key_pair import key_pair_import, key_pair_request
-from tests.conftest import (
+from tests.support.env import (
     RunningServer,
     add_credentials,
     commit,

@@ -24,9 +24,8 @@ from modules.aws_elb import (
     visible_groups,
 )
 from modules.spec import TOKEN
-from tests.conftest import add_credentials, commit, in_cloud, rows
-from tests.test_module_acm import make_certificate, only_one_region
-from tests.test_module_vpc import REGION, mapper
+from tests.support.aws import REGION, make_certificate, mapper, only_one_region
+from tests.support.env import add_credentials, commit, in_cloud, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

@@ -25,7 +25,7 @@ from modules.aws_iam import (
     trusts_ec2,
 )
 from modules.spec import CloudError
-from tests.conftest import RunningServer, add_credentials, in_cloud, rows
+from tests.support.env import RunningServer, add_credentials, in_cloud, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

@@ -23,7 +23,7 @@ from modules.aws_s3 import (
     canonical_tags,
 )
 from modules.spec import TOKEN, CloudError, Record
-from tests.conftest import add_credentials, rows
+from tests.support.env import add_credentials, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

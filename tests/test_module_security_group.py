@@ -24,8 +24,8 @@ from modules.aws_security_group import (
 from modules.aws_vpc import MODULE as VPC_MODULE
 from modules.aws_vpc import VPC
 from modules.spec import TOKEN, TOKEN_TAG, CloudError, Record
-from tests.conftest import add_credentials, in_cloud, rows
-from tests.test_module_vpc import REGION, ec2_client, mapper, new_vpc, read_by
+from tests.support.aws import REGION, ec2_client, mapper, new_vpc, read_by
+from tests.support.env import add_credentials, in_cloud, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

@@ -5,39 +5,20 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, TypeVar
 
-import boto3
 import pytest
 
 from engine.cloud import AwsCloud
 from iasql.sandbox import MotoServer
+from modules._aws.cidr import normalize_cidr
+from modules._aws.tags import normalize_tags, tag_specifications, user_tags, with_token
 from modules.aws_vpc import AVAILABILITY_ZONE, SUBNET, VPC, attribute_order
-from modules.aws_vpc.ec2 import (
-    normalize_cidr,
-    normalize_tags,
-    tag_specifications,
-    user_tags,
-    with_token,
-)
-from modules.spec import TOKEN, TOKEN_TAG, CloudError, Mapper, Record
-from tests.conftest import in_cloud
+from modules.spec import TOKEN, TOKEN_TAG, CloudError
+from tests.support.aws import REGION, ec2_client, mapper, new_vpc, read_by
+from tests.support.env import in_cloud
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
 T = TypeVar("T")
-REGION = "us-east-1"
-
-
-def ec2_client(moto: MotoServer, region: str = REGION) -> Any:
-    return boto3.client("ec2", region_name=region, endpoint_url=moto.endpoint)
-
-
-def mapper(table: Any) -> Mapper:
-    assert table.mapper is not None
-    return table.mapper
-
-
-async def read_by(table: Any, cloud: AwsCloud, key: str) -> dict[str, Record]:
-    return {r[key]: r for r in await mapper(table).read(cloud, REGION)}
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -118,20 +99,6 @@ def test_availability_zones_are_read_only(moto: MotoServer) -> None:
         )
     with pytest.raises(CloudError, match="cannot be deleted"):
         in_cloud(moto, lambda cloud: mapper(AVAILABILITY_ZONE).delete(cloud, zones[0]))
-
-
-def new_vpc(cidr: str, token: str, **columns: Any) -> Record:
-    """A VPC as a freshly inserted row would give it to create()."""
-    return {
-        "cidr_block": cidr,
-        "enable_dns_hostnames": False,
-        "enable_dns_support": False,
-        "enable_network_address_usage_metrics": False,
-        "tags": None,
-        "region": REGION,
-        TOKEN: token,
-        **columns,
-    }
 
 
 def test_vpc_lifecycle(moto: MotoServer) -> None:

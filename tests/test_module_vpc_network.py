@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from iasql.sandbox import MotoServer
-from modules.aws_vpc.ec2 import user_tags
+from modules._aws.tags import user_tags
 from modules.aws_vpc.network import (
     NETWORK_ACL,
     normalize_dns_record_type,
@@ -23,7 +23,7 @@ from modules.aws_vpc.network import (
     service_name,
     short_service,
 )
-from tests.conftest import RunningServer, add_credentials, one, only_regions, rows
+from tests.support.env import RunningServer, add_credentials, one, only_regions, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

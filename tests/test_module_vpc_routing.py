@@ -20,7 +20,7 @@ from modules.aws_vpc.routing import (
     normalize_destination,
     normalize_dhcp_configurations,
 )
-from tests.conftest import RunningServer, add_credentials, commit, one, only_regions, rows
+from tests.support.env import RunningServer, add_credentials, commit, one, only_regions, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

@@ -22,8 +22,8 @@ from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
 from modules import available_modules
 from modules.spec import Column, Table
-from tests.conftest import RunningServer, add_credentials, only_regions, rows
-from tests.test_cli import IASQL, cli_env
+from tests.support.cli import IASQL, cli_env
+from tests.support.env import RunningServer, add_credentials, only_regions, rows
 
 MODULES = ("aws_cloudwatch", "aws_sqs", "aws_vpc", "aws_security_group")
 

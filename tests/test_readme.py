@@ -15,8 +15,8 @@ import boto3
 import pytest
 
 from iasql.postgres import LocalPostgres, free_port
-from tests.conftest import psql_env, reachable_tempdir
-from tests.test_cli import Server, created_url, iasql
+from tests.support.cli import Server, created_url, iasql
+from tests.support.env import psql_env, reachable_tempdir
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

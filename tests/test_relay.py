@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from iasql.postgres import LocalPostgres
-from tests.conftest import SUPERUSER, RunningServer, psql_env
+from tests.support.env import SUPERUSER, RunningServer, psql_env
 
 
 async def test_types_and_nulls_round_trip(iasql: RunningServer) -> None:

@@ -1,6 +1,6 @@
-"""The delaying relay (iasql/relay.py): boto3 through it to a real moto server, the delay per
-request on keep-alive connections, concurrent connections delayed together, the HTTP
-framing (Content-Length, chunked, Expect: 100-continue) on a raw upstream, and the faults
+"""The delaying relay (tests/support/http_relay.py): boto3 through it to a real moto server,
+the delay per request on keep-alive connections, concurrent connections delayed together, the
+HTTP framing (Content-Length, chunked, Expect: 100-continue) on a raw upstream, and the faults
 (500, drop, refuse, dark) set while it runs."""
 
 from __future__ import annotations
@@ -25,8 +25,14 @@ from botocore.exceptions import (
     EndpointConnectionError,
 )
 
-from iasql.relay import FAULT_BODY, DelayingRelay, RelayThread, body_framing, running_relay
 from iasql.sandbox import MotoServer
+from tests.support.http_relay import (
+    FAULT_BODY,
+    DelayingRelay,
+    RelayThread,
+    body_framing,
+    running_relay,
+)
 
 DELAY = 0.3
 EPSILON = 0.002  # the event loop may wake a timer up to its clock resolution early

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from iasql.sandbox import MotoServer
-from tests.conftest import add_credentials, only_regions, rows
+from tests.support.env import add_credentials, only_regions, rows
 
 
 @pytest.fixture

@@ -329,7 +329,7 @@ def test_session_checks_the_password_before_it_asks_for_the_backend() -> None:
         ToClient,
         ToServer,
     )
-    from tests.test_session import CATALOG
+    from tests.support.wire import CATALOG
 
     session = Session(CATALOG, prefilter(CATALOG), verify_passwords=True)
     params = {"user": "dev", "database": "dev"}
@@ -381,7 +381,7 @@ def test_session_checks_the_password_before_it_asks_for_the_backend() -> None:
 def test_session_relays_a_login_it_cannot_check() -> None:
     from proxy.intercept import prefilter
     from proxy.session import ConnectServer, LookupRole, Session, ToServer
-    from tests.test_session import CATALOG
+    from tests.support.wire import CATALOG
 
     session = Session(CATALOG, prefilter(CATALOG), verify_passwords=True)
     params = {"user": "old", "database": "db"}

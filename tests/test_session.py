@@ -7,9 +7,6 @@ from typing import Any
 
 import pytest
 
-from engine import EngineConfig
-from engine.admin import PublicAddress
-from engine.core import Engine
 from engine.functions import EngineError
 from proxy import protocol as pg
 from proxy.intercept import prefilter
@@ -21,44 +18,8 @@ from proxy.session import (
     RunEngine,
     Session,
     ToClient,
-    ToServer,
 )
-
-CATALOG = Engine(EngineConfig("postgresql://unused", PublicAddress("127.0.0.1", 1))).functions
-
-
-def startup(user: str = "alice", database: str = "db") -> bytes:
-    body = (
-        struct.pack("!i", pg.PROTOCOL_V3)
-        + b"".join(pg.cstring(x) for x in ("user", user, "database", database))
-        + b"\x00"
-    )
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def started_session() -> Session:
-    session = Session(CATALOG, prefilter(CATALOG), max_message=4096)
-    events = session.client_data(startup())
-    assert isinstance(events[0], ConnectServer)
-    assert session.server_data(pg.ready_for_query(b"I")) == [ToClient(pg.ready_for_query(b"I"))]
-    return session
-
-
-def to_server(events: list[Any]) -> bytes:
-    return b"".join(e.data for e in events if isinstance(e, ToServer))
-
-
-def to_client(events: list[Any]) -> bytes:
-    return b"".join(e.data for e in events if isinstance(e, ToClient))
-
-
-def frames(data: bytes) -> list[tuple[bytes, bytes]]:
-    found, pos = [], 0
-    while pos < len(data):
-        length = struct.unpack_from("!i", data, pos + 1)[0]
-        found.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
-        pos += 1 + length
-    return found
+from tests.support.wire import CATALOG, frames, started_session, startup, to_client, to_server
 
 
 def test_ssl_and_gssenc_requests_are_declined_then_startup_goes_through() -> None:

@@ -23,9 +23,9 @@ import psycopg
 import pytest
 
 from iasql.sandbox import MotoServer
-from tests.conftest import RunningServer, add_credentials, only_regions, rows
-from tests.test_cli import IASQL, cli_env
-from tests.test_module_acm import make_certificate
+from tests.support.aws import make_certificate
+from tests.support.cli import IASQL, cli_env
+from tests.support.env import RunningServer, add_credentials, only_regions, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 

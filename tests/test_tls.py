@@ -40,7 +40,7 @@ from proxy.session import (
     ToClient,
 )
 from proxy.tls import TlsConfigError, backend_tls
-from tests.conftest import (
+from tests.support.env import (
     PASSWORD,
     SUPERUSER,
     RunningServer,
@@ -48,7 +48,7 @@ from tests.conftest import (
     psql_env,
     reachable_tempdir,
 )
-from tests.test_session import CATALOG, startup
+from tests.support.wire import CATALOG, startup
 
 SSL_REQUEST = struct.pack("!ii", 8, pg.SSL_REQUEST)
 GSSENC_REQUEST = struct.pack("!ii", 8, pg.GSSENC_REQUEST)

@@ -1,6 +1,6 @@
 """A TCP relay that imitates a distant HTTP server: each request waits a fixed delay.
 
-For tests and benchmarks. Put it in front of a local moto server and every AWS call takes at
+For tests and benchmarks (bench/commit.py), not part of the server. Put it in front of a local moto server and every AWS call takes at
 least `delay_seconds` longer, as it would over the network to AWS. The delay is per request,
 not per connection: botocore keeps connections alive and sends many requests on each one.
 To find where each request starts, the relay reads just enough HTTP/1.1: the request line and
@@ -31,7 +31,8 @@ relay runs, from any thread (the RelayThread setter returns once the fault is in
 "dark" on loopback: a socket on the relay's port listens with a backlog of 0, is never
 accepted, and the relay fills its accept queue itself, so the kernel drops further SYNs.
 
-`python -m iasql.relay http://127.0.0.1:5000 0.1` runs one in the foreground.
+From the repository root, `.venv/bin/python -m tests.support.http_relay http://127.0.0.1:5000 0.1`
+runs one in the foreground.
 """
 
 from __future__ import annotations
