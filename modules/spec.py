@@ -129,8 +129,21 @@ class ReadsSome(Protocol):
     ) -> list[Record]: ...
 
 
+# `Table.unique` left out: worked out from the other keys (see Table). Typed as the field so
+# that a constructed Table's `unique` is always a tuple.
+_INFER_UNIQUE: Any = None
+
+
 @dataclass(frozen=True)
 class Table:
+    """One resource's table. The spec works out what every table would repeat:
+
+    - a primary key of `("id",)` with no `id` column declared gets `id serial NOT NULL` as its
+      first column;
+    - `unique` left out is the cloud id, when there is one and it is not the primary key
+      (`unique=()` asks for no unique constraint).
+    """
+
     name: str
     columns: tuple[Column, ...]
     mapper: Mapper | None  # None: a table of this database only (e.g. credentials)
@@ -139,11 +152,19 @@ class Table:
     # What identifies it in the cloud; matched between rows and records.
     cloud_id: tuple[str, ...] = ()
     primary_key: tuple[str, ...] = ("id",)
-    unique: tuple[tuple[str, ...], ...] = ()
+    unique: tuple[tuple[str, ...], ...] = _INFER_UNIQUE
     regional: bool = True  # has a `region` column; reads fan out over enabled regions
     # AWS-created resources (a default VPC) that a user's DELETE must not remove.
     protected: Callable[[Record], bool] | None = None
     extra_ddl: tuple[str, ...] = ()  # statements run after CREATE TABLE (indexes, triggers)
+
+    def __post_init__(self) -> None:
+        if self.primary_key == ("id",) and all(c.name != "id" for c in self.columns):
+            serial = Column("id", "serial", nullable=False)
+            object.__setattr__(self, "columns", (serial, *self.columns))
+        if self.unique is _INFER_UNIQUE:
+            inferred = self.cloud_id and self.cloud_id != self.primary_key
+            object.__setattr__(self, "unique", (self.cloud_id,) if inferred else ())
 
     def column(self, name: str) -> Column:
         return self._columns_by_name[name]

@@ -75,7 +75,6 @@ class RegionsMapper:
 CREDENTIALS = Table(
     name="aws_credentials",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("access_key_id", "varchar", nullable=False),
         Column("secret_access_key", "varchar", nullable=False, secret=True),
         Column("session_token", "varchar", secret=True),

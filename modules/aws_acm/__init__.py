@@ -97,7 +97,6 @@ class CertificateMapper:
 CERTIFICATE = Table(
     name="certificate",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("arn", "varchar", cloud_assigned=True),
         Column("certificate_id", "varchar", cloud_assigned=True),
         Column("domain_name", "varchar", nullable=False),
@@ -129,7 +128,6 @@ CERTIFICATE = Table(
     # same domain in the same region stands for it.
     natural_key=("domain_name", "region"),
     cloud_id=("arn",),
-    unique=(("arn",),),
 )
 
 # --- RPCs ----------------------------------------------------------------------------------

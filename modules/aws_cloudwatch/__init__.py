@@ -89,7 +89,6 @@ class LogGroupMapper:
 LOG_GROUP = Table(
     name="log_group",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("log_group_name", "varchar", nullable=False),
         Column("log_group_arn", "varchar", cloud_assigned=True),
         Column("creation_time", "timestamptz", cloud_assigned=True),
@@ -98,7 +97,6 @@ LOG_GROUP = Table(
     mapper=LogGroupMapper(),
     natural_key=("log_group_name", "region"),
     cloud_id=("log_group_name", "region"),
-    unique=(("log_group_name", "region"),),
 )
 
 MODULE = ModuleSpec(

@@ -243,7 +243,6 @@ _ROOT_VOLUME_TRIGGER = (
 INSTANCE = Table(
     name="instance",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("instance_id", "varchar", cloud_assigned=True),
         # An AMI id, or `resolve:ssm:<parameter>`, kept as written (see resolve_ami).
         Column("ami", "varchar", nullable=False, replaces=True),
@@ -274,7 +273,6 @@ INSTANCE = Table(
     # loudly (a sub-select returning two rows) rather than picking one.
     natural_key=("tags", "ami", "instance_type", "region"),
     cloud_id=("instance_id",),
-    unique=(("instance_id",),),
 )
 
 

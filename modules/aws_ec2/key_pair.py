@@ -69,7 +69,6 @@ class KeyPairMapper:
 KEY_PAIR = Table(
     name="key_pair",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("name", "varchar", nullable=False),
         Column("key_pair_id", "varchar", cloud_assigned=True),
         Column("type", "varchar", check="type IN ('rsa', 'ed25519')", cloud_assigned=True),
@@ -81,7 +80,6 @@ KEY_PAIR = Table(
     # AWS keeps key pair names unique per region.
     natural_key=("name", "region"),
     cloud_id=("name", "region"),
-    unique=(("name", "region"),),
 )
 
 # --- RPCs ----------------------------------------------------------------------------------

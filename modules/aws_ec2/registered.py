@@ -105,7 +105,6 @@ _DEFAULT_PORT_TRIGGER = (
 REGISTERED_INSTANCE = Table(
     name="registered_instance",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("port", "integer"),
         region_column(),
         foreign_key(
@@ -128,6 +127,5 @@ REGISTERED_INSTANCE = Table(
     mapper=RegisteredInstanceMapper(),
     natural_key=("instance", "target_group_id", "port"),
     cloud_id=("instance", "target_group_id", "port"),
-    unique=(("instance", "target_group_id", "port"),),
     extra_ddl=_DEFAULT_PORT_TRIGGER,
 )

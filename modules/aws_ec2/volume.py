@@ -149,7 +149,6 @@ class VolumeMapper:
 GENERAL_PURPOSE_VOLUME = Table(
     name="general_purpose_volume",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("volume_id", "varchar", cloud_assigned=True),
         Column("volume_type", "varchar", nullable=False, check="volume_type IN ('gp2', 'gp3')"),
         Column("size", "integer", nullable=False, default="8"),
@@ -172,7 +171,6 @@ GENERAL_PURPOSE_VOLUME = Table(
     # it is and what it is.
     natural_key=("tags", "availability_zone", "volume_type", "size"),
     cloud_id=("volume_id",),
-    unique=(("volume_id",),),
 )
 
 # --- instance_block_device_mapping ---------------------------------------------------------
@@ -262,7 +260,6 @@ class BlockDeviceMappingMapper:
 INSTANCE_BLOCK_DEVICE_MAPPING = Table(
     name="instance_block_device_mapping",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("device_name", "varchar", nullable=False),
         foreign_key("instance_id", "instance", "instance_id", on_delete="CASCADE", replaces=False),
         foreign_key(
@@ -275,5 +272,4 @@ INSTANCE_BLOCK_DEVICE_MAPPING = Table(
     # A device name is unique on its instance.
     natural_key=("instance_id", "device_name"),
     cloud_id=("instance_id", "device_name"),
-    unique=(("instance_id", "device_name"),),
 )

@@ -109,7 +109,6 @@ INSTANCE_METADATA = Table(
     natural_key=("id",),  # its instance's natural key, through the foreign key
     cloud_id=("instance_id",),
     primary_key=("id",),
-    unique=(("instance_id",),),
     # Read-only for users: writes are refused at once with Postgres's "permission denied",
     # rather than accepted and undone later. The engine owns the table and keeps writing it
     # (sync, undo); a cascade from an instance row runs as the table's owner too.

@@ -170,7 +170,6 @@ def _health_check_columns() -> tuple[Column, ...]:
 TARGET_GROUP = Table(
     name="target_group",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("target_group_name", "varchar", nullable=False, replaces=True),
         Column(
             "target_type",
@@ -368,7 +367,6 @@ class LoadBalancerMapper:
 LOAD_BALANCER = Table(
     name="load_balancer",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("load_balancer_name", "varchar", nullable=False, replaces=True),
         Column("load_balancer_arn", "varchar", cloud_assigned=True),
         Column("dns_name", "varchar", cloud_assigned=True),
@@ -629,7 +627,6 @@ class ListenerMapper:
 LISTENER = Table(
     name="listener",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("listener_arn", "varchar", cloud_assigned=True),
         Column("port", "integer", nullable=False),
         Column("protocol", "varchar", nullable=False, check=f"protocol IN {_PROTOCOLS}"),

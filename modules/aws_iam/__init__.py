@@ -469,7 +469,6 @@ _ACCESS_KEY_TRIGGER = (
 ACCESS_KEY = Table(
     name="access_key",
     columns=(
-        Column("id", "serial", nullable=False),
         # The cloud's id of the key. Cloud-assigned, so replayed SQL never carries it: an
         # INSERT replayed in another account stops at the trigger above (a key there must be
         # requested there), and an UPDATE or DELETE names the key by this id (natural key),
@@ -494,7 +493,6 @@ ACCESS_KEY = Table(
     # An access key exists in one account only; see access_key_id.
     natural_key=("user_name", "access_key_id"),
     cloud_id=("access_key_id",),
-    unique=(("access_key_id",),),
     regional=False,
     extra_ddl=_ACCESS_KEY_TRIGGER,
 )

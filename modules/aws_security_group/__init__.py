@@ -99,7 +99,6 @@ _DEFAULT_VPC_TRIGGER = (
 SECURITY_GROUP = Table(
     name="security_group",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("description", "varchar", nullable=False, replaces=True),
         Column("group_name", "varchar", nullable=False, replaces=True),
         Column("owner_id", "varchar", cloud_assigned=True),
@@ -111,7 +110,6 @@ SECURITY_GROUP = Table(
     # AWS keeps group names unique per VPC (and the VPC brings the region).
     natural_key=("group_name", "vpc_id", "region"),
     cloud_id=("group_id",),
-    unique=(("group_id",),),
     # Every VPC's own group: AWS makes it and removes it with the VPC.
     protected=lambda record: record.get("group_name") == "default",
     extra_ddl=_DEFAULT_VPC_TRIGGER,
@@ -280,7 +278,6 @@ class SecurityGroupRuleMapper:
 SECURITY_GROUP_RULE = Table(
     name="security_group_rule",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("security_group_rule_id", "varchar", cloud_assigned=True),
         Column("is_egress", "boolean", nullable=False, replaces=True),
         Column("ip_protocol", "varchar", normalize=normalize_protocol),
@@ -320,7 +317,6 @@ SECURITY_GROUP_RULE = Table(
         "source_security_group",
     ),
     cloud_id=("security_group_rule_id",),
-    unique=(("security_group_rule_id",),),
     # At most one target: a row can't stand for the several rules AWS would make of two. (Not
     # exactly one: a group of another account as the source reads back as NULL.)
     extra_ddl=(

@@ -82,7 +82,6 @@ class QueueMapper:
 QUEUE = Table(
     name="queue",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("url", "varchar", cloud_assigned=True),
         Column("name", "varchar", nullable=False),
         Column("fifo_queue", "boolean", nullable=False, default="false", replaces=True),
@@ -98,7 +97,6 @@ QUEUE = Table(
     mapper=QueueMapper(),
     natural_key=("name", "region"),
     cloud_id=("name", "region"),
-    unique=(("name", "region"),),
 )
 
 MODULE = ModuleSpec(

@@ -200,7 +200,6 @@ class VpcMapper:
 VPC = Table(
     name="vpc",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("vpc_id", "varchar", cloud_assigned=True),
         Column("cidr_block", "varchar", nullable=False, replaces=True, normalize=normalize_cidr),
         Column("state", "varchar", check="state IN ('pending', 'available')", cloud_assigned=True),
@@ -228,7 +227,6 @@ VPC = Table(
     # can't be part of it: json has no equality operator for the sub-selects.
     natural_key=("cidr_block", "is_default", "region"),
     cloud_id=("vpc_id",),
-    unique=(("vpc_id",),),
     protected=lambda record: bool(record.get("is_default")),
 )
 
@@ -300,7 +298,6 @@ class SubnetMapper:
 SUBNET = Table(
     name="subnet",
     columns=(
-        Column("id", "serial", nullable=False),
         Column(
             "state",
             "varchar",
@@ -322,7 +319,6 @@ SUBNET = Table(
     # A subnet's CIDR is unique within its VPC (and the VPC brings the region).
     natural_key=("vpc_id", "cidr_block"),
     cloud_id=("subnet_id",),
-    unique=(("subnet_id",),),
     # The default VPC's subnets, one per zone, are AWS's.
     protected=lambda record: bool(record.get("default_for_az")),
     extra_ddl=SUBNET_ACL_DDL,

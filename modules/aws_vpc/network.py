@@ -252,7 +252,6 @@ class NetworkAclMapper:
 NETWORK_ACL = Table(
     name="network_acl",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("network_acl_id", "varchar", cloud_assigned=True),
         # Not in TABLES.md's list, but IaSQL had it: the ACL AWS made with the VPC.
         Column("is_default", "boolean", nullable=False, default="false", cloud_assigned=True),
@@ -266,7 +265,6 @@ NETWORK_ACL = Table(
     # ACLs are told apart by their tags (a Name) within their VPC.
     natural_key=("vpc_id", "is_default", "tags"),
     cloud_id=("network_acl_id",),
-    unique=(("network_acl_id",),),
     protected=lambda record: bool(record.get("is_default")),
 )
 
@@ -413,7 +411,6 @@ _PEERING_REGION_DDL = (
 PEERING_CONNECTION = Table(
     name="peering_connection",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("peering_connection_id", "varchar", cloud_assigned=True),
         Column("state", "varchar", check=f"state IN ({_PEERING_STATES})", cloud_assigned=True),
         tags_column(),
@@ -426,7 +423,6 @@ PEERING_CONNECTION = Table(
     # the same two VPCs is refused by AWS while one is active.
     natural_key=("requester_id", "accepter_id"),
     cloud_id=("peering_connection_id",),
-    unique=(("peering_connection_id",),),
     extra_ddl=_PEERING_REGION_DDL,
 )
 
@@ -689,7 +685,6 @@ class _EndpointMapper(abc.ABC):
 
 def _endpoint_columns(service_check: str) -> tuple[Column, ...]:
     return (
-        Column("id", "serial", nullable=False),
         Column("vpc_endpoint_id", "varchar", cloud_assigned=True),
         Column("service", "varchar", nullable=False, check=service_check, replaces=True),
         Column("policy", "json", normalize=normalize_endpoint_policy),
@@ -756,7 +751,6 @@ ENDPOINT_GATEWAY = Table(
     # allows more, with other route tables, which this key could not tell apart).
     natural_key=("vpc_id", "service"),
     cloud_id=("vpc_endpoint_id",),
-    unique=(("vpc_endpoint_id",),),
 )
 
 # --- endpoint_interface --------------------------------------------------------------------
@@ -836,7 +830,6 @@ ENDPOINT_INTERFACE = Table(
     # only one per service and VPC).
     natural_key=("vpc_id", "service"),
     cloud_id=("vpc_endpoint_id",),
-    unique=(("vpc_endpoint_id",),),
 )
 
 # --- endpoint_interface_subnets ------------------------------------------------------------

@@ -146,7 +146,6 @@ class DhcpOptionsMapper:
 DHCP_OPTIONS = Table(
     name="dhcp_options",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("dhcp_options_id", "varchar", cloud_assigned=True),
         # Changing the options makes a new set in place of the old one (see the mapper).
         Column("dhcp_configurations", "json", normalize=normalize_dhcp_configurations),
@@ -158,7 +157,6 @@ DHCP_OPTIONS = Table(
     # are interchangeable. The engine's SQL compares json columns as jsonb.
     natural_key=("dhcp_configurations", "region"),
     cloud_id=("dhcp_options_id",),
-    unique=(("dhcp_options_id",),),
     protected=is_default_dhcp,
 )
 
@@ -207,7 +205,6 @@ class ElasticIpMapper:
 ELASTIC_IP = Table(
     name="elastic_ip",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("allocation_id", "varchar", cloud_assigned=True),
         Column("public_ip", "varchar", cloud_assigned=True),
         tags_column(),
@@ -219,7 +216,6 @@ ELASTIC_IP = Table(
     # interchangeable: tag an address (e.g. Name) to name it in replayed SQL.
     natural_key=("tags", "region"),
     cloud_id=("allocation_id",),
-    unique=(("allocation_id",),),
 )
 
 # --- internet_gateway ----------------------------------------------------------------------
@@ -303,7 +299,6 @@ class InternetGatewayMapper:
 INTERNET_GATEWAY = Table(
     name="internet_gateway",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("internet_gateway_id", "varchar", cloud_assigned=True),
         tags_column(),
         region_column(),
@@ -317,7 +312,6 @@ INTERNET_GATEWAY = Table(
     # match every detached gateway of the region.
     natural_key=("vpc_id", "tags", "region"),
     cloud_id=("internet_gateway_id",),
-    unique=(("internet_gateway_id",),),
     # AWS gives the default VPC its gateway.
     protected=lambda record: bool(record.get("default_vpc")),
 )
@@ -405,7 +399,6 @@ class NatGatewayMapper:
 NAT_GATEWAY = Table(
     name="nat_gateway",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("nat_gateway_id", "varchar", cloud_assigned=True),
         Column(
             "connectivity_type",
@@ -430,7 +423,6 @@ NAT_GATEWAY = Table(
     # its subnet, and a subnet seldom holds two (gateways are spread one per zone).
     natural_key=("subnet_id", "connectivity_type", "elastic_ip_id"),
     cloud_id=("nat_gateway_id",),
-    unique=(("nat_gateway_id",),),
     # A private gateway has no public address. (A public one needs one to be created, which
     # the mapper says, but a failed one may be listed without it, so that is no constraint.)
     extra_ddl=(
@@ -495,7 +487,6 @@ class RouteTableMapper:
 ROUTE_TABLE = Table(
     name="route_table",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("route_table_id", "varchar", cloud_assigned=True),
         tags_column(),
         region_column(),
@@ -512,7 +503,6 @@ ROUTE_TABLE = Table(
     # of it: that changes (route_table_association.is_main) and is no column here.
     natural_key=("vpc_id", "tags"),
     cloud_id=("route_table_id",),
-    unique=(("route_table_id",),),
     # Main as the cloud has it when the plan is made: a table made main by a commit can be
     # deleted in the next one, not in the same.
     protected=lambda record: bool(record.get("main")),
@@ -604,7 +594,6 @@ class RouteTableAssociationMapper:
 ROUTE_TABLE_ASSOCIATION = Table(
     name="route_table_association",
     columns=(
-        Column("id", "serial", nullable=False),
         Column("route_table_association_id", "varchar", cloud_assigned=True),
         # The VPC's main association (no subnet): which table the VPC's other subnets use.
         Column("is_main", "boolean", nullable=False, default="false", replaces=True),
@@ -623,7 +612,6 @@ ROUTE_TABLE_ASSOCIATION = Table(
     # A VPC has one main association, and a subnet one association.
     natural_key=("vpc_id", "is_main", "subnet_id"),
     cloud_id=("route_table_association_id",),
-    unique=(("route_table_association_id",),),
     # No unique index on (vpc_id) WHERE is_main: a sync inserts the new main association of a
     # replace done outside iasql before it deletes the old one.
     extra_ddl=(
@@ -821,7 +809,6 @@ def _target_row_trigger() -> str:
 ROUTE = Table(
     name="route",
     columns=(
-        Column("id", "serial", nullable=False),
         # A route has no id: its table and destination are its identity in the cloud too.
         Column("destination", "varchar", nullable=False, replaces=True),
         # Targets as cloud ids: a gateway, instance or interface of this account. A route to a
@@ -844,7 +831,6 @@ ROUTE = Table(
     mapper=RouteMapper(),
     natural_key=("route_table_id", "destination"),
     cloud_id=("route_table_id", "destination"),
-    unique=(("route_table_id", "destination"),),
     protected=is_aws_route,
     extra_ddl=(
         # The destination is half the route's identity, compared as it is: it has to be in
