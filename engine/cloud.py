@@ -1,4 +1,4 @@
-"""AWS access for one environment database: credentials from its `aws_credentials` row,
+"""AWS access for one environment database: credentials from its account module's row,
 clients cached per (service, region), botocore's standard retry mode for throttling; and
 cloud_failure(), which turns a failed AWS call into the error a client sees."""
 
@@ -18,6 +18,7 @@ from botocore import exceptions as boto
 from botocore.parsers import ResponseParserError
 
 from engine.functions import EngineError
+from modules import account_module
 
 GLOBAL_REGION = "us-east-1"  # where global services (IAM, Route 53) are called
 
@@ -80,21 +81,23 @@ class AwsCloud:
 
 
 async def load_credentials(conn: Any) -> Credentials:
-    if not await conn.fetchval("SELECT to_regclass('aws_credentials') IS NOT NULL"):
+    module, account = account_module()
+    table = account.credentials.name
+    if not await conn.fetchval(f"SELECT to_regclass('{table}') IS NOT NULL"):
         raise EngineError(
             "55000",
-            "the aws_account module is not installed",
-            hint="SELECT * FROM iasql_install('aws_account'), then add a row to aws_credentials",
+            f"the {module.name} module is not installed",
+            hint=f"SELECT * FROM iasql_install('{module.name}'), then add a row to {table}",
         )
     rows = await conn.fetch(
         "SELECT access_key_id, secret_access_key, session_token, endpoint_url"
-        " FROM aws_credentials ORDER BY id"
+        f" FROM {table} ORDER BY id"
     )
     if not rows:
         raise EngineError(
             "55000",
             "this database has no AWS credentials",
-            hint="INSERT INTO aws_credentials (access_key_id, secret_access_key) VALUES (...)",
+            hint=f"INSERT INTO {table} (access_key_id, secret_access_key) VALUES (...)",
         )
     row = rows[0]
     return Credentials(
@@ -104,9 +107,12 @@ async def load_credentials(conn: Any) -> Credentials:
 
 # --- failed calls ---------------------------------------------------------------------------
 
-UNREACHABLE_HINT = (
-    "check aws_credentials.endpoint_url (NULL means AWS itself) and the network, then retry"
-)
+
+def _unreachable_hint() -> str:
+    table = account_module()[1].credentials.name
+    return f"check {table}.endpoint_url (NULL means AWS itself) and the network, then retry"
+
+
 MESSAGE_LIMIT = 300  # characters of the cloud's own message kept in ours
 
 
@@ -155,7 +161,8 @@ def _failure(error: BaseException) -> EngineError | None:
             "58000",
             f"AWS {operation or 'call'} failed: the endpoint's answer is not an AWS response",
             detail=_first_line(" ".join(str(error).split())),  # with the answer's start
-            hint="check aws_credentials.endpoint_url: something other than AWS answers there",
+            hint=f"check {account_module()[1].credentials.name}.endpoint_url:"
+            " something other than AWS answers there",
         )
     if isinstance(error, boto.BotoCoreError):
         operation = _operation(error)
@@ -176,7 +183,7 @@ def _client_error(error: boto.ClientError) -> EngineError:
 
 
 def _unreachable(message: str) -> EngineError:
-    return EngineError("08001", message, hint=UNREACHABLE_HINT)
+    return EngineError("08001", message, hint=_unreachable_hint())
 
 
 def _reason(error: boto.BotoCoreError) -> str:

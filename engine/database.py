@@ -12,7 +12,7 @@ import asyncpg
 from engine import platform
 from engine.cloud import AwsCloud, Credentials, load_credentials
 from engine.functions import FunctionSpec
-from modules import available_modules
+from modules import account_module, available_modules
 from modules.spec import ModuleSpec, Table
 
 
@@ -105,12 +105,13 @@ class Database:
         return dependency_order(tables)
 
     async def enabled_regions(self, conn: asyncpg.Connection) -> list[str]:
-        if not await conn.fetchval("SELECT to_regclass('aws_regions') IS NOT NULL"):
+        table = account_module()[1].regions.name
+        if not await conn.fetchval(f"SELECT to_regclass('{table}') IS NOT NULL"):
             return []
         return [
             r["region"]
             for r in await conn.fetch(
-                "SELECT region FROM aws_regions WHERE is_enabled ORDER BY region"
+                f"SELECT region FROM {table} WHERE is_enabled ORDER BY region"
             )
         ]
 
@@ -119,7 +120,7 @@ def in_sandbox_account(credentials: Credentials, sandbox: tuple[str, str] | None
     """Against the server's default endpoint (the local sandbox), each environment database
     is its own AWS account: the sandbox, like LocalStack, takes a 12-digit access key id as
     the account id, so the database's account id is sent as the key. A key of 12 digits in
-    aws_credentials names the account itself (to share one between databases)."""
+    the credentials table names the account itself (to share one between databases)."""
     if sandbox is None or credentials.endpoint_url is None:
         return credentials
     endpoint, account = sandbox

@@ -9,7 +9,7 @@ from engine.database import Database
 from engine.functions import CallContext, EngineError, Row, did_you_mean
 from engine.sync import sync_tables
 from engine.transaction import kept_since
-from modules import available_modules
+from modules import account_module, available_modules
 from modules.spec import ModuleSpec
 
 _INSTALL_LOCK = 0x1A5C2  # one install or uninstall at a time per database
@@ -114,18 +114,19 @@ async def _import(
 ) -> dict[str, int]:
     """Imports every existing cloud resource of the new tables (when there are credentials)."""
     tables = [t for m in modules for t in m.tables if t.mapper is not None]
+    account = account_module()[1]
+    credentials, regions_table = account.credentials.name, account.regions.name
     if not tables or not await conn.fetchval(
-        "SELECT to_regclass('aws_credentials') IS NOT NULL"
-        " AND EXISTS (SELECT 1 FROM aws_credentials)"
+        f"SELECT to_regclass('{credentials}') IS NOT NULL AND EXISTS (SELECT 1 FROM {credentials})"
     ):
         return {}
     cloud = await db.cloud()
     counts: dict[str, int] = {}
-    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM aws_regions)"):
+    if not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {regions_table})"):
         async with conn.transaction():  # its deferred check picks the default region
             counts.update(await ensure_regions(db, conn))
     regions = await db.enabled_regions(conn)
-    rest = [t for t in tables if t.name != "aws_regions"]
+    rest = [t for t in tables if t.name != regions_table]
     # The new tables are the import's to fill; what users write into them from now on
     # (even while the import runs) is theirs, and the import leaves it alone. Changes from
     # before, of a table of the same name uninstalled since, are no longer about these rows.
@@ -138,9 +139,9 @@ async def _import(
 
 
 async def ensure_regions(db: Database, conn: asyncpg.Connection) -> dict[str, int]:
-    """Fills aws_regions from the account. Its deferred check picks the default region when
-    the transaction ends (us-east-1 when there is one)."""
-    table = next(t for t in available_modules()["aws_account"].tables if t.name == "aws_regions")
+    """Fills the account module's regions table from the account. Its deferred check picks
+    the default region when the transaction ends (us-east-1 when there is one)."""
+    table = account_module()[1].regions
     return await sync_tables(conn, await db.cloud(), [table], [])
 
 

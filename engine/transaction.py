@@ -29,6 +29,7 @@ from engine.database import Database
 from engine.functions import CallContext, EngineError, Row
 from engine.plan import CREATE, DELETE, Plan, build_plan
 from engine.sync import Kept, References, SyncBlocked, sync_tables
+from modules import account_module
 from modules.spec import CloudError, ModuleFunction, ModuleSpec, Record, Table
 
 log = logging.getLogger("iasql.transaction")
@@ -256,8 +257,9 @@ async def _sync_after(
     `current` and `vanished` are passed on to kept_since. Best effort: whatever fails here
     is a notice, since the cloud has been changed already."""
     names = {t.name for t in plan.tables}
-    if any(c.table_name == "aws_credentials" for c in changes):
-        names.add("aws_regions")
+    account = account_module()[1]
+    if any(c.table_name == account.credentials.name for c in changes):
+        names.add(account.regions.name)
     try:
         await _sync_with_children(
             db, conn, ctx, names, after=through, only=made, current=current, vanished=vanished
@@ -659,12 +661,13 @@ async def _run_function(db: Database, function: ModuleFunction, args: Row) -> li
 
 
 async def _default_region(conn: asyncpg.Connection) -> str:
-    # aws_account, which every module needs, defines default_aws_region().
-    region = await conn.fetchval("SELECT default_aws_region()")
+    # The account module, which every module needs, declares how to read it.
+    account = account_module()[1]
+    region = await conn.fetchval(account.default_region_sql)
     if region is None:
         raise EngineError(
             "22023",
             "no region given and this database has no default region",
-            hint="pass the region, or add AWS credentials so aws_regions is filled",
+            hint=f"pass the region, or add AWS credentials so {account.regions.name} is filled",
         )
     return str(region)

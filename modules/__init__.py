@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 from functools import cache
 
-from modules.spec import ModuleSpec
+from modules.spec import AccountCapability, ModuleSpec
 
 VERSION = "0.1.0"
 
@@ -22,3 +22,11 @@ def available_modules() -> dict[str, ModuleSpec]:
         if isinstance(spec, ModuleSpec):
             found[spec.name] = spec
     return dict(sorted(found.items()))
+
+
+def account_module() -> tuple[ModuleSpec, AccountCapability]:
+    """The module that declares the account capability, and the capability."""
+    for spec in available_modules().values():
+        if spec.account is not None:
+            return spec, spec.account
+    raise LookupError("no module declares the AWS account capability")

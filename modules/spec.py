@@ -183,6 +183,20 @@ class Table:
 
 
 @dataclass(frozen=True)
+class AccountCapability:
+    """What the engine needs from the module that holds the database's AWS account, so that
+    it names none of that module's tables. One module declares it (aws_account)."""
+
+    # Its first row (by id) is the account: columns access_key_id, secret_access_key,
+    # session_token and endpoint_url.
+    credentials: Table
+    # The account's regions: columns region and is_enabled; its mapper reads them.
+    regions: Table
+    # A query whose one value is the default region (NULL when there is none).
+    default_region_sql: str
+
+
+@dataclass(frozen=True)
 class ModuleSpec:
     name: str
     version: str
@@ -194,6 +208,8 @@ class ModuleSpec:
     teardown_sql: tuple[str, ...] = ()
     # Module functions the proxy hands to the engine, e.g. `key_pair_request`.
     functions: Sequence[ModuleFunction] = field(default_factory=tuple)
+    # Set by the one module that holds the AWS account (credentials, regions).
+    account: AccountCapability | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from modules import VERSION
-from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Table
+from modules.spec import (
+    AccountCapability,
+    Cloud,
+    CloudError,
+    Column,
+    ModuleSpec,
+    Record,
+    Table,
+)
 
 # Functions the tables use. `default_aws_region()` is the default of every region column
 # (modules._aws.region).
@@ -112,5 +120,10 @@ MODULE = ModuleSpec(
         "DROP FUNCTION IF EXISTS default_aws_region(text)",
         "DROP FUNCTION IF EXISTS aws_regions_check_default()",
         "DROP FUNCTION IF EXISTS aws_default_endpoint()",
+    ),
+    account=AccountCapability(
+        credentials=CREDENTIALS,
+        regions=REGIONS,
+        default_region_sql="SELECT default_aws_region()",
     ),
 )
