@@ -267,10 +267,15 @@ async def _sync_after(
     except Exception as exc:  # the cloud is changed already: this must not undo the commit
         if not isinstance(exc, REFRESH_ERRORS):
             log.exception("re-reading %s after a commit failed", ", ".join(sorted(names)))
-        ctx.notify(
-            f"could not re-read {', '.join(sorted(names))} from the cloud: {exc};"
-            " SELECT * FROM iasql_sync() refreshes the rows later"
-        )
+        _refresh_failed(ctx, names, exc)
+
+
+def _refresh_failed(ctx: CallContext, names: set[str], error: BaseException) -> None:
+    """The notice for a re-read from the cloud that failed after the rows were settled."""
+    ctx.notify(
+        f"could not re-read {', '.join(sorted(names))} from the cloud: {error};"
+        " SELECT * FROM iasql_sync() refreshes the rows later"
+    )
 
 
 async def _sync_with_children(
@@ -519,7 +524,7 @@ async def _recover(
                 notify=ctx.notify,
             )
         except Exception as exc:  # the rows are back already; this refresh can wait
-            ctx.notify(f"could not re-read {', '.join(t.name for t in tables)}: {exc}")
+            _refresh_failed(ctx, {t.name for t in tables}, exc)
     await audit.mark_applied(conn, through)
     text = "commit interrupted (the server stopped); undone"
     if problems:
@@ -638,10 +643,7 @@ async def _refresh_module(
     try:
         await _sync_with_children(db, conn, ctx, names, frozenset(pending))
     except REFRESH_ERRORS as exc:
-        ctx.notify(
-            f"could not re-read {', '.join(sorted(names))} from the cloud: {exc};"
-            " SELECT * FROM iasql_sync() refreshes the rows later"
-        )
+        _refresh_failed(ctx, names, exc)
 
 
 async def _run_function(db: Database, function: ModuleFunction, args: Row) -> list[Row]:

@@ -14,6 +14,7 @@ import pytest
 from proxy import protocol as pg
 from proxy import scram
 from proxy.login import UNVERIFIABLE, Login, Role
+from tests.support.wire import frames
 
 # RFC 7677, section 3: user "user", password "pencil".
 RFC_CLIENT_NONCE = "rOprNGfwEbeRWgbNEkqO"
@@ -124,15 +125,6 @@ VERIFIER = scram.make_verifier(PASSWORD, b"0123456789abcdef")
 def startup(params: dict[str, str], minor: int = 0) -> bytes:
     packet = pg.startup_message(params)
     return packet[:4] + struct.pack("!i", pg.PROTOCOL_V3 + minor) + packet[8:]
-
-
-def frames(data: bytes) -> list[tuple[bytes, bytes]]:
-    found, pos = [], 0
-    while pos < len(data):
-        length = struct.unpack_from("!i", data, pos + 1)[0]
-        found.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
-        pos += 1 + length
-    return found
 
 
 def auth_request(data: bytes) -> tuple[int, bytes]:
