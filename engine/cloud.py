@@ -61,7 +61,7 @@ class AwsCloud:
         client = self._clients.get(key)
         if client is None:
             creds = self.credentials
-            client = await self._stack.enter_async_context(
+            made: Any = await self._stack.enter_async_context(
                 self._session.create_client(
                     service,
                     region_name=key[1],
@@ -72,12 +72,32 @@ class AwsCloud:
                     config=self._config,
                 )
             )
-            self._clients[key] = client
+            made.meta.events.register("before-parse", _plain_server_error)
+            self._clients[key] = client = made
         yield client
 
     async def close(self) -> None:
         self._clients.clear()
         await self._stack.aclose()
+
+
+def _plain_server_error(response_dict: dict[str, Any], **_: Any) -> None:
+    """Makes a 5xx answer whose body is not the service's protocol (a web server's HTML
+    page, a proxy's text) look like the bodiless error botocore expects, so that it is
+    retried like any HTTP 500 instead of failing at once as an unparsable answer (botocore
+    does this only for bodies starting `<html>`; werkzeug's page, which a moto server
+    answers for an exception of its own, starts `<!doctype html>`)."""
+    if response_dict.get("status_code", 0) < 500:
+        return
+    body = response_dict.get("body")
+    if not isinstance(body, bytes):
+        return
+    start = body.lstrip()[:16].lower()
+    in_protocol = start.startswith(b"{") or (
+        start.startswith(b"<") and not start.startswith((b"<!doctype", b"<html"))
+    )
+    if not in_protocol:
+        response_dict["body"] = b""
 
 
 async def load_credentials(conn: Any) -> Credentials:

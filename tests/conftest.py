@@ -5,6 +5,7 @@ Fixtures only; the helpers they and the tests share are in `tests/support/`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import tempfile
@@ -90,11 +91,13 @@ def iasql_tls(iasql: RunningServer) -> Iterator[TlsServer]:
 
 @pytest.fixture(scope="session")
 def moto_accounts() -> Iterator[Callable[[], MotoServer]]:
-    """Starts moto servers on demand; each one is a separate AWS account."""
+    """Starts moto servers on demand; each one is a separate AWS account. With
+    IASQL_TEST_MOTO_LOGS=<folder>, each server's output (moto's tracebacks) goes there."""
     started: list[MotoServer] = []
+    logs = os.environ.get("IASQL_TEST_MOTO_LOGS")
 
     def start() -> MotoServer:
-        server = MotoServer()
+        server = MotoServer(log_path=Path(logs, f"moto-{len(started)}.log") if logs else None)
         server.start()
         started.append(server)
         return server

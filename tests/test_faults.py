@@ -158,6 +158,20 @@ def test_cloud_fault_is_an_honest_error(
     assert rows(conn, "SELECT count(*) FROM iasql_transaction WHERE closed_at IS NULL") == [(0,)]
 
 
+@pytest.mark.parametrize("call", ["install", "preview"])
+def test_one_server_error_is_retried(
+    call: str, relay: RelayThread, request: pytest.FixtureRequest
+) -> None:
+    """A single HTTP 500 with a body that is no AWS document (a threaded moto server's
+    HTML page, a proxy's text) is a blip: botocore's retry absorbs it, the call succeeds."""
+    where, sql = CALLS[call]
+    conn: psycopg.Connection = request.getfixturevalue("clean_bare" if where == "bare" else where)
+    relay.fault = "500-once"
+    error, _ = timed(conn, sql)
+    assert error is None, f"{call} after one HTTP 500: {error}"
+    assert relay.fault is None  # the relay did answer one request with its 500
+
+
 def test_cloud_failure_looks_into_groups_and_causes() -> None:
     refused = EndpointConnectionError(
         endpoint_url="http://user:pw@127.0.0.1:1/?Action=ListQueues",

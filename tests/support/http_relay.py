@@ -23,6 +23,7 @@ Faults, for tests of what a client does when the cloud goes away. Set `fault` wh
 relay runs, from any thread (the RelayThread setter returns once the fault is in place):
 
     relay.fault = "500"      # every request answered with HTTP 500, a small non-AWS body
+    relay.fault = "500-once" # only the next request answered so, then forwarding again
     relay.fault = "drop"     # the connection closed as soon as a request head arrives
     relay.fault = "refuse"   # not listening, open connections closed: ECONNREFUSED
     relay.fault = "dark"     # an unreachable host: connects time out, open connections closed
@@ -49,7 +50,7 @@ from urllib.parse import urlsplit
 
 HEAD_LIMIT = 1 << 20  # longest request line + headers accepted
 COPY_SIZE = 1 << 16
-FAULTS = (None, "500", "drop", "refuse", "dark")
+FAULTS = (None, "500", "500-once", "drop", "refuse", "dark")
 FAULT_BODY = b"relay fault: 500\n"  # not an AWS error document
 DARK_PROBE = 0.2  # a connect to the dark port that takes this long has been dropped
 
@@ -299,7 +300,9 @@ class DelayingRelay:
                 await asyncio.sleep(self.delay_seconds)
             finally:
                 self.delaying -= 1
-            if self._fault == "500":
+            if self._fault in ("500", "500-once"):
+                if self._fault == "500-once":  # the next request is answered: it was a blip
+                    self._fault = None
                 # A client waiting for 100 Continue sends no body: answer and close.
                 waiting = b"100-continue" in head.lower()
                 client.write(fault_response(keep_alive=not waiting))
