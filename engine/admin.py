@@ -16,8 +16,8 @@ from urllib.parse import quote
 import asyncpg
 
 from engine import platform
+from engine.contract import EngineError, Row
 from engine.ddl import quote_ident, quote_literal
-from engine.functions import EngineError, Row
 
 ADMIN_DATABASE = "iasql"
 RESERVED = frozenset({ADMIN_DATABASE, "postgres", "template0", "template1"})

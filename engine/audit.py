@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from engine.contract import EngineError
 from engine.ddl import quote_ident
-from engine.functions import EngineError
 from modules.spec import Table
 
 # The audit id up to which user changes have been applied (or discarded) by the engine.

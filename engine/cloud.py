@@ -17,7 +17,7 @@ from aiobotocore.session import get_session
 from botocore import exceptions as boto
 from botocore.parsers import ResponseParserError
 
-from engine.functions import EngineError
+from engine.contract import EngineError
 from modules import account_module
 
 GLOBAL_REGION = "us-east-1"  # where global services (IAM, Route 53) are called

@@ -13,8 +13,8 @@ import asyncpg
 
 from engine import admin, install, sqlgen, transaction
 from engine.cloud import cloud_failure
+from engine.contract import CallContext, EngineError, FunctionSpec, Param, Row
 from engine.database import Database
-from engine.functions import CallContext, EngineError, FunctionSpec, Param, Row
 from modules import available_modules
 from modules.spec import ModuleFunction, ModuleSpec
 

@@ -11,7 +11,7 @@ import asyncpg
 
 from engine import platform
 from engine.cloud import AwsCloud, Credentials, load_credentials
-from engine.functions import FunctionSpec
+from engine.contract import FunctionSpec
 from modules import account_module, available_modules
 from modules.spec import ModuleSpec, Table
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from engine import audit, ddl, platform
+from engine.contract import CallContext, EngineError, Row, did_you_mean
 from engine.database import Database
-from engine.functions import CallContext, EngineError, Row, did_you_mean
 from engine.sync import sync_tables
 from engine.transaction import kept_since
 from modules import account_module, available_modules

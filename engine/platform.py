@@ -13,8 +13,8 @@ import logging
 
 import asyncpg
 
+from engine.contract import REQUIRED, FunctionSpec
 from engine.ddl import quote_ident, quote_literal
-from engine.functions import REQUIRED, FunctionSpec
 
 log = logging.getLogger("iasql.engine")
 

@@ -18,9 +18,9 @@ from typing import Any
 import asyncpg
 
 from engine.audit import Change
+from engine.contract import EngineError
 from engine.database import Database
 from engine.ddl import quote_ident
-from engine.functions import EngineError
 from modules.spec import Column, Record, Table
 
 Image = dict[str, Any]

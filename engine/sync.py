@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
+from engine.contract import EngineError
 from engine.ddl import quote_ident
-from engine.functions import EngineError
 from modules.concurrency import gather_bounded
 from modules.spec import TOKEN, Cloud, Column, ReadsSome, Record, Table
 

@@ -25,8 +25,8 @@ from botocore.parsers import ResponseParserError
 from engine import audit
 from engine.apply import Applier, StepFailed, recover
 from engine.cloud import cloud_failure
+from engine.contract import CallContext, EngineError, Row
 from engine.database import Database
-from engine.functions import CallContext, EngineError, Row
 from engine.plan import CREATE, DELETE, Plan, build_plan
 from engine.sync import Kept, References, SyncBlocked, sync_tables
 from modules import account_module

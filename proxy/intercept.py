@@ -22,7 +22,7 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
-from engine.functions import EngineError, FunctionSpec, SqlArgument, did_you_mean, parse_boolean
+from engine.contract import EngineError, FunctionSpec, SqlArgument, did_you_mean, parse_boolean
 from proxy.frames import find_any
 
 # Postgres type OIDs the proxy needs to know, by the type names function specs use.

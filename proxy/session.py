@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.functions import EngineError, FunctionSpec, Row, SqlArgument
+from engine.contract import EngineError, FunctionSpec, Row, SqlArgument
 from proxy import protocol as pg
 from proxy.frames import scan_client, scan_server, table
 from proxy.intercept import Call, Prefilter, Statement, UnsupportedCall, split_statements

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.functions import EngineError
+from engine.contract import EngineError
 from proxy import protocol as pg
 from proxy.intercept import prefilter
 from proxy.session import (

@@ -1,4 +1,6 @@
-"""What an iasql function is: its signature, its result columns and the code that runs it."""
+"""The contract between the proxy and the engine: what an iasql function is (its signature,
+its result columns, the code that runs it), the context of a call, and EngineError, the
+failure a client sees as a Postgres ErrorResponse."""
 
 from __future__ import annotations
 
