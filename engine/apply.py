@@ -23,9 +23,9 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.parsers import ResponseParserError
 
-from engine.ddl import quote_ident
 from engine.plan import CREATE, DELETE, REPLACE, UPDATE, Operation, Plan
-from engine.sync import Pending, cloud_key, read_cloud, row_as_record
+from engine.records import Pending, cloud_key, primary_key, row_as_record, update_row
+from engine.sync import read_cloud
 from modules.spec import TOKEN, Cloud, CloudError, Column, Mapper, Record, Table
 
 log = logging.getLogger("iasql.apply")
@@ -382,16 +382,7 @@ async def write_back(
     }
     row.update(values)
     if values:
-        names = list(values)
-        sets = ", ".join(f"{quote_ident(n)} = ${i + 1}" for i, n in enumerate(names))
-        where = " AND ".join(
-            f"{quote_ident(c)} = ${len(names) + i + 1}" for i, c in enumerate(table.primary_key)
-        )
-        status = await conn.execute(
-            f"UPDATE {quote_ident(table.name)} SET {sets} WHERE {where}",
-            *values.values(),
-            *(row[c] for c in table.primary_key),
-        )
+        status = await update_row(conn, table, primary_key(table, row), values)
         if status == "UPDATE 0":
             return None
     return row

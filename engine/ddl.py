@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from modules.spec import Column, Table
 
 
@@ -10,14 +12,31 @@ def quote_ident(name: str) -> str:
 
 
 def quote_literal(value: object) -> str:
-    """A constant as SQL text (for DDL, where parameters cannot be used)."""
+    """A constant as SQL text: for DDL and function defaults, where parameters cannot be
+    used, and for the SQL `iasql_get_sql_*` writes for users to replay elsewhere.
+
+    The text reads back as the same value whatever the reader's `standard_conforming_strings`
+    (on by default, but a server or a client may turn it off): a string holding a backslash is
+    written E'' with the backslash doubled, any other string plainly. A float is written by
+    its shortest exact form (`repr`), NaN and the infinities as typed constants, since `nan`
+    and `inf` are not SQL. Other values (a Decimal, a date) are written as their text, which
+    Postgres casts to the type the context asks for."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
+    if isinstance(value, int):
+        return str(int(value))  # an IntEnum's number, not its name
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "'NaN'::float8"
+        if math.isinf(value):
+            return "'Infinity'::float8" if value > 0 else "'-Infinity'::float8"
+        return repr(float(value))
+    text = str(value).replace("'", "''")
+    if "\\" in text:
+        return "E'" + text.replace("\\", "\\\\") + "'"
+    return "'" + text + "'"
 
 
 def _column_sql(column: Column) -> str:
@@ -50,7 +69,7 @@ def create_table(table: Table) -> list[str]:
             f" {quote_ident(column.ref.table)} ({quote_ident(column.ref.key)})"
             f" ON DELETE {column.ref.on_delete} DEFERRABLE INITIALLY IMMEDIATE"
         )
-    secrets = ", ".join(f"'{c.name}'" for c in table.columns if c.secret)
+    secrets = ", ".join(quote_literal(c.name) for c in table.columns if c.secret)
     statements = [
         f"CREATE TABLE {name} (\n    " + ",\n    ".join(lines) + "\n)",
         f"CREATE TRIGGER {quote_ident(table.name + '_audit')}"

@@ -16,7 +16,8 @@ from typing import Any
 import asyncpg
 
 from engine.ddl import quote_ident
-from engine.sync import References, canonical, cloud_key, read_cloud, row_as_record
+from engine.records import References, canonical, cloud_key, row_as_record
+from engine.sync import read_cloud
 from modules.spec import Cloud, Column, Record, Table
 
 CREATE, UPDATE, REPLACE, DELETE = "create", "update", "replace", "delete"

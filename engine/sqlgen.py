@@ -20,38 +20,24 @@ import asyncpg
 from engine.audit import Change
 from engine.contract import EngineError
 from engine.database import Database
-from engine.ddl import quote_ident
+from engine.ddl import quote_ident, quote_literal
 from modules.spec import Column, Record, Table
 
 Image = dict[str, Any]
 
 
-def literal(value: Any) -> str:
-    """A constant as SQL. Strings use E'' with backslashes doubled, so they read back the
-    same whatever `standard_conforming_strings` is."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    text = str(value).replace("'", "''")
-    if "\\" in text:
-        return "E'" + text.replace("\\", "\\\\") + "'"
-    return "'" + text + "'"
-
-
 def typed_literal(column: Column, value: Any) -> str:
-    """A value from a row image (JSON) as SQL of the column's type."""
+    """A value from a row image (JSON) as SQL of the column's type: JSON as its text cast to
+    the column's type, an array as ARRAY[...] of its items (see ddl.quote_literal)."""
     if value is None:
         return "NULL"
     kind = column.type.lower()
     if kind in ("json", "jsonb"):
-        return f"{literal(json.dumps(value, ensure_ascii=False))}::{kind}"
+        return f"{quote_literal(json.dumps(value, ensure_ascii=False))}::{kind}"
     if kind.endswith("[]"):
-        items = ", ".join(literal(v) for v in value)
+        items = ", ".join(quote_literal(v) for v in value)
         return f"ARRAY[{items}]::{column.type}"
-    return literal(value)
+    return quote_literal(value)
 
 
 def emitted_columns(table: Table) -> list[Column]:
@@ -155,7 +141,9 @@ class SqlGenerator:
         def one(cloud_id: Any) -> str:
             images = self.images.get(parent.name, {}).values()
             image = next((i for i in images if i.get(ref.key) == cloud_id), None)
-            return literal(cloud_id) if image is None else self._subselect(parent, ref.key, image)
+            if image is None:
+                return quote_literal(cloud_id)
+            return self._subselect(parent, ref.key, image)
 
         if isinstance(value, list):
             return f"ARRAY[{', '.join(one(v) for v in value)}]::{column.type}"
@@ -170,7 +158,7 @@ class SqlGenerator:
             if value is None:
                 parts.append(f"{target} IS NULL")
             elif column.type.lower() in ("json", "jsonb"):
-                parts.append(f"{target}::jsonb = {literal(json.dumps(value))}::jsonb")
+                parts.append(f"{target}::jsonb = {quote_literal(json.dumps(value))}::jsonb")
             else:
                 parts.append(f"{target} = {self._value(column, value)}")
         return " AND ".join(parts)

@@ -28,7 +28,8 @@ from engine.cloud import cloud_failure
 from engine.contract import CallContext, EngineError, Row
 from engine.database import Database
 from engine.plan import CREATE, DELETE, Plan, build_plan
-from engine.sync import Kept, References, SyncBlocked, sync_tables
+from engine.records import References
+from engine.sync import Kept, SyncBlocked, sync_tables
 from modules import account_module
 from modules.spec import CloudError, ModuleFunction, ModuleSpec, Record, Table
 
