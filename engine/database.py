@@ -13,7 +13,7 @@ from engine import platform
 from engine.cloud import AwsCloud, Credentials, load_credentials
 from engine.contract import FunctionSpec
 from modules import account_module, available_modules
-from modules.spec import ModuleSpec, Table
+from modules.spec import ModuleSpec, Table, dependency_order
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -130,25 +130,3 @@ def in_sandbox_account(credentials: Credentials, sandbox: tuple[str, str] | None
     ):
         return credentials
     return dataclasses.replace(credentials, access_key_id=account)
-
-
-def dependency_order(tables: list[Table]) -> list[Table]:
-    """Tables sorted so that a referenced table comes before the tables referencing it."""
-    by_name = {t.name: t for t in tables}
-    ordered: list[Table] = []
-    seen: set[str] = set()
-
-    def visit(table: Table) -> None:
-        if table.name in seen:
-            return
-        seen.add(table.name)
-        for column in table.references:
-            assert column.ref is not None
-            parent = by_name.get(column.ref.table)
-            if parent is not None and parent is not table:
-                visit(parent)
-        ordered.append(table)
-
-    for table in tables:
-        visit(table)
-    return ordered

@@ -11,7 +11,7 @@ translates between the two, so a mapper never sees the database.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -182,6 +182,37 @@ class Table:
         return [c for c in self.columns if c.cloud_ref is not None]
 
 
+def dependency_order(tables: Iterable[Table]) -> list[Table]:
+    """The tables, each one after the tables it references among them (a reference to a table
+    not given, e.g. another module's, is already met). Otherwise they keep their order.
+    Raises ValueError for a cycle of references: no order could create their foreign keys."""
+    given = list(tables)
+    by_name = {t.name: t for t in given}
+    ordered: list[Table] = []
+    done: set[str] = set()
+    path: list[str] = []  # the tables being visited, each referencing the next
+
+    def visit(table: Table) -> None:
+        if table.name in done:
+            return
+        if table.name in path:
+            cycle = " -> ".join([*path[path.index(table.name) :], table.name])
+            raise ValueError(f"tables reference each other in a cycle: {cycle}")
+        path.append(table.name)
+        for column in table.references:
+            assert column.ref is not None
+            parent = by_name.get(column.ref.table)
+            if parent is not None and parent is not table:
+                visit(parent)
+        path.pop()
+        done.add(table.name)
+        ordered.append(table)
+
+    for table in given:
+        visit(table)
+    return ordered
+
+
 @dataclass(frozen=True)
 class AccountCapability:
     """What the engine needs from the module that holds the database's AWS account, so that
@@ -198,6 +229,10 @@ class AccountCapability:
 
 @dataclass(frozen=True)
 class ModuleSpec:
+    """A module. The spec works out the order of its tables: `tables` may list them in any
+    order, and holds them referenced tables first (the order install creates them in, and
+    uninstall drops them in reverse)."""
+
     name: str
     version: str
     dependencies: tuple[str, ...] = ()
@@ -205,11 +240,28 @@ class ModuleSpec:
     tables: tuple[Table, ...] = ()
     # SQL run once at install, before the tables (types, functions the tables use).
     setup_sql: tuple[str, ...] = ()
+    # SQL run once at install, after all the tables (a trigger naming several of them).
+    after_tables_sql: tuple[str, ...] = ()
     teardown_sql: tuple[str, ...] = ()
     # Module functions the proxy hands to the engine, e.g. `key_pair_request`.
     functions: Sequence[ModuleFunction] = field(default_factory=tuple)
     # Set by the one module that holds the AWS account (credentials, regions).
     account: AccountCapability | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tables", tuple(dependency_order(self.tables)))
+
+
+class FunctionRun(Protocol):
+    """A module function's code: `async def f(cloud, **arguments) -> list[Record]`, called with
+    the function's parameters by name (`key_pair_request(cloud, key_name=..., region=...)`).
+
+    The parameters after `cloud` are typed as any: each function names its own, and
+    `ModuleFunction.params` declares them to the engine."""
+
+    def __call__(
+        self, cloud: Cloud, /, *args: Any, **arguments: Any
+    ) -> Awaitable[list[Record]]: ...
 
 
 @dataclass(frozen=True)
@@ -221,7 +273,7 @@ class ModuleFunction:
     name: str
     columns: tuple[tuple[str, str], ...]  # result columns: (name, Postgres type)
     params: tuple[tuple[str, str], ...]  # (name, Postgres type)
-    run: Callable[..., Any]  # async (cloud, **arguments) -> list[Record]
+    run: FunctionRun  # async (cloud, **arguments) -> list[Record]
     description: str
     changes_cloud: bool = True
     # Parameters a caller may leave out (they arrive as None). A parameter named `region`

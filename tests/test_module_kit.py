@@ -5,7 +5,10 @@
   dependencies;
 - `spec_dump()` renders every module's spec as stable text, so a refactoring of the kit can be
   checked to leave the specs as they were (`python -m tests.test_module_kit > before.txt`);
-- the keyed lock of `modules.concurrency` is one lock per key and event loop.
+- the keyed lock of `modules.concurrency` is one lock per key and event loop;
+- the spec orders a module's tables (referenced tables first), and install creates them in
+  that order, then runs the module's after-tables SQL;
+- `modules._aws.attributes` maps columns to an API's attribute dict and back.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import modules
+from engine.install import _create
 from modules import available_modules
+from modules._aws.attributes import AttributeMap
 from modules.concurrency import KeyedLocks
-from modules.spec import ModuleSpec
+from modules.spec import Column, ModuleSpec, Table, foreign_key
 
 KIT = ("modules", "modules._aws", "modules.concurrency", "modules.errors", "modules.spec")
 ROOT = Path(modules.__file__).parent
@@ -107,6 +114,89 @@ def test_keyed_locks_are_one_per_key_and_loop() -> None:
         return order
 
     assert asyncio.run(contended()) == [1, 1, 2, 2]
+
+
+# --- what the spec works out --------------------------------------------------------------
+
+
+def _table(name: str, *parents: str) -> Table:
+    references = tuple(foreign_key(f"{p}_id", p, f"{p}_cloud_id") for p in parents)
+    columns = (Column(f"{name}_cloud_id", "varchar"), *references)
+    return Table(name, columns, None, natural_key=(f"{name}_cloud_id",), regional=False)
+
+
+class _RecordingConnection:
+    """Stands in for asyncpg: keeps the statements `_create` runs."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    async def execute(self, statement: str, *args: Any) -> str:
+        self.statements.append(statement)
+        return "OK"
+
+
+def test_tables_listed_children_first_are_created_parents_first() -> None:
+    listed = (
+        _table("route", "route_table", "gateway"),
+        _table("route_table", "network"),
+        _table("gateway"),
+        _table("network"),
+        _table("tree", "tree"),  # a reference to itself needs no order
+    )
+    spec = ModuleSpec(
+        "test_children_first",
+        "0",
+        tables=listed,
+        setup_sql=("SELECT 'setup'",),
+        after_tables_sql=("SELECT 'after the tables'",),
+    )
+    names = [t.name for t in spec.tables]
+    assert names == ["network", "route_table", "gateway", "route", "tree"]
+    assert dataclasses.replace(spec).tables == spec.tables  # ordered once and for all
+
+    conn = _RecordingConnection()
+    asyncio.run(_create(conn, spec))  # type: ignore[arg-type]
+    statements = conn.statements
+    created = [s.split()[2] for s in statements if s.startswith("CREATE TABLE")]
+    assert created == [f'"{n}"' for n in names]
+    assert statements[0] == "SELECT 'setup'"
+    after = statements.index("SELECT 'after the tables'")
+    ddl = [i for i, s in enumerate(statements) if s.startswith(("CREATE", "GRANT"))]
+    registered = next(i for i, s in enumerate(statements) if "iasql_module" in s)
+    assert max(ddl) < after < registered
+
+
+def test_a_cycle_of_tables_is_refused() -> None:
+    with pytest.raises(ValueError, match="a -> b -> a"):
+        ModuleSpec("test_cycle", "0", tables=(_table("a", "b"), _table("b", "a")))
+
+
+def test_installed_modules_list_parents_first() -> None:
+    for spec in available_modules().values():
+        seen: set[str] = set()
+        own = {t.name for t in spec.tables}
+        for table in spec.tables:
+            parents = {c.ref.table for c in table.references if c.ref} & own - {table.name}
+            assert parents <= seen, (spec.name, table.name, parents - seen)
+            seen.add(table.name)
+
+
+def test_attribute_map_reads_and_writes_an_attribute_dict() -> None:
+    queue = AttributeMap("delay_seconds", "visibility_timeout", to_column=int, to_api=str)
+    assert queue.columns == {
+        "delay_seconds": "DelaySeconds",
+        "visibility_timeout": "VisibilityTimeout",
+    }
+    assert queue.record({"DelaySeconds": "5", "VisibilityTimeout": "30", "QueueArn": "arn"}) == {
+        "delay_seconds": 5,
+        "visibility_timeout": 30,
+    }
+    row = {"delay_seconds": 5, "visibility_timeout": None}
+    assert queue.attributes(row) == {"DelaySeconds": "5"}  # None: the API's default
+    assert queue.attributes(row, current={"delay_seconds": 5}) == {}  # unchanged
+    vpc = AttributeMap(named={"enable_dns_support": "enableDnsSupport"})
+    assert vpc.attributes({"enable_dns_support": False}) == {"enableDnsSupport": False}
 
 
 # --- the spec dump ---------------------------------------------------------------------------

@@ -218,7 +218,7 @@ class InstanceMapper:
 # replaces the instance, its root volume's row goes too (the mapping row follows by cascade),
 # so that the commit's sync sees the volume table and imports the new root volume. The
 # engine's own writes (sync, undo) own the table and are left alone.
-_ROOT_VOLUME_TRIGGER = (
+ROOT_VOLUME_TRIGGER = (
     """CREATE OR REPLACE FUNCTION instance_root_volume_goes() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
@@ -350,5 +350,3 @@ INSTANCE_SECURITY_GROUPS = Table(
     cloud_id=("instance_id", "security_group_id"),
     primary_key=("instance_id", "security_group_id"),
 )
-
-INSTANCE_EXTRA_DDL = _ROOT_VOLUME_TRIGGER

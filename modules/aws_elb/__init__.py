@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from modules import VERSION
+from modules._aws.attributes import AttributeMap
 from modules._aws.region import region_column
 from modules._aws.tags import tag_list, token_tag, with_token
 from modules.concurrency import KeyedLocks, gather_bounded
@@ -58,17 +59,18 @@ def _present(**values: Any) -> dict[str, Any]:
 
 # --- target_group --------------------------------------------------------------------------
 
-# Health check column -> modify_target_group / create_target_group keyword; all change in place.
-_HEALTH_CHECK = {
-    "health_check_protocol": "HealthCheckProtocol",
-    "health_check_port": "HealthCheckPort",
-    "health_check_enabled": "HealthCheckEnabled",
-    "health_check_interval_seconds": "HealthCheckIntervalSeconds",
-    "health_check_timeout_seconds": "HealthCheckTimeoutSeconds",
-    "healthy_threshold_count": "HealthyThresholdCount",
-    "unhealthy_threshold_count": "UnhealthyThresholdCount",
-    "health_check_path": "HealthCheckPath",
-}
+# The health check columns, each a modify_target_group / create_target_group keyword (its
+# name in CamelCase); all change in place.
+_HEALTH_CHECK = AttributeMap(
+    "health_check_protocol",
+    "health_check_port",
+    "health_check_enabled",
+    "health_check_interval_seconds",
+    "health_check_timeout_seconds",
+    "healthy_threshold_count",
+    "unhealthy_threshold_count",
+    "health_check_path",
+)
 
 
 def _port_text(value: Any) -> str | None:
@@ -84,7 +86,7 @@ def _target_group_record(group: dict[str, Any], region: str) -> Record:
         "ip_address_type": group.get("IpAddressType"),
         "protocol": group.get("Protocol"),
         "port": group.get("Port"),
-        **{column: group.get(key) for column, key in _HEALTH_CHECK.items()},
+        **_HEALTH_CHECK.record(group),
         "health_check_port": _port_text(group.get("HealthCheckPort")),
         "protocol_version": group.get("ProtocolVersion"),
         "region": region,
@@ -94,14 +96,8 @@ def _target_group_record(group: dict[str, Any], region: str) -> Record:
 
 def _health_check_arguments(record: Record, current: Record | None = None) -> dict[str, Any]:
     """The health check settings the row sets (and, given `current`, that differ from it)."""
-    arguments = {}
-    for column, key in _HEALTH_CHECK.items():
-        value = record.get(column)
-        if column == "health_check_port":
-            value = _port_text(value)
-        if value is not None and (current is None or value != current.get(column)):
-            arguments[key] = value
-    return arguments
+    port = _port_text(record.get("health_check_port"))
+    return _HEALTH_CHECK.attributes({**record, "health_check_port": port}, current)
 
 
 class TargetGroupMapper:
@@ -656,6 +652,5 @@ MODULE = ModuleSpec(
     version=VERSION,
     dependencies=("aws_account", "aws_vpc", "aws_security_group", "aws_acm"),
     description="Load balancers, their security groups and listeners, and target groups",
-    # Referenced tables first.
     tables=(TARGET_GROUP, LOAD_BALANCER, LOAD_BALANCER_SECURITY_GROUPS, LISTENER),
 )

@@ -625,7 +625,7 @@ MODULE = ModuleSpec(
     version=VERSION,
     dependencies=("aws_account",),
     description="IAM roles, users and access keys",
-    tables=(IAM_ROLE, IAM_USER, ACCESS_KEY),  # referenced tables first
+    tables=(IAM_ROLE, IAM_USER, ACCESS_KEY),
     teardown_sql=("DROP FUNCTION IF EXISTS access_key_not_insertable()",),
     functions=(ACCESS_KEY_REQUEST, SET_USER_PASSWORD, SET_USER_PASSWORD_REQUEST),
 )

@@ -12,6 +12,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from modules import VERSION
+from modules._aws.attributes import AttributeMap
 from modules._aws.policy import canonical_policy, policy_text
 from modules._aws.region import region_column
 from modules.errors import error_code, ignoring
@@ -223,13 +224,14 @@ class BucketConfigMapper:
                 await self.remove(s3, current["bucket_name"])
 
 
-# column -> PublicAccessBlockConfiguration key
-_BLOCKS = {
-    "block_public_acls": "BlockPublicAcls",
-    "ignore_public_acls": "IgnorePublicAcls",
-    "block_public_policy": "BlockPublicPolicy",
-    "restrict_public_buckets": "RestrictPublicBuckets",
-}
+# The PublicAccessBlockConfiguration keys (absent: false).
+_BLOCKS = AttributeMap(
+    "block_public_acls",
+    "ignore_public_acls",
+    "block_public_policy",
+    "restrict_public_buckets",
+    to_column=bool,
+)
 
 
 class PublicAccessBlockMapper(BucketConfigMapper):
@@ -240,11 +242,11 @@ class PublicAccessBlockMapper(BucketConfigMapper):
         if answer is None:
             return None
         config = answer["PublicAccessBlockConfiguration"]
-        return {"bucket_name": bucket, **{c: bool(config.get(k)) for c, k in _BLOCKS.items()}}
+        return {"bucket_name": bucket, **_BLOCKS.record(config)}
 
     async def put(self, s3: Any, record: Record) -> None:
         # An unset flag takes the column default, true: the safe side.
-        config = {k: record.get(c) is not False for c, k in _BLOCKS.items()}
+        config = _BLOCKS.attributes({c: record.get(c) is not False for c in _BLOCKS.columns})
         await s3.put_public_access_block(
             Bucket=record["bucket_name"], PublicAccessBlockConfiguration=config
         )
@@ -306,7 +308,7 @@ BUCKET = Table(
 PUBLIC_ACCESS_BLOCK = Table(
     name="public_access_block",
     columns=(
-        *(Column(c, "boolean", nullable=False, default="true") for c in _BLOCKS),
+        *(Column(c, "boolean", nullable=False, default="true") for c in _BLOCKS.columns),
         _bucket_name_column(),
     ),
     mapper=PublicAccessBlockMapper(),

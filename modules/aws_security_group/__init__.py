@@ -330,6 +330,6 @@ MODULE = ModuleSpec(
     version=VERSION,
     dependencies=("aws_account", "aws_vpc"),
     description="Security groups and their rules",
-    tables=(SECURITY_GROUP, SECURITY_GROUP_RULE),  # referenced tables first
+    tables=(SECURITY_GROUP, SECURITY_GROUP_RULE),
     teardown_sql=("DROP FUNCTION IF EXISTS security_group_default_vpc()",),
 )

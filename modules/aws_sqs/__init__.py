@@ -7,36 +7,37 @@ import json
 from typing import Any
 
 from modules import VERSION
+from modules._aws.attributes import AttributeMap
 from modules._aws.policy import canonical_policy
 from modules._aws.region import region_column
 from modules.concurrency import gather_bounded
 from modules.spec import Cloud, Column, ModuleSpec, Record, Table
 
-# column -> SQS attribute, for the attributes a user sets
-_ATTRIBUTES = {
-    "visibility_timeout": "VisibilityTimeout",
-    "delay_seconds": "DelaySeconds",
-    "receive_message_wait_time_seconds": "ReceiveMessageWaitTimeSeconds",
-    "message_retention_period": "MessageRetentionPeriod",
-    "maximum_message_size": "MaximumMessageSize",
-}
+# The attributes a user sets (SQS holds them as text).
+_ATTRIBUTES = AttributeMap(
+    "visibility_timeout",
+    "delay_seconds",
+    "receive_message_wait_time_seconds",
+    "message_retention_period",
+    "maximum_message_size",
+    to_column=int,
+    to_api=str,
+)
 
 
 def _record(url: str, attributes: dict[str, str]) -> Record:
-    record: Record = {
+    return {
         "url": url,
         "name": url.rsplit("/", 1)[-1],
         "arn": attributes.get("QueueArn"),
         "fifo_queue": attributes.get("FifoQueue") == "true",
         "policy": json.loads(attributes["Policy"]) if attributes.get("Policy") else None,
+        **_ATTRIBUTES.record(attributes),
     }
-    for column, attribute in _ATTRIBUTES.items():
-        record[column] = int(attributes[attribute])
-    return record
 
 
 def _attributes(record: Record) -> dict[str, str]:
-    attributes = {a: str(record[c]) for c, a in _ATTRIBUTES.items() if record.get(c) is not None}
+    attributes = _ATTRIBUTES.attributes(record)
     policy = record.get("policy")
     if isinstance(policy, str):
         policy = json.loads(policy)

@@ -329,12 +329,11 @@ MODULE = ModuleSpec(
     version=VERSION,
     dependencies=("aws_account",),
     description="VPCs, subnets and availability zones",
-    # referenced tables first
     tables=(
         AVAILABILITY_ZONE,
         DHCP_OPTIONS,
         VPC,
-        NETWORK_ACL,  # before subnet: a subnet names its ACL
+        NETWORK_ACL,
         SUBNET,
         *ROUTING_TABLES,
         PEERING_CONNECTION,

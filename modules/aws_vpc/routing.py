@@ -846,7 +846,6 @@ ROUTE = Table(
     ),
 )
 
-# Parents first.
 ROUTING_TABLES = (
     ELASTIC_IP,
     INTERNET_GATEWAY,
