@@ -36,6 +36,12 @@ class Param:
     default: Any = REQUIRED
     variadic: bool = False
 
+    def declaration(self) -> str:
+        """The parameter as SQL declares it: `VARIADIC module_names text[]`,
+        `force boolean DEFAULT false`."""
+        text = f"{'VARIADIC ' if self.variadic else ''}{self.name} {self.type}"
+        return text if self.default is REQUIRED else f"{text} DEFAULT {quote_literal(self.default)}"
+
     @property
     def element_type(self) -> str:
         """The type of one argument: a VARIADIC text[] parameter takes text arguments."""
@@ -89,13 +95,9 @@ class FunctionSpec:
         return next((p for p in self.params if p.name == name), None)
 
     def signature(self) -> str:
-        parts = []
-        for p in self.params:
-            text = f"{'VARIADIC ' if p.variadic else ''}{p.name} {p.type}"
-            parts.append(
-                text if p.default is REQUIRED else f"{text} DEFAULT {quote_literal(p.default)}"
-            )
-        return f"{self.name}({', '.join(parts)})"
+        """The function as SQL declares it: `iasql_commit(message text DEFAULT NULL)`, as
+        iasql_help() shows it and as the stub in every environment database is created."""
+        return f"{self.name}({', '.join(p.declaration() for p in self.params)})"
 
     def bind(self, arguments: list[SqlArgument]) -> dict[str, Any]:
         """Matches arguments to parameters as Postgres would, with clear errors."""

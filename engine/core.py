@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
-from engine import admin, install, sqlgen, transaction
+from engine import admin, install, platform, sqlgen, transaction
 from engine.cloud import cloud_failure
 from engine.contract import CallContext, EngineError, FunctionSpec, Param, Row
 from engine.database import Database
@@ -55,10 +57,66 @@ class EngineConfig:
     )
 
 
+# The built-in functions, as declared by @builtin on their Engine methods (in class order):
+# the name of the method and the function, whose handler Engine() binds to itself.
+_BUILTINS: list[tuple[str, FunctionSpec]] = []
+
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[list[Row]]])
+
+
+async def _unbound(_ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+    raise AssertionError("a built-in function's handler is bound by Engine()")
+
+
+def builtin(
+    name: str,
+    *,
+    columns: tuple[tuple[str, str], ...],
+    description: str,
+    params: tuple[Param, ...] = (),
+    admin_only: bool = False,
+    outside_transaction_block: bool = False,
+    sample: str | None = None,
+) -> Callable[[_Method], _Method]:
+    """Declares the Engine method below it as the handler of the built-in SQL function `name`
+    (see FunctionSpec for the arguments). The method itself is left as it is."""
+
+    def declare(method: _Method) -> _Method:
+        assert all(spec.name != name for _method, spec in _BUILTINS), f"{name} twice"
+        spec = FunctionSpec(
+            name=name,
+            columns=columns,
+            params=params,
+            handler=_unbound,
+            description=description,
+            admin_only=admin_only,
+            outside_transaction_block=outside_transaction_block,
+            sample=sample,
+        )
+        _BUILTINS.append((method.__name__, spec))
+        return method
+
+    return declare
+
+
+# What iasql_preview() and friends return: one row per cloud operation.
+PLAN_COLUMNS = (
+    ("action", "text"),
+    ("table_name", "text"),
+    ("id", "text"),
+    ("description", "text"),
+    ("changes", "jsonb"),
+)
+
+
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.functions: dict[str, FunctionSpec] = {f.name: f for f in self._builtin_functions()}
+        self.functions: dict[str, FunctionSpec] = {}
+        for method, declared in _BUILTINS:
+            self.functions[declared.name] = dataclasses.replace(
+                declared, handler=getattr(self, method)
+            )
         # Module RPCs (e.g. key_pair_request), by name: their module, for iasql_help().
         self.function_modules: dict[str, str] = {}
         for module in available_modules().values():
@@ -254,199 +312,108 @@ class Engine:
             log.warning("%s() failed: %s", spec.name, failure.message)
             raise failure from exc
 
-    # --- built-in functions -------------------------------------------------------------
+    def _module_function(self, module: ModuleSpec, function: ModuleFunction) -> FunctionSpec:
+        async def handler(ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+            db = await self.database(ctx.database)
+            return await transaction.call_module_function(db, ctx, module, function, args)
 
-    def _builtin_functions(self) -> list[FunctionSpec]:
-        return [
-            FunctionSpec(
-                "iasql_version",
-                (("version", "text"),),
-                (),
-                self._version,
-                "the iasql server version",
+        return FunctionSpec(
+            name=function.name,
+            columns=function.columns,
+            params=tuple(
+                Param(name, type_, default=None)
+                if name in function.optional
+                else Param(name, type_)
+                for name, type_ in function.params
             ),
-            FunctionSpec(
-                "iasql_modules_list",
-                (("module_name", "text"), ("module_version", "text"), ("dependencies", "json")),
-                (),
-                self._modules_list,
-                "every available module",
-            ),
-            FunctionSpec(
-                "iasql_modules_installed",
-                (("module_name", "text"), ("module_version", "text"), ("dependencies", "text[]")),
-                (),
-                self._modules_installed,
-                "the modules installed in this database",
-            ),
-            FunctionSpec(
-                "iasql_install",
-                (("module_name", "text"), ("created_table_name", "text"), ("record_count", "int")),
-                (Param("module_names", "text[]", variadic=True),),
-                self._install,
-                "installs modules (and what they need) and imports their cloud resources",
-                outside_transaction_block=True,
-                sample="SELECT * FROM iasql_install('aws_s3', 'aws_vpc')",
-            ),
-            FunctionSpec(
-                "iasql_uninstall",
-                (("module_name", "text"), ("dropped_table_name", "text"), ("record_count", "int")),
-                (Param("module_names", "text[]", variadic=True),),
-                self._uninstall,
-                "drops the modules' tables; the cloud is untouched",
-                outside_transaction_block=True,
-                sample="SELECT * FROM iasql_uninstall('aws_s3')",
-            ),
-            *self._transaction_functions(),
-            FunctionSpec(
-                "iasql_get_sql_for_transaction",
-                (("sql", "text"),),
-                (Param("transaction_id", "text", default=None),),
-                self._sql_for_transaction,
-                "SQL replaying a transaction's changes in another environment (default: the"
-                " open or latest one)",
-            ),
-            FunctionSpec(
-                "iasql_get_sql_since",
-                (("sql", "text"),),
-                (Param("limit_date", "timestamptz", default=None),),
-                self._sql_since,
-                "SQL replaying every change since a time (default: all of them)",
-                sample="SELECT * FROM iasql_get_sql_since(now() - interval '1 day')",
-            ),
-            FunctionSpec(
-                "iasql_create_review",
-                (("markdown", "text"),),
-                (
-                    Param("title", "text", default="New Review"),
-                    Param("description", "text", default="Review description"),
-                ),
-                self._create_review,
-                "a pull-request body: the preview as a table and the transaction's SQL",
-                sample="SELECT * FROM iasql_create_review('Add the web tier', 'Why: ...')",
-            ),
-            FunctionSpec(
-                "iasql_get_errors",
-                (("ts", "timestamptz"), ("message", "text")),
-                (),
-                self._get_errors,
-                "recent engine errors (failed or interrupted commits), newest first",
-            ),
-            FunctionSpec(
-                "iasql_help",
-                (
-                    ("module", "text"),
-                    ("name", "text"),
-                    ("signature", "text"),
-                    ("description", "text"),
-                    ("sample_usage", "text"),
-                ),
-                (),
-                self._help,
-                "every iasql function: signature, what it does, an example",
-            ),
-            *(
-                FunctionSpec(old, (("message", "text"),), (), self._deprecated, f"renamed {new}")
-                for old, new in DEPRECATED.items()
-            ),
-            FunctionSpec(
-                "iasql_connect",
-                (("database", "text"), ("user", "text"), ("password", "text"), ("url", "text")),
-                (Param("db_alias", "text"),),
-                self._connect,
-                "creates an environment database and its login role",
-                admin_only=True,
-            ),
-            FunctionSpec(
-                "iasql_disconnect",
-                (("message", "text"),),
-                (Param("db_alias", "text"),),
-                self._disconnect,
-                "drops an environment database and its role (the cloud is untouched)",
-                admin_only=True,
-            ),
-            FunctionSpec(
-                "iasql_db_list",
-                (
-                    ("alias", "text"),
-                    ("database", "text"),
-                    ("user", "text"),
-                    ("url", "text"),
-                    ("created_at", "timestamptz"),
-                ),
-                (),
-                self._db_list,
-                "the environment databases of this server",
-                admin_only=True,
-            ),
-        ]
-
-    def _transaction_functions(self) -> list[FunctionSpec]:
-        plan_columns = (
-            ("action", "text"),
-            ("table_name", "text"),
-            ("id", "text"),
-            ("description", "text"),
-            ("changes", "jsonb"),
+            handler=handler,
+            description=function.description,
+            outside_transaction_block=function.changes_cloud,
+            sample=function.sample,
         )
+
+    # --- built-in functions -------------------------------------------------------------
+    # Each is declared by @builtin on its handler, in the order iasql_help() lists them.
+
+    @builtin(
+        "iasql_version", columns=(("version", "text"),), description="the iasql server version"
+    )
+    async def _version(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        return [{"version": server_version()}]
+
+    @builtin(
+        "iasql_modules_list",
+        columns=(("module_name", "text"), ("module_version", "text"), ("dependencies", "json")),
+        description="every available module",
+    )
+    async def _modules_list(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         return [
-            FunctionSpec(
-                "iasql_begin",
-                (("message", "text"), ("transaction_id", "text")),
-                (),
-                self._begin,
-                "opens this database's infrastructure transaction",
-                # Inside a client's block, its ROLLBACK would leave the database locked.
-                outside_transaction_block=True,
-            ),
-            FunctionSpec(
-                "iasql_preview",
-                plan_columns,
-                (),
-                self._preview,
-                "what iasql_commit() would do, one row per cloud operation",
-            ),
-            FunctionSpec(
-                "iasql_commit",
-                plan_columns,
-                (Param("message", "text", default=None),),
-                self._commit,
-                "applies the transaction's changes to the cloud and closes it",
-                outside_transaction_block=True,
-                sample="SELECT * FROM iasql_commit('add the web tier')",
-            ),
-            FunctionSpec(
-                "iasql_rollback",
-                plan_columns[:4],
-                (Param("force", "boolean", default=False),),
-                self._rollback,
-                "discards the changes no commit applied (rows restored from the cloud)",
-                outside_transaction_block=True,
-            ),
-            FunctionSpec(
-                "iasql_sync",
-                plan_columns,
-                (),
-                self._sync,
-                "imports the cloud's current state into the rows (drift import)",
-                outside_transaction_block=True,
-            ),
-            FunctionSpec(
-                "iasql_drift",
-                plan_columns,
-                (),
-                self._drift,
-                "where rows and cloud differ, without changing anything",
-            ),
+            {
+                "module_name": m.name,
+                "module_version": m.version,
+                "dependencies": list(m.dependencies),
+            }
+            for m in platform.module_catalogue().values()
         ]
 
+    @builtin(
+        "iasql_modules_installed",
+        columns=(("module_name", "text"), ("module_version", "text"), ("dependencies", "text[]")),
+        description="the modules installed in this database",
+    )
+    async def _modules_installed(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        return await install.modules_installed(await self.database(ctx.database))
+
+    @builtin(
+        "iasql_install",
+        columns=(("module_name", "text"), ("created_table_name", "text"), ("record_count", "int")),
+        params=(Param("module_names", "text[]", variadic=True),),
+        description="installs modules (and what they need) and imports their cloud resources",
+        outside_transaction_block=True,
+        sample="SELECT * FROM iasql_install('aws_s3', 'aws_vpc')",
+    )
+    async def _install(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        return await install.install(await self.database(ctx.database), ctx, args["module_names"])
+
+    @builtin(
+        "iasql_uninstall",
+        columns=(("module_name", "text"), ("dropped_table_name", "text"), ("record_count", "int")),
+        params=(Param("module_names", "text[]", variadic=True),),
+        description="drops the modules' tables; the cloud is untouched",
+        outside_transaction_block=True,
+        sample="SELECT * FROM iasql_uninstall('aws_s3')",
+    )
+    async def _uninstall(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        return await install.uninstall(db, ctx, args["module_names"])
+
+    @builtin(
+        "iasql_begin",
+        columns=(("message", "text"), ("transaction_id", "text")),
+        description="opens this database's infrastructure transaction",
+        # Inside a client's block, its ROLLBACK would leave the database locked.
+        outside_transaction_block=True,
+    )
     async def _begin(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
         return await transaction.begin(db, ctx, self.config.transactions)
 
+    @builtin(
+        "iasql_preview",
+        columns=PLAN_COLUMNS,
+        description="what iasql_commit() would do, one row per cloud operation",
+    )
     async def _preview(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         return await transaction.preview(await self.database(ctx.database), ctx)
 
+    @builtin(
+        "iasql_commit",
+        columns=PLAN_COLUMNS,
+        params=(Param("message", "text", default=None),),
+        description="applies the transaction's changes to the cloud and closes it",
+        outside_transaction_block=True,
+        sample="SELECT * FROM iasql_commit('add the web tier')",
+    )
     async def _commit(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
         work = asyncio.ensure_future(
@@ -456,24 +423,66 @@ class Engine:
         work.add_done_callback(lambda _work: self._committing.subtract([ctx.database]))
         return await _finish_unless_cancelled(ctx, work)
 
+    @builtin(
+        "iasql_rollback",
+        columns=PLAN_COLUMNS[:4],
+        params=(Param("force", "boolean", default=False),),
+        description="discards the changes no commit applied (rows restored from the cloud)",
+        outside_transaction_block=True,
+    )
     async def _rollback(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
         return await transaction.rollback(db, ctx, bool(args["force"]))
 
+    @builtin(
+        "iasql_sync",
+        columns=PLAN_COLUMNS,
+        description="imports the cloud's current state into the rows (drift import)",
+        outside_transaction_block=True,
+    )
     async def _sync(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         return await transaction.sync(await self.database(ctx.database), ctx)
 
+    @builtin(
+        "iasql_drift",
+        columns=PLAN_COLUMNS,
+        description="where rows and cloud differ, without changing anything",
+    )
     async def _drift(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         return await transaction.drift(await self.database(ctx.database), ctx)
 
+    @builtin(
+        "iasql_get_sql_for_transaction",
+        columns=(("sql", "text"),),
+        params=(Param("transaction_id", "text", default=None),),
+        description="SQL replaying a transaction's changes in another environment (default: the"
+        " open or latest one)",
+    )
     async def _sql_for_transaction(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
         return [{"sql": s} for s in await sqlgen.sql_for_transaction(db, args["transaction_id"])]
 
+    @builtin(
+        "iasql_get_sql_since",
+        columns=(("sql", "text"),),
+        params=(Param("limit_date", "timestamptz", default=None),),
+        description="SQL replaying every change since a time (default: all of them)",
+        sample="SELECT * FROM iasql_get_sql_since(now() - interval '1 day')",
+    )
     async def _sql_since(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
         return [{"sql": s} for s in await sqlgen.sql_since(db, args["limit_date"])]
 
+    @builtin(
+        "iasql_create_review",
+        columns=(("markdown", "text"),),
+        params=(
+            Param("title", "text", default="New Review"),
+            Param("description", "text", default="Review description"),
+        ),
+        description="a pull-request body: the preview as a table and the transaction's SQL",
+        sample="SELECT * FROM iasql_create_review('Add the web tier', 'Why: ...')",
+    )
     async def _create_review(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
         preview = await transaction.preview(db, ctx)
@@ -481,6 +490,11 @@ class Engine:
         text = sqlgen.review_markdown(args["title"], args["description"], preview, statements)
         return [{"markdown": text}]
 
+    @builtin(
+        "iasql_get_errors",
+        columns=(("ts", "timestamptz"), ("message", "text")),
+        description="recent engine errors (failed or interrupted commits), newest first",
+    )
     async def _get_errors(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
         found = await db.pool.fetch(
@@ -489,26 +503,17 @@ class Engine:
         )
         return [dict(r) for r in found]
 
-    def _module_function(self, module: ModuleSpec, function: ModuleFunction) -> FunctionSpec:
-        async def handler(ctx: CallContext, args: dict[str, Any]) -> list[Row]:
-            db = await self.database(ctx.database)
-            return await transaction.call_module_function(db, ctx, module, function, args)
-
-        return FunctionSpec(
-            function.name,
-            function.columns,
-            tuple(
-                Param(name, type_, default=None)
-                if name in function.optional
-                else Param(name, type_)
-                for name, type_ in function.params
-            ),
-            handler,
-            function.description,
-            outside_transaction_block=function.changes_cloud,
-            sample=function.sample,
-        )
-
+    @builtin(
+        "iasql_help",
+        columns=(
+            ("module", "text"),
+            ("name", "text"),
+            ("signature", "text"),
+            ("description", "text"),
+            ("sample_usage", "text"),
+        ),
+        description="every iasql function: signature, what it does, an example",
+    )
     async def _help(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         """The built-in functions, and the RPCs of the modules installed here."""
         installed: set[str] = set()
@@ -516,9 +521,10 @@ class Engine:
             environment = await admin.is_environment(await self._admin_connection(), ctx.database)
         if environment:
             installed = set(await (await self.database(ctx.database)).installed())
+        builtin_module = platform.FUNCTIONS_MODULE.name
         return [
             {
-                "module": self.function_modules.get(spec.name, "iasql_functions"),
+                "module": self.function_modules.get(spec.name, builtin_module),
                 "name": spec.name,
                 "signature": spec.signature(),
                 "description": spec.description,
@@ -527,36 +533,25 @@ class Engine:
             for spec in self.functions.values()
             if not spec.admin_only
             and spec.name not in DEPRECATED
-            and self.function_modules.get(spec.name, "iasql_functions")
-            in {*installed, "iasql_functions"}
+            and self.function_modules.get(spec.name, builtin_module)
+            in {*installed, *platform.BUILTIN_MODULES}
         ]
 
     async def _deprecated(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         raise AssertionError("answered in call()")
 
-    async def _version(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
-        return [{"version": server_version()}]
+    # IaSQL's old names: each is a function still, which call() answers with its new name.
+    for _old, _new in DEPRECATED.items():
+        builtin(_old, columns=(("message", "text"),), description=f"renamed {_new}")(_deprecated)
+    del _old, _new
 
-    async def _modules_list(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
-        return [
-            {
-                "module_name": m.name,
-                "module_version": m.version,
-                "dependencies": list(m.dependencies),
-            }
-            for m in available_modules().values()
-        ]
-
-    async def _modules_installed(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
-        return await install.modules_installed(await self.database(ctx.database))
-
-    async def _install(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
-        return await install.install(await self.database(ctx.database), ctx, args["module_names"])
-
-    async def _uninstall(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
-        db = await self.database(ctx.database)
-        return await install.uninstall(db, ctx, args["module_names"])
-
+    @builtin(
+        "iasql_connect",
+        columns=(("database", "text"), ("user", "text"), ("password", "text"), ("url", "text")),
+        params=(Param("db_alias", "text"),),
+        description="creates an environment database and its login role",
+        admin_only=True,
+    )
     async def _connect(self, _ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         async with self._admin_lock:
             conn = await self._admin_connection()
@@ -566,6 +561,13 @@ class Engine:
                 )
             ]
 
+    @builtin(
+        "iasql_disconnect",
+        columns=(("message", "text"),),
+        params=(Param("db_alias", "text"),),
+        description="drops an environment database and its role (the cloud is untouched)",
+        admin_only=True,
+    )
     async def _disconnect(self, _ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         async with self._databases_lock:  # a pool into a dropped database must not be reused
             db = self._databases.pop(str(args["db_alias"]), None)
@@ -576,6 +578,18 @@ class Engine:
                 await admin.disconnect_database(await self._admin_connection(), args["db_alias"])
             ]
 
+    @builtin(
+        "iasql_db_list",
+        columns=(
+            ("alias", "text"),
+            ("database", "text"),
+            ("user", "text"),
+            ("url", "text"),
+            ("created_at", "timestamptz"),
+        ),
+        description="the environment databases of this server",
+        admin_only=True,
+    )
     async def _db_list(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         async with self._admin_lock:
             return await admin.list_databases(await self._admin_connection(), self.config.address)

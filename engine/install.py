@@ -9,14 +9,14 @@ from engine.contract import CallContext, EngineError, Row, did_you_mean
 from engine.database import Database
 from engine.sync import sync_tables
 from engine.transaction import kept_since
-from modules import account_module, available_modules
+from modules import account_module
 from modules.spec import ModuleSpec
 
 _INSTALL_LOCK = 0x1A5C2  # one install or uninstall at a time per database
 
 
 def _known(names: list[str]) -> list[ModuleSpec]:
-    modules = available_modules()
+    modules = platform.module_catalogue()
     found = []
     for name in names:
         if name not in modules:
@@ -31,12 +31,13 @@ def _known(names: list[str]) -> list[ModuleSpec]:
 
 
 def with_dependencies(requested: list[ModuleSpec]) -> list[ModuleSpec]:
-    """The modules and every module they need, dependencies first."""
-    modules = available_modules()
+    """The modules and every module they need, dependencies first; never the built-in ones
+    (platform.BUILTIN_MODULES), which every database has: installing one does nothing."""
+    modules = platform.module_catalogue()
     ordered: list[ModuleSpec] = []
 
     def visit(module: ModuleSpec) -> None:
-        if module in ordered:
+        if module in ordered or module.name in platform.BUILTIN_MODULES:
             return
         for dependency in module.dependencies:
             visit(modules[dependency])
@@ -93,9 +94,11 @@ async def _check_collisions(conn: asyncpg.Connection, modules: list[ModuleSpec])
 async def _create(conn: asyncpg.Connection, module: ModuleSpec) -> None:
     for statement in module.setup_sql:
         await conn.execute(statement)
-    for table in module.tables:
+    for table in module.tables:  # the spec holds them referenced tables first
         for statement in ddl.create_table(table):
             await conn.execute(statement)
+    for statement in module.after_tables_sql:
+        await conn.execute(statement)
     await conn.execute(
         "INSERT INTO iasql_module (name, version, installed_at) VALUES ($1, $2, clock_timestamp())",
         module.name,
@@ -149,6 +152,14 @@ async def uninstall(db: Database, ctx: CallContext, names: list[str]) -> list[Ro
     if not names:
         raise EngineError("22023", "name at least one module", hint="iasql_uninstall('aws_s3')")
     modules = _known(names)
+    builtin = [m.name for m in modules if m.name in platform.BUILTIN_MODULES]
+    if builtin:
+        raise EngineError(
+            "42501",
+            f"cannot uninstall {', '.join(builtin)}: built into every environment database",
+            hint="iasql_platform and iasql_functions are always installed; uninstall the other"
+            " modules by name, or drop the whole database with: iasql db drop NAME",
+        )
     async with db.pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", _INSTALL_LOCK)
         try:
@@ -205,7 +216,14 @@ async def modules_installed(db: Database) -> list[Row]:
         " FROM iasql_module m LEFT JOIN iasql_dependencies d ON d.module = m.name"
         " GROUP BY m.name, m.version ORDER BY m.name"
     )
-    return [
+    installed = [
         {"module_name": r["name"], "module_version": r["version"], "dependencies": list(r["deps"])}
         for r in rows
+        if r["name"] not in platform.BUILTIN_MODULES  # a row from before they were built in
     ]
+    # The built-in modules have no row, and are always there.
+    installed += [
+        {"module_name": m.name, "module_version": m.version, "dependencies": list(m.dependencies)}
+        for m in platform.BUILTIN_MODULES.values()
+    ]
+    return sorted(installed, key=lambda row: row["module_name"])

@@ -13,10 +13,35 @@ import logging
 
 import asyncpg
 
-from engine.contract import REQUIRED, FunctionSpec
-from engine.ddl import quote_ident, quote_literal
+from engine.contract import FunctionSpec
+from engine.ddl import quote_ident
+from modules import VERSION, available_modules
+from modules.spec import ModuleSpec
 
 log = logging.getLogger("iasql.engine")
+
+# The two modules that are the engine itself, as IaSQL names them: installed in every
+# environment database, always. They have no package under modules/ and no row in
+# iasql_module: iasql_install() of one is a no-op, iasql_uninstall() refuses.
+PLATFORM_MODULE = ModuleSpec(
+    name="iasql_platform",
+    version=VERSION,
+    description="platform tables: installed modules, their tables and the audit log",
+)
+FUNCTIONS_MODULE = ModuleSpec(
+    name="iasql_functions",
+    version=VERSION,
+    dependencies=(PLATFORM_MODULE.name,),
+    description="the iasql_* functions: modules, transactions, preview, commit, audit SQL",
+)
+BUILTIN_MODULES = {m.name: m for m in (FUNCTIONS_MODULE, PLATFORM_MODULE)}
+
+
+def module_catalogue() -> dict[str, ModuleSpec]:
+    """Every module a database can have, by name in name order: the built-in ones and the
+    module packages (`modules.available_modules()`)."""
+    return dict(sorted({**available_modules(), **BUILTIN_MODULES}.items()))
+
 
 _SETUP_LOCK = 0x1A5C1  # advisory lock key: one engine at a time sets a database up
 
@@ -158,15 +183,10 @@ ENGINE_SEARCH_PATH = "public, pg_temp"
 
 def _stub_sql(spec: FunctionSpec) -> str:
     """A real function with the right signature that explains it must go through iasql."""
-    params = ", ".join(
-        f"{'VARIADIC ' if p.variadic else ''}{p.name} {p.type}"
-        + ("" if p.default is REQUIRED else f" DEFAULT {quote_literal(p.default)}")
-        for p in spec.params
-    )
     columns = ", ".join(f'"{name}" {type_}' for name, type_ in spec.columns)
     message = f"{spec.name}() runs only through the iasql server: connect to its port"
     return (
-        f"CREATE OR REPLACE FUNCTION {spec.name}({params}) RETURNS TABLE ({columns})"
+        f"CREATE OR REPLACE FUNCTION {spec.signature()} RETURNS TABLE ({columns})"
         f" LANGUAGE plpgsql AS $stub$ BEGIN RAISE EXCEPTION '{message}'"
         " USING ERRCODE = '0A000'; END $stub$"
     )

@@ -9,9 +9,15 @@ import boto3
 import psycopg
 import pytest
 
+from engine import platform
+from engine.admin import PublicAddress
+from engine.core import Engine, EngineConfig
 from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
 from tests.support.env import RunningServer, add_credentials, only_regions, rows
+
+# What iasql_modules_installed() lists in every environment database, as IaSQL does.
+BUILT_IN = [("iasql_functions", "0.1.0", ["iasql_platform"]), ("iasql_platform", "0.1.0", [])]
 
 
 def logs_client(moto: MotoServer, region: str) -> object:
@@ -41,6 +47,7 @@ def test_install_resolves_dependencies_and_imports_existing_resources(
     assert rows(envdb, "SELECT * FROM iasql_modules_installed() ORDER BY 1") == [
         ("aws_account", "0.1.0", []),
         ("aws_cloudwatch", "0.1.0", ["aws_account"]),
+        *BUILT_IN,
     ]
     # The audit log never holds the secret.
     audit = rows(
@@ -58,7 +65,38 @@ def test_install_errors(envdb: psycopg.Connection) -> None:
         envdb.execute("SELECT * FROM iasql_install('aws_sqs')")
     assert "queue" in str(error.value)
     # Nothing of the failed install is left behind.
-    assert rows(envdb, "SELECT * FROM iasql_modules_installed()") == []
+    assert rows(envdb, "SELECT * FROM iasql_modules_installed()") == BUILT_IN
+
+
+def test_the_built_in_modules_are_always_installed(envdb: psycopg.Connection) -> None:
+    """iasql_platform and iasql_functions are the engine itself: installed in every
+    environment database, listed with the others; installing one does nothing, and
+    uninstalling one is refused before anything is dropped."""
+    assert rows(envdb, "SELECT * FROM iasql_modules_installed()") == BUILT_IN
+    listed = dict(rows(envdb, "SELECT module_name, dependencies::text FROM iasql_modules_list()"))
+    assert json.loads(listed["iasql_functions"]) == ["iasql_platform"]
+    assert json.loads(listed["iasql_platform"]) == []
+    assert rows(envdb, "SELECT * FROM iasql_install('iasql_platform', 'iasql_functions')") == []
+    assert rows(envdb, "SELECT * FROM iasql_install('iasql_platform', 'aws_account')") == [
+        ("aws_account", "aws_credentials", 0),
+        ("aws_account", "aws_regions", 0),
+    ]
+    for names in ("'iasql_platform'", "'iasql_functions'", "'aws_account', 'iasql_platform'"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            envdb.execute(f"SELECT * FROM iasql_uninstall({names})")
+        message = refused.value.diag.message_primary or ""
+        assert message.endswith(": built into every environment database"), message
+        assert "\n" not in message
+        assert "always installed" in (refused.value.diag.message_hint or "")
+    assert rows(envdb, "SELECT module_name FROM iasql_modules_installed()") == [
+        ("aws_account",),
+        ("iasql_functions",),
+        ("iasql_platform",),
+    ]
+    assert rows(envdb, "SELECT name FROM iasql_module") == [("aws_account",)]
+    assert rows(envdb, "SELECT to_regclass('aws_credentials') IS NOT NULL") == [(True,)]
+    help_modules = dict(rows(envdb, "SELECT name, module FROM iasql_help()"))
+    assert help_modules["iasql_install"] == help_modules["iasql_help"] == "iasql_functions"
 
 
 def test_uninstall_refuses_while_needed_then_drops(
@@ -119,7 +157,7 @@ def test_environment_role_reads_platform_tables_but_cannot_write_them(
             # The same alias again is a new, empty database (no stale engine connections).
             url = admin.execute("SELECT url FROM iasql_connect(%s)", (alias,)).fetchone()[0]  # type: ignore[index]
         with psycopg.connect(url, autocommit=True) as env:
-            assert rows(env, "SELECT * FROM iasql_modules_installed()") == []
+            assert rows(env, "SELECT * FROM iasql_modules_installed()") == BUILT_IN
         with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
             admin.execute("SELECT * FROM iasql_disconnect(%s)", (alias,))
 
@@ -165,3 +203,20 @@ def test_modules_list_shows_every_module(envdb: psycopg.Connection) -> None:
     assert set(json.loads(listed["aws_ec2"])) == {
         "aws_account", "aws_security_group", "aws_vpc", "aws_iam", "aws_elb",
     }  # fmt: skip
+
+
+def test_each_built_in_function_is_declared_on_the_method_that_runs_it() -> None:
+    """@builtin declares a function on its handler; Engine() binds each to itself. The stub
+    every database gets has the signature iasql_help() shows."""
+    engine = Engine(EngineConfig("postgres://unused", PublicAddress("127.0.0.1", 5432)))
+    built_in = [s for s in engine.functions.values() if s.name not in engine.function_modules]
+    assert len(built_in) == len({s.name for s in built_in}) >= 20
+    for spec in built_in:
+        assert getattr(spec.handler, "__self__", None) is engine, spec.name
+    assert engine.functions["iasql_install"].handler == engine._install
+    assert engine.functions["iasql_apply"].handler == engine._deprecated
+    stubs = platform.function_stubs(built_in)
+    exposed = [s for s in built_in if not s.admin_only]
+    assert len(stubs) == len(exposed)
+    for spec, stub in zip(exposed, stubs, strict=True):
+        assert stub.startswith(f"CREATE OR REPLACE FUNCTION {spec.signature()} RETURNS TABLE")

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from engine.core import server_version
-from modules import available_modules
+from engine.platform import module_catalogue
 from tests.support.env import RunningServer, psql_env
 
-MODULES = sorted(available_modules())
+MODULES = sorted(module_catalogue())
 
 
 async def test_from_clause_where_order_by_and_count(iasql: RunningServer) -> None:

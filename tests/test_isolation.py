@@ -292,7 +292,11 @@ def test_pg_dump_by_the_role_restores_into_a_new_environment(
         assert (done.returncode, done.stderr) == (0, ""), schema
 
     with psycopg.connect(restored_url, autocommit=True) as conn:
-        assert rows(conn, "SELECT module_name FROM iasql_modules_installed()") == [("aws_account",)]
+        assert rows(conn, "SELECT module_name FROM iasql_modules_installed()") == [
+            ("aws_account",),
+            ("iasql_functions",),
+            ("iasql_platform",),
+        ]
         assert rows(conn, "SELECT access_key_id FROM aws_credentials") == [("AKIDBACKUP",)]
         assert one(conn, "SELECT count(*) FROM iasql_audit_log") == audit
         assert rows(conn, "SELECT shout(note) FROM notes") == [("KEPT BY THE BACKUP",)]
