@@ -2,8 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench deps clients
+.PHONY: run test lint bench deps clients lock
 
+# requirements.lock pins the runtime, the `sandbox` extra (moto[server], which `make run`'s
+# --local-cloud needs) and the `test` extra: `make run` and `make test` both get all three.
 $(VENV)/.installed: requirements.lock pyproject.toml setup.py proxy/_frames.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
@@ -27,6 +29,10 @@ clients:
 
 test: deps clients lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# Re-resolves requirements.lock from pyproject.toml (newest allowed versions), in a temporary venv.
+lock:
+	bash scripts/lock.sh
 
 bench: deps
 	bash scripts/ensure-postgres.sh pgbouncer

@@ -28,7 +28,7 @@ from engine.transaction import TransactionSettings
 from iasql.certs import ensure_certificate, names_for
 from iasql.postgres import LocalPostgres, PostgresError
 from iasql.promote import PromotionError, add_promote
-from iasql.sandbox import MotoServer, SandboxError, read_json, stop_stale
+from iasql.sandbox import MotoServer, SandboxError, read_json, require_sandbox, stop_stale
 from proxy.limits import ConnectionLimits
 from proxy.server import BackendAddress, ProxyServer
 from proxy.tls import TlsConfigError, backend_tls, server_context
@@ -164,6 +164,8 @@ def run_serve(args: argparse.Namespace) -> int:
     # stops the children already started (the embedded Postgres runs in its own session).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     data_dir: Path = args.data_dir or default_data_dir()
+    if args.local_cloud:
+        require_sandbox()  # an extra (moto[server]): checked before anything is created
     check_port_free(args.host, args.port)
     with contextlib.ExitStack() as stack:
         if not args.backend_url or args.local_cloud:

@@ -6,6 +6,7 @@ outlives the process, and keeps its port and pid in a state file next to the jou
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +22,23 @@ from iasql.postgres import free_port, running, stop_process
 
 class SandboxError(Exception):
     pass
+
+
+# What `python -m moto.server` (and iasql.sandbox_server) import before anything else: moto,
+# and the web server of its `server` extra. The sandbox extra (`iasql[sandbox]`) installs them.
+SANDBOX_MODULES = ("moto", "flask", "flask_cors", "werkzeug")
+SANDBOX_INSTALL = "pip install 'iasql[sandbox]' (in a clone, `make run` installs it)"
+
+
+def require_sandbox() -> None:
+    """Fails at once, in one line, when the sandbox cannot start here: the child imports moto
+    in its own process, so without this its ImportError would only show in its log."""
+    missing = [name for name in SANDBOX_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SandboxError(
+            f"the local AWS sandbox (--local-cloud) needs moto[server], which is not installed"
+            f" (not found: {', '.join(missing)}): {SANDBOX_INSTALL}"
+        )
 
 
 class MotoServer:
@@ -46,6 +64,7 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float | None = None) -> None:
+        require_sandbox()
         if timeout is None:  # replaying a long journal takes a while
             timeout = 30 if self.journal is None else 600
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115

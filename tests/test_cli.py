@@ -10,6 +10,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ import psycopg
 import pytest
 
 from engine.core import server_version
+from engine.platform import module_catalogue
 from iasql.cli import configure_logging
 from iasql.postgres import LocalPostgres, free_port
-from iasql.sandbox import MotoServer
-from modules import available_modules
+from iasql.sandbox import MotoServer, SandboxError
 from tests.support.cli import (
     START_DEADLINE,
     STOP_DEADLINE,
@@ -235,7 +236,7 @@ def test_db_create_connect_list_drop(shared: Running) -> None:
 
     version = psql(staging, "SELECT * FROM iasql_version()")
     assert (version.returncode, version.stdout) == (0, f"{server_version()}\n"), version.stderr
-    builtin = [name for name in available_modules() if name.startswith("iasql")]
+    builtin = [name for name in module_catalogue() if name.startswith("iasql")]
     assert builtin
     count = psql(
         staging, "SELECT count(*) FROM iasql_modules_list() WHERE module_name LIKE 'iasql%'"
@@ -615,6 +616,40 @@ def test_remembered_cloud_port_in_use_fails_in_one_line(workdir: Path) -> None:
         )
     assert_one_line_failure(out, f"127.0.0.1:{cloud_port}", "in use", "--cloud-port")
     assert not (data_dir / "pgdata").exists()  # refused before starting anything
+
+
+@pytest.mark.parametrize("hidden", ["moto", "flask"])
+def test_local_cloud_without_the_sandbox_extra_says_what_to_install(
+    workdir: Path, hidden: str
+) -> None:
+    """moto[server] is the `sandbox` extra: a server installed without it (or with moto but
+    not its server's Flask) refuses --local-cloud at once, in one line, naming the fix."""
+    data_dir = workdir / f"without-{hidden}"
+    code = (
+        f"import sys; sys.modules[{hidden!r}] = None  # as if it were not installed\n"
+        "from iasql.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["serve", "--local-cloud", "--data-dir", str(data_dir), "--port", str(free_port())]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert_one_line_failure(
+        out, "--local-cloud", f"not found: {hidden})", "pip install 'iasql[sandbox]'"
+    )
+    assert not data_dir.exists()  # refused before creating or starting anything
+
+
+def test_moto_server_without_moto_fails_before_starting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "moto", None)
+    server = MotoServer()
+    with pytest.raises(SandboxError, match=r"not found: moto\): pip install 'iasql\[sandbox\]'"):
+        server.start()
+    assert server.process is None
 
 
 def test_advertised_address_and_external_cloud_endpoint(
