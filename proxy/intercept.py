@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ SqlNode = Any
 
 
 class UnsupportedCall(Exception):
-    """A call the proxy cannot evaluate (e.g. a non-constant argument)."""
+    """A call the proxy cannot evaluate (e.g. an argument naming the statement's columns)."""
 
     sqlstate = "0A000"
 
@@ -77,13 +77,42 @@ class Call:
     variadic: bool
     source: SqlNode = field(init=False)  # where the rows come from, set by the rewrite
 
-    def arguments(self, params: list[Any] | None) -> list[SqlArgument]:
-        """The call's arguments as Python values; `params` are the Bind values ($1 = params[0])."""
-        positional = [_evaluate(node, params) for node in self.args]
+    def arguments(
+        self, params: list[Any] | None, computed: Iterator[Any] | None = None
+    ) -> list[SqlArgument]:
+        """The call's arguments as Python values; `params` are the Bind values ($1 = params[0]),
+        `computed` the values of its non-constant arguments, in order (`Statement.arguments`)."""
+
+        def value(node: SqlNode) -> Any:
+            if _is_constant(node):
+                return _evaluate(node, params)
+            if computed is None:
+                raise UnsupportedCall(
+                    "arguments of iasql functions must be constants or parameters"
+                )
+            return next(computed)
+
+        positional = [value(node) for node in self.args]
         if self.variadic and positional and isinstance(positional[-1], list):
             positional[-1:] = positional[-1]  # f(VARIADIC ARRAY['a', 'b']) is f('a', 'b')
-        named = [SqlArgument(name, _evaluate(node, params)) for name, node in self.named.items()]
+        named = [SqlArgument(name, value(node)) for name, node in self.named.items()]
         return [SqlArgument(None, value) for value in positional] + named
+
+    def computed(self) -> list[tuple[SqlNode, str | None]]:
+        """The non-constant arguments, in the order `arguments` takes their values, each with
+        the type its value is cast to (None: the function has no such parameter)."""
+        found: list[tuple[SqlNode, str | None]] = []
+        for position, node in enumerate(self.args):
+            if not _is_constant(node):
+                param = self.spec.param_at(position)
+                whole = self.variadic and position == len(self.args) - 1
+                sqltype = None if param is None else param.type if whole else param.element_type
+                found.append((node, sqltype))
+        for name, node in self.named.items():
+            if not _is_constant(node):
+                param = self.spec.param_named(name)
+                found.append((node, None if param is None else param.type))
+        return found
 
     def param_types(self) -> dict[int, int]:
         """Parameter number -> type OID, for parameters used as this call's arguments."""
@@ -105,11 +134,40 @@ class Statement:
     tree: SqlNode | None
     calls: list[Call]
     max_param: int  # the highest $n the client's text uses
+    # The calls' non-constant arguments (sub-selects, expressions), evaluated first by the
+    # backing Postgres in the client's own session: `SELECT json_build_array(<arg>, ...)` (in
+    # hex), whose one value lists them in the order `Call.arguments` takes them. Its own calls
+    # (e.g. the iasql_modules_list() of `iasql_install(VARIADIC ARRAY(SELECT ... FROM
+    # iasql_modules_list()))`) run first, their rows made a relation as everywhere else.
+    arguments: Statement | None = None
+    # Placeholder literal -> the E'' literal printed in its place (see _escape_strings).
+    escapes: dict[str, str] = field(default_factory=dict)
+    # For an `arguments` statement: the names of the WITH queries of the statement it computes
+    # arguments for, which it cannot see (see `error_hint`).
+    outer_names: frozenset[str] = frozenset()
+
+    def error_hint(self, sqlstate: str, message: str) -> str | None:
+        """A hint for Postgres's error about this `arguments` statement, when it has none."""
+        if sqlstate == "21000":  # more than one row returned by a subquery
+            return (
+                "an argument of an iasql function is computed once: pass a list,"
+                " as in iasql_install(VARIADIC ARRAY(SELECT ...))"
+            )
+        if sqlstate == "42P01" and any(f'relation "{n}" ' in message for n in self.outer_names):
+            return (
+                "an argument of an iasql function is computed before the statement runs, so it"
+                " cannot read the statement's WITH queries: write the query in the argument,"
+                " as in iasql_install(VARIADIC ARRAY(SELECT ... FROM iasql_modules_list()))"
+            )
+        return None
 
     def render(self) -> str:
         """The rewritten SQL, with each call's current `source` node in place."""
         assert self.tree is not None
-        return str(RawStream()(self.tree))
+        sql = str(RawStream()(self.tree))
+        for placeholder, literal in self.escapes.items():
+            sql = sql.replace(placeholder, literal, 1)
+        return sql
 
     def render_with_rows(self, rows: list[list[dict[str, Any]]]) -> str:
         """The rows inlined as E'' literals: pglast prints a plain '' literal, whose
@@ -165,11 +223,80 @@ def split_statements(sql: str, catalog: Mapping[str, FunctionSpec]) -> list[Stat
         numbers: dict[int, int] = {}
         _collect_params(stmt.stmt, 0, numbers)
         calls: list[Call] = []
+        with_names = _with_names(stmt.stmt)  # before the rewrite, which may replace them
         tree = _Rewriter(catalog, calls).node(stmt.stmt)
-        statements.append(Statement(text, tree if calls else None, calls, max(numbers, default=0)))
+        statement = Statement(text, tree if calls else None, calls, max(numbers, default=0))
+        statement.arguments = _arguments_statement(calls, catalog)
+        if statement.arguments is not None:
+            statement.arguments.outer_names = with_names
+        statements.append(statement)
     if not any(s.calls for s in statements):
         return None
     return statements
+
+
+def _with_names(node: SqlNode) -> frozenset[str]:
+    clause = getattr(node, "withClause", None)
+    return frozenset(cte.ctename for cte in clause.ctes) if clause is not None else frozenset()
+
+
+def _arguments_statement(
+    calls: list[Call], catalog: Mapping[str, FunctionSpec]
+) -> Statement | None:
+    """The statement that computes the non-constant arguments of `calls` (see
+    `Statement.arguments`), or None when they are all constants or parameters. Each argument
+    is cast to its parameter's type, so a wrong one fails as Postgres fails it; values the
+    engine takes as text (json, timestamps) come back as text, as a constant would."""
+    targets: list[SqlNode] = []
+    for call in calls:
+        for node, sqltype in call.computed():
+            if sqltype is None:
+                targets.append(node)
+                continue
+            as_text = sqltype in ("json", "jsonb", "timestamptz")
+            template = f"SELECT NULL::{sqltype}::text" if as_text else f"SELECT NULL::{sqltype}"
+            cast = parse_sql(template)[0].stmt.targetList[0].val
+            (cast.arg if as_text else cast).arg = node
+            targets.append(cast)
+    if not targets:
+        return None
+    # A scalar sub-select: an argument computed once, so a set-returning one that returns
+    # several rows is Postgres's "more than one row returned by a subquery", and none is NULL.
+    # The JSON comes back as hex of its UTF-8, whatever the session's client_encoding.
+    tree = parse_sql(
+        "SELECT pg_catalog.encode(pg_catalog.convert_to("
+        "(SELECT pg_catalog.json_build_array(NULL))::text, 'UTF8'), 'hex')"
+    )[0].stmt
+    sublink = tree.targetList[0].val.args[0].args[0].arg
+    sublink.subselect.targetList[0].val.args = tuple(targets)
+    inner: list[Call] = []
+    tree = _Rewriter(catalog, inner).node(tree)
+    numbers: dict[int, int] = {}
+    _collect_params(tree, 0, numbers)
+    statement = Statement("", tree, inner, max(numbers, default=0))
+    statement.escapes = _escape_strings(tree, secrets.token_hex(8), {})
+    statement.text = statement.render()
+    statement.arguments = _arguments_statement(inner, catalog)
+    return statement
+
+
+def _escape_strings(node: Any, token: str, escapes: dict[str, str]) -> dict[str, str]:
+    """pglast prints a string with a backslash as a plain '' literal, which would read
+    differently under `standard_conforming_strings = off`: each such string of the tree is
+    replaced by a placeholder, to be printed as an E'' literal (as `render_with_rows` does)."""
+    if isinstance(node, tuple | list):
+        for item in node:
+            _escape_strings(item, token, escapes)
+    elif isinstance(node, ast.A_Const):  # (identifiers are Strings too: not those)
+        value = node.val
+        if isinstance(value, ast.String) and "\\" in (value.sval or ""):
+            placeholder = f"iasql_string_{token}_{len(escapes)}"
+            escapes[f"'{placeholder}'"] = _escape_literal(value.sval)
+            node.val = ast.String(sval=placeholder)
+    elif isinstance(node, ast.Node):
+        for name in node.__slots__:
+            _escape_strings(getattr(node, name), token, escapes)
+    return escapes
 
 
 # --- the rewrite ----------------------------------------------------------------------------
@@ -225,7 +352,7 @@ class _Rewriter:
             else:
                 args.append(arg)
         for arg in (*args, *named.values()):
-            _check_argument(arg)
+            _check_argument(spec, arg)
         call = Call(spec, args, named, bool(node.func_variadic))
         self.calls.append(call)
         return call
@@ -331,15 +458,39 @@ _CASTS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _check_argument(node: SqlNode) -> None:
-    """Arguments are evaluated by the proxy, so only constants and parameters are allowed."""
+def _is_constant(node: SqlNode) -> bool:
+    """A constant or a parameter, which the proxy evaluates itself; anything else is computed
+    by the backing Postgres first (see `Statement.arguments`)."""
     if isinstance(node, ast.TypeCast):
-        _check_argument(node.arg)
-    elif isinstance(node, ast.A_ArrayExpr):
-        for element in node.elements or ():
-            _check_argument(element)
-    elif not isinstance(node, ast.A_Const | ast.ParamRef):
-        raise UnsupportedCall("arguments of iasql functions must be constants or parameters")
+        return _is_constant(node.arg)
+    if isinstance(node, ast.A_ArrayExpr):
+        return all(_is_constant(element) for element in node.elements or ())
+    return isinstance(node, ast.A_Const | ast.ParamRef)
+
+
+def _check_argument(spec: FunctionSpec, node: SqlNode) -> None:
+    """An argument is computed once, before the call, not once per row of the statement: so
+    it may not name the statement's columns (a sub-select's own columns are fine)."""
+    if not _is_constant(node) and _column_outside_subselect(node):
+        raise UnsupportedCall(
+            f"an argument of {spec.name}() cannot refer to a column of the calling statement",
+            hint=f"compute the values in a sub-select: {spec.name}(VARIADIC ARRAY(SELECT"
+            " module_name FROM iasql_modules_list() WHERE ...))"
+            if any(p.variadic for p in spec.params)
+            else f"compute the value in a sub-select: {spec.name}((SELECT ... FROM ...))",
+        )
+
+
+def _column_outside_subselect(node: Any) -> bool:
+    if isinstance(node, ast.ColumnRef):
+        return True
+    if isinstance(node, ast.SubLink):
+        return _column_outside_subselect(node.testexpr)  # `x IN (SELECT ...)`: x is outside
+    if isinstance(node, tuple | list):
+        return any(_column_outside_subselect(item) for item in node)
+    if isinstance(node, ast.Node):
+        return any(_column_outside_subselect(getattr(node, name)) for name in node.__slots__)
+    return False
 
 
 def _evaluate(node: SqlNode, params: list[Any] | None) -> Any:

@@ -117,6 +117,10 @@ _SYNC = _Sync()
 # A simple Query's statement that the proxy sent as Parse/Bind/Describe/Execute/Sync (see
 # `_extended_piece`): its ParseComplete, BindComplete and NoData are not for the client.
 _EXTENDED = _Sync()
+# A statement computing a call's non-constant arguments (see `Statement.arguments`), sent as
+# Parse/Bind/Execute/Sync: its answer, up to and including ReadyForQuery, is the proxy's, not
+# the client's, but for an error, which is the client's (the error of its argument).
+_CAPTURE = _Sync()
 
 
 @dataclass(slots=True)
@@ -154,6 +158,10 @@ class _QueryPlan:
     next: int = 0  # index of the next piece to send
     failed: bool = False  # the server reported an error for a piece: run no more
     running: Statement | None = None  # the piece whose engine calls are running
+    # Statements whose arguments are being computed (the innermost last), and the computed
+    # values once the server sent them (JSON, in hex: see `Statement.arguments`, _CAPTURE).
+    waiting: list[Statement] = field(default_factory=list)
+    captured: bytes | None = None
     literals: Literals | None = None  # the long literals the pieces hold placeholders for
 
 
@@ -164,6 +172,9 @@ _READY, _ERROR, _PARAMS, _KEY = b"ZEtK"
 _SERVER_INSPECTED = frozenset((_READY, _ERROR, _PARAMS, _KEY))
 # ParseComplete, BindComplete, NoData: dropped from the answer to an _EXTENDED statement.
 _EXTENDED_ACKS = frozenset(b"12n")
+# ... and these too from the answer to a _CAPTURE statement (DataRow is kept for the proxy).
+_CAPTURED = frozenset(b"12nDCI")
+_DATA_ROW = ord("D")
 # Relayed with no look inside; as lookup tables for the frame walks of proxy/frames.py.
 _CLIENT_PLAIN_TABLE = table(pg.FRONTEND_TYPES - _CLIENT_INSPECTED)
 _SERVER_INSPECTED_TABLE = table(_SERVER_INSPECTED)
@@ -515,8 +526,7 @@ class Session:
                 plan.next = len(plan.pieces)
                 error = EngineError("42P02", f"there is no parameter ${piece.max_param}")
                 return self._send_piece(self._poison_query(error))
-            plan.running = piece
-            return self._run_calls(piece.calls, None)
+            return self._run_statement(piece, None)
         return self._send_piece(self._plan_query(piece))
 
     def _plan_query(self, sql: str) -> bytes:
@@ -525,7 +535,41 @@ class Session:
         found = self._plan.literals
         return pg.query(sql) if found is None else pg.query_of(found.expand(sql))
 
-    def _extended_piece(self, statement: Statement, rows: list[list[Row]]) -> tuple[bytes, bytes]:
+    def _run_statement(self, statement: Statement, computed: list[Any] | None) -> list[Event]:
+        """Runs a plan's statement's calls, once the arguments they compute are known: until
+        then, the statement that computes them runs first (see `Statement.arguments`)."""
+        plan = self._plan
+        assert plan is not None
+        if statement.arguments is not None and computed is None:
+            plan.waiting.append(statement)
+            return self._run_statement(statement.arguments, None)
+        plan.running = statement
+        if not statement.calls:
+            return self.engine_done([], None)
+        return self._run_calls(statement.calls, None, computed)
+
+    def _captured(self) -> list[Event]:
+        """The server answered the statement computing arguments: run the statement waiting
+        for them."""
+        plan = self._plan
+        assert plan is not None and plan.waiting
+        data, plan.captured = plan.captured, None
+        values = json.loads(bytes.fromhex(data.decode())) if data is not None else None
+        statement = plan.waiting.pop()
+        if not isinstance(values, list):  # NULL: a set-returning argument returned no rows
+            plan.next = len(plan.pieces)
+            name = next(c.spec.name for c in statement.calls if c.computed())
+            error = EngineError(
+                "22023",
+                f"an argument of {name}() returned no rows",
+                hint=f"pass a list, which may be empty: {name}(VARIADIC ARRAY(SELECT ...))",
+            )
+            return self._send_piece(self._poison_query(error))
+        return self._run_statement(statement, values)
+
+    def _extended_piece(
+        self, statement: Statement, rows: list[list[Row]], describe: bool = True
+    ) -> tuple[bytes, bytes]:
         """A plan's statement with its calls' rows, as Parse/Bind/Describe/Execute/Sync with
         the rows as Bind parameters: what a module function returns (a secret key, say) is
         not in the statement's text, which Postgres logs when the statement fails (it logs no
@@ -540,7 +584,7 @@ class Session:
         values: list[bytes | None] = [json.dumps(r, default=str).encode() for r in rows]
         bind = pg.Bind("", "", [], values, []).encode()
         # Two writes, not one concatenation: the Parse may be a huge statement's one copy.
-        return parse, bind + _DESCRIBE_PORTAL + _EXECUTE_ALL + _SYNC_MESSAGE
+        return parse, bind + (_DESCRIBE_PORTAL if describe else b"") + _EXECUTE_ALL + _SYNC_MESSAGE
 
     def _send_piece(self, message: bytes | tuple[bytes, ...], answer: _Sync = _SYNC) -> list[Event]:
         """Sending the last piece ends the plan: its answer, ReadyForQuery included, then
@@ -564,6 +608,8 @@ class Session:
         if plan.failed:
             self._plan = None
             return True, self._unblock()
+        if plan.waiting and plan.running is None:  # a _CAPTURE statement was answered
+            return False, self._captured()
         return False, self._advance_plan()
 
     def _poison_query(self, error: EngineError) -> bytes:
@@ -579,12 +625,17 @@ class Session:
         except pg.ProtocolViolation as exc:
             return self._violation(str(exc))
         except UnsupportedCall as exc:
+            self._prepared.pop(name, None)  # the client's Bind must not run an older one's calls
             token = self._poison(exc.as_engine_error())
             return [ToServer(pg.parse(token, f'SELECT * FROM "{token}"', []))]
         if statements is None or len(statements) != 1:
             self._prepared.pop(name, None)
             return None
         statement = statements[0]
+        if statement.arguments is not None:
+            self._prepared.pop(name, None)
+            token = self._poison(_computed_in_prepared(statement).as_engine_error())
+            return [ToServer(pg.parse(token, f'SELECT * FROM "{token}"', []))]
         client_params = max(statement.max_param, len(param_types))
         types = param_types + [0] * (client_params - len(param_types))
         for call in statement.calls:
@@ -637,9 +688,12 @@ class Session:
 
     # --- engine calls -------------------------------------------------------------------
 
-    def _run_calls(self, calls: list[Call], params: list[Any] | None) -> list[Event]:
+    def _run_calls(
+        self, calls: list[Call], params: list[Any] | None, computed: list[Any] | None = None
+    ) -> list[Event]:
+        values = iter(computed) if computed is not None else None
         try:
-            prepared = [(call.spec, call.arguments(params)) for call in calls]
+            prepared = [(call.spec, call.arguments(params, values)) for call in calls]
         except UnsupportedCall as exc:
             return self.engine_done(None, exc.as_engine_error())
         return [RunEngine(prepared)]
@@ -655,6 +709,10 @@ class Session:
             plan.next = len(plan.pieces)  # nothing after a failed call runs
             return self._send_piece(self._poison_query(error))
         assert rows is not None
+        if plan.waiting and statement is plan.waiting[-1].arguments:
+            # Its answer is the proxy's: sent without ending the plan (see _CAPTURE).
+            self._inflight.append(_CAPTURE)
+            return [ToServer(chunk) for chunk in self._extended_piece(statement, rows, False)]
         return self._send_piece(self._extended_piece(statement, rows), _EXTENDED)
 
     def notice(self, text: str) -> list[Event]:
@@ -709,8 +767,10 @@ class Session:
                 break
             code = data[pos]
             end = pos + 1 + _unpack_length(data, pos + 1)[0]
-            if code in _SERVER_INSPECTED or (
-                code in _EXTENDED_ACKS and self._inflight and self._inflight[0] is _EXTENDED
+            if (
+                code in _SERVER_INSPECTED
+                or (code in _EXTENDED_ACKS and self._inflight and self._inflight[0] is _EXTENDED)
+                or (code in _CAPTURED and self._inflight and self._inflight[0] is _CAPTURE)
             ):
                 if end > size:
                     self._server_partial = data[pos:]
@@ -761,7 +821,11 @@ class Session:
             return self._server_error(data[pos + 5 : end]), []
         if code == _PARAMS:
             return self._parameter_description(data[pos + 5 : end]), []
-        if code in _EXTENDED_ACKS:  # answering an _EXTENDED statement: a simple Query has none
+        if code == _DATA_ROW:  # the arguments a _CAPTURE statement computed
+            assert self._plan is not None
+            self._plan.captured = _first_column(data, pos + 5, end)
+            return b"", _NO_EVENTS
+        if code in _CAPTURED:  # answering an _EXTENDED or _CAPTURE statement
             return b"", _NO_EVENTS
         if end - pos >= 13:  # K: BackendKeyData
             pid = _LENGTH.unpack_from(data, pos + 5)[0]
@@ -773,7 +837,18 @@ class Session:
         if self._plan is not None and self._plan.next > 0:
             self._plan.failed = True
         replacement = None
-        message = pg.decode_fields(body).get("M", "")
+        fields = pg.decode_fields(body)
+        message = fields.get("M", "")
+        if self._inflight and self._inflight[0] is _CAPTURE:
+            # An argument's own error, as Postgres reports it, but for its position: that is in
+            # the statement the proxy wrote, not in the client's.
+            code = fields.get("C", "XX000")
+            hint = fields.get("H")
+            plan = self._plan
+            if hint is None and plan is not None and plan.waiting:
+                arguments = plan.waiting[-1].arguments
+                hint = arguments.error_hint(code, message) if arguments is not None else None
+            return pg.error_response(code, message, detail=fields.get("D"), hint=hint)
         while self._inflight and not isinstance(self._inflight[0], _Sync):
             entry = self._inflight.popleft()
             if isinstance(entry, _Poison) and entry.token in message:
@@ -790,6 +865,26 @@ class Session:
             return None
         types = pg.decode_parameter_description(body)
         return pg.parameter_description(types[: entry.client_params])
+
+
+def _computed_in_prepared(statement: Statement) -> UnsupportedCall:
+    """A computed argument in a prepared statement (the extended protocol): it would have to
+    run in the middle of the client's pipeline. The simple protocol runs it."""
+    name = next(c.spec.name for c in statement.calls if c.computed())
+    return UnsupportedCall(
+        f"an argument of {name}() computed by an expression needs the simple query protocol",
+        hint="send the statement with no parameters as a simple query (psql, psycopg's execute()"
+        " without parameters, asyncpg's execute()), or compute the values first and pass them"
+        f" as constants or parameters: {name}($1, $2)",
+    )
+
+
+def _first_column(data: bytes, start: int, end: int) -> bytes | None:
+    """The first column of the DataRow whose body is data[start:end] (text format)."""
+    if end - start < 6:
+        return None
+    size = _LENGTH.unpack_from(data, start + 2)[0]
+    return None if size < 0 else data[start + 6 : start + 6 + size]
 
 
 def _split(
