@@ -173,9 +173,14 @@ async def _uninstall(
 ) -> list[Row]:
     installed = await db.installed(conn)
     missing = [m.name for m in modules if m.name not in installed]
-    if missing:
-        raise EngineError("55000", f"module {', '.join(missing)} is not installed")
-    leaving = {m.name for m in modules}
+    if missing:  # as IaSQL does: nothing to drop
+        which = (
+            f"modules {', '.join(missing)} are" if len(missing) > 1 else f"module {missing[0]} is"
+        )
+        ctx.notify(f"{which} not installed: skipped")
+    leaving = {m.name for m in modules if m.name in installed}
+    if not leaving:
+        return []
     dependents = await conn.fetch(
         "SELECT module, dependency FROM iasql_dependencies"
         " WHERE dependency = ANY($1::text[]) AND NOT module = ANY($1::text[]) ORDER BY module",

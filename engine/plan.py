@@ -5,6 +5,11 @@ is created, a record with no row is deleted, and a pair that differs in a column
 controls is updated in place, or replaced when one of the differing columns cannot change in
 place. Replacing a resource replaces the resources that reference it too, since they would
 otherwise point at something about to be deleted.
+
+A user's change to a cloud-assigned column (`UPDATE iam_role SET arn = 'dummy'`) changes
+nothing in the cloud: the commit's read-back puts the cloud's value back into the row. The
+plan shows it (as IaSQL's preview does) as an `update` whose changes say
+`"restored_from_cloud": true`, `old` being the row's value and `new` the cloud's.
 """
 
 from __future__ import annotations
@@ -63,6 +68,16 @@ class Plan:
     tables: list[Table]
     # Rows whose AWS-created resource (a default VPC) was deleted: restored, not deleted.
     protected: list[Operation] = field(default_factory=list)
+    # Rows whose cloud-assigned values a user changed: the commit restores them from the
+    # cloud; nothing is done in the cloud.
+    restores: list[Operation] = field(default_factory=list)
+
+    def preview_rows(self) -> list[dict[str, Any]]:
+        return [o.preview_row() for o in [*self.operations, *self.restores]]
+
+
+# table name -> primary key of a row -> its cloud-assigned columns a user wrote
+Edited = dict[str, dict[tuple[Any, ...], set[str]]]
 
 
 def compared_columns(table: Table) -> list[Column]:
@@ -94,6 +109,23 @@ def differences(table: Table, desired: Record, current: Record) -> dict[str, Any
     return changes
 
 
+def restored(table: Table, desired: Record, current: Record, edited: set[str]) -> dict[str, Any]:
+    """The cloud-assigned columns among `edited` whose row value differs from the cloud's:
+    the commit's read-back writes the cloud's value back."""
+    changes: dict[str, Any] = {}
+    for column in table.columns:
+        if column.name not in edited or column.name not in current:
+            continue
+        new, old = current.get(column.name), desired.get(column.name)
+        if canonical(column, new) != canonical(column, old):
+            changes[column.name] = {
+                "old": shown(old),
+                "new": shown(new),
+                "restored_from_cloud": True,
+            }
+    return changes
+
+
 def _all_values(table: Table, record: Record, *, created: bool) -> dict[str, Any]:
     """The changes of a create (every value is new) or a delete (every value goes)."""
     changes = {}
@@ -107,7 +139,12 @@ def _all_values(table: Table, record: Record, *, created: bool) -> dict[str, Any
 
 
 def diff_table(
-    table: Table, rows: list[Record], records: list[Record], refs: References, plan: Plan
+    table: Table,
+    rows: list[Record],
+    records: list[Record],
+    refs: References,
+    plan: Plan,
+    edited: dict[tuple[Any, ...], set[str]] | None = None,
 ) -> list[tuple[Record, Record]]:
     """Adds the table's operations to the plan; returns the (row, record) pairs that match."""
     by_key: dict[tuple[Any, ...], Record] = {}
@@ -127,11 +164,17 @@ def diff_table(
             plan.operations.append(Operation(table, CREATE, row, None, desired, changes))
             continue
         changes = differences(table, desired, current)
+        key_columns = (edited or {}).get(tuple(row[c] for c in table.primary_key))
+        restores = restored(table, desired, current, key_columns) if key_columns else {}
         if not changes:
             unchanged.append((row, current))
+            if restores:
+                plan.restores.append(Operation(table, UPDATE, row, current, desired, restores))
             continue
         forced = any(change.get("forces_replace") for change in changes.values())
         action = REPLACE if forced else UPDATE
+        if action == UPDATE:  # a replacement gets new cloud-assigned values anyway
+            changes.update(restores)
         plan.operations.append(Operation(table, action, row, current, desired, changes))
     for record in by_key.values():
         operation = Operation(
@@ -226,9 +269,14 @@ async def fetch_rows(conn: asyncpg.Connection, table: Table) -> list[Record]:
 
 
 async def build_plan(
-    conn: asyncpg.Connection, cloud: Cloud, tables: list[Table], regions: list[str]
+    conn: asyncpg.Connection,
+    cloud: Cloud,
+    tables: list[Table],
+    regions: list[str],
+    edited: Edited | None = None,
 ) -> Plan:
-    """The plan for `tables` (parents before children), reading only those from the cloud."""
+    """The plan for `tables` (parents before children), reading only those from the cloud.
+    `edited` names the cloud-assigned columns users wrote, to be restored from the cloud."""
     tables = [t for t in tables if t.mapper is not None]
     refs = References()
     rows: dict[str, list[Record]] = {}
@@ -240,7 +288,9 @@ async def build_plan(
         refs.seen_in_cloud(table, records)
     plan = Plan([], refs, tables)
     unchanged = {
-        table.name: diff_table(table, rows[table.name], records, refs, plan)
+        table.name: diff_table(
+            table, rows[table.name], records, refs, plan, (edited or {}).get(table.name)
+        )
         for table, records in zip(tables, reads, strict=True)
     }
     _protect_children(plan)

@@ -27,11 +27,11 @@ from engine.apply import Applier, StepFailed, recover
 from engine.cloud import cloud_failure
 from engine.contract import CallContext, EngineError, Row
 from engine.database import Database
-from engine.plan import CREATE, DELETE, Plan, build_plan
+from engine.plan import CREATE, DELETE, Edited, Plan, build_plan
 from engine.records import References
 from engine.sync import Kept, SyncBlocked, sync_tables
 from modules import account_module
-from modules.spec import CloudError, ModuleFunction, ModuleSpec, Record, Table
+from modules.spec import ArgumentError, CloudError, ModuleFunction, ModuleSpec, Record, Table
 
 log = logging.getLogger("iasql.transaction")
 
@@ -132,11 +132,40 @@ async def plan_changes(db: Database, conn: asyncpg.Connection, changes: list[aud
     resource the plan replaces or deletes (their rows must follow)."""
     installed = await db.installed_tables(conn)
     touched = {c.table_name for c in changes}
-    return await _plan_tables(db, conn, installed, touched)
+    return await _plan_tables(db, conn, installed, touched, _edited(installed, changes))
+
+
+def _edited(installed: list[Table], changes: list[audit.Change]) -> Edited:
+    """The cloud-assigned columns (an arn, an id AWS gives) that users wrote, per row: the
+    commit restores them from the cloud."""
+    tables = {t.name: t for t in installed}
+    edited: Edited = {}
+    for change in changes:
+        table = tables.get(change.table_name)
+        row = change.change.get("change")
+        if table is None or table.mapper is None or row is None:
+            continue
+        before = change.change.get("original") or {}
+        columns = {
+            c.name
+            for c in table.columns
+            if c.cloud_assigned
+            and c.name not in table.cloud_id
+            and c.name in row
+            and row.get(c.name) != before.get(c.name)
+        }
+        if columns:
+            key = tuple(row.get(c) for c in table.primary_key)
+            edited.setdefault(table.name, {}).setdefault(key, set()).update(columns)
+    return edited
 
 
 async def _plan_tables(
-    db: Database, conn: asyncpg.Connection, installed: list[Table], names: set[str]
+    db: Database,
+    conn: asyncpg.Connection,
+    installed: list[Table],
+    names: set[str],
+    edited: Edited | None = None,
 ) -> Plan:
     wanted = [t for t in installed if t.name in names and t.mapper is not None]
     if not wanted:
@@ -144,7 +173,7 @@ async def _plan_tables(
     cloud = await db.cloud()
     regions = await db.enabled_regions(conn)
     while True:
-        plan = await build_plan(conn, cloud, wanted, regions)
+        plan = await build_plan(conn, cloud, wanted, regions, edited)
         going = {o.table.name for o in plan.operations if o.action not in (CREATE, "update")}
         more = _children(installed, going) - {t.name for t in wanted}
         if not more:
@@ -153,11 +182,19 @@ async def _plan_tables(
 
 
 async def preview(db: Database, ctx: CallContext) -> list[Row]:
+    """What the next commit would do. Changes made with no transaction open are applied by
+    the next commit, so with none open this shows them too, and a notice says so."""
     async with db.pool.acquire() as conn:
         changes = await audit.pending_changes(conn, db.engine_user)
         plan = await plan_changes(db, conn, changes)
+        transaction = await _open_transaction(conn)
+    if transaction is None:
+        ctx.notify(
+            "no infrastructure transaction is open: this is what the next commit would apply;"
+            " SELECT * FROM iasql_begin() opens one"
+        )
     _notify_protected(ctx, plan)
-    return [o.preview_row() for o in plan.operations]
+    return plan.preview_rows()
 
 
 def _notify_protected(ctx: CallContext, plan: Plan) -> None:
@@ -216,13 +253,14 @@ async def commit(
             await _revert(db, conn, ctx, applier, changes, through, failure)
         # What the commit made is read back alone where the mapper can (ReadsSome), except in
         # tables where an AWS-created row is to be restored by reading the whole table.
-        restored = {o.table.name for o in plan.protected}
+        # Likewise where a user's cloud-assigned value (an arn) is to be restored.
+        restored = {o.table.name for o in [*plan.protected, *plan.restores]}
         made = {t: r for t, r in applier.applied().items() if t not in restored}
         await _sync_after(db, conn, ctx, plan, changes, through, made, vanished=applier.vanished)
         await audit.mark_applied(conn, through)
         await audit.log_event(conn, "END_COMMIT", ctx.user, tid, message)
         await _close(conn, ctx, tid, "committed")
-    return [o.preview_row() for o in plan.operations]
+    return plan.preview_rows()
 
 
 # Errors of reading the cloud that leave the rows as they are: after an apply, re-reading is
@@ -650,6 +688,8 @@ async def _refresh_module(
 async def _run_function(db: Database, function: ModuleFunction, args: Row) -> list[Row]:
     try:
         records = await function.run(await db.cloud(), **args)
+    except ArgumentError as error:
+        raise EngineError("22023", f"{function.name}(): {error}") from None
     except REFRESH_ERRORS as error:
         failure = cloud_failure(error)
         if failure is None:

@@ -31,6 +31,11 @@ class CloudError(Exception):
     """A cloud operation that failed for good; the message is the cloud's own."""
 
 
+class ArgumentError(CloudError):
+    """A module function refuses an argument before calling the cloud: the caller's mistake,
+    which the engine reports as 22023 (the message says what to write instead)."""
+
+
 @dataclass(frozen=True)
 class Ref:
     """A foreign key: this column holds `table.key`. In records it holds the referenced row's

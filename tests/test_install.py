@@ -121,6 +121,32 @@ def test_uninstall_refuses_while_needed_then_drops(
     ]
 
 
+def test_uninstalling_a_module_that_is_not_installed_skips_it(
+    envdb: psycopg.Connection, moto_accounts
+) -> None:
+    """As in IaSQL, a module that is not installed is skipped (with a NOTICE); the others
+    named are uninstalled. An unknown name is still an error."""
+    notices: list[str] = []
+    envdb.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    assert rows(envdb, "SELECT * FROM iasql_uninstall('aws_sqs')") == []
+    assert notices == ["module aws_sqs is not installed: skipped"]
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    add_credentials(envdb, moto_accounts())
+    envdb.execute("SELECT * FROM iasql_install('aws_cloudwatch')")
+    notices.clear()
+    dropped = rows(envdb, "SELECT * FROM iasql_uninstall('aws_sqs', 'aws_cloudwatch', 'aws_s3')")
+    assert dropped == [("aws_cloudwatch", "log_group", 0)]
+    assert notices[0] == "modules aws_sqs, aws_s3 are not installed: skipped"
+    assert rows(envdb, "SELECT module_name FROM iasql_modules_installed()") == [
+        ("aws_account",),
+        ("iasql_functions",),
+        ("iasql_platform",),
+    ]
+    with pytest.raises(psycopg.errors.UndefinedObject) as error:
+        envdb.execute("SELECT * FROM iasql_uninstall('aws_sq')")
+    assert error.value.diag.message_primary == "module 'aws_sq' does not exist"
+
+
 def test_environment_role_reads_platform_tables_but_cannot_write_them(
     postgres: LocalPostgres, iasql: RunningServer
 ) -> None:
@@ -164,7 +190,8 @@ def test_environment_role_reads_platform_tables_but_cannot_write_them(
 
 def test_regions_of_a_new_account_get_one_default(envdb: psycopg.Connection, moto_accounts) -> None:
     """iasql_sync() straight after the credentials reads the account's regions and makes
-    us-east-1 the default; two defaults are refused with a check violation."""
+    us-east-1 the default. As in IaSQL, setting another region's flag moves the default
+    there; clearing the only default's flag, or picking two at once, is refused."""
     moto = moto_accounts()
     envdb.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(envdb, moto)
@@ -172,9 +199,37 @@ def test_regions_of_a_new_account_get_one_default(envdb: psycopg.Connection, mot
     assert rows(envdb, "SELECT region FROM aws_regions WHERE is_default") == [("us-east-1",)]
     assert rows(envdb, "SELECT count(*) > 10 FROM aws_regions") == [(True,)]
     assert rows(envdb, "SELECT default_aws_region('eu-west-1')") == [("eu-west-1",)]
-    with pytest.raises(psycopg.errors.CheckViolation, match="exactly one region"):
-        envdb.execute("UPDATE aws_regions SET is_default = true WHERE region = 'us-east-2'")
-    assert rows(envdb, "SELECT default_aws_region()") == [("eu-west-1",)]
+    assert rows(envdb, "SELECT region FROM aws_regions WHERE is_default") == [("eu-west-1",)]
+    # IaSQL's way of picking the default region.
+    envdb.execute("UPDATE aws_regions SET is_default = TRUE WHERE region = 'us-west-2'")
+    assert rows(envdb, "SELECT region FROM aws_regions WHERE is_default") == [("us-west-2",)]
+    assert rows(envdb, "SELECT default_aws_region()") == [("us-west-2",)]
+    # Setting it again, or setting the default of a region that is it already, changes nothing.
+    envdb.execute("UPDATE aws_regions SET is_default = TRUE WHERE region = 'us-west-2'")
+    assert rows(envdb, "SELECT default_aws_region('us-west-2')") == [("us-west-2",)]
+    assert rows(envdb, "SELECT region FROM aws_regions WHERE is_default") == [("us-west-2",)]
+    # Inside one Postgres transaction too (IaSQL's own default_aws_region(r) clears first).
+    with envdb.transaction():
+        envdb.execute("UPDATE aws_regions SET is_default = FALSE WHERE is_default")
+        envdb.execute("UPDATE aws_regions SET is_default = TRUE WHERE region = 'eu-west-1'")
+    assert rows(envdb, "SELECT region FROM aws_regions WHERE is_default") == [("eu-west-1",)]
+    with pytest.raises(psycopg.errors.CheckViolation) as error:
+        envdb.execute("UPDATE aws_regions SET is_default = FALSE WHERE region = 'eu-west-1'")
+    assert str(error.value.diag.message_primary) == (
+        "aws_regions needs a default region: eu-west-1 was the only one"
+    )
+    assert "SET is_default = true WHERE region = " in (error.value.diag.message_hint or "")
+    with pytest.raises(psycopg.errors.CheckViolation) as error:
+        envdb.execute(
+            "UPDATE aws_regions SET is_default = TRUE WHERE region IN ('us-east-2', 'us-west-1')"
+        )
+    assert str(error.value.diag.message_primary) == (
+        "only one region can be the default; this statement picks us-east-2, us-west-1"
+    )
+    assert error.value.diag.message_hint == (
+        "pick one: UPDATE aws_regions SET is_default = true WHERE region = 'us-east-2'"
+    )
+    assert rows(envdb, "SELECT region FROM aws_regions WHERE is_default") == [("eu-west-1",)]
 
 
 def test_import_pages_through_more_than_a_thousand_queues(

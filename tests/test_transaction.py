@@ -3,6 +3,7 @@ drift, against a moto server, every cloud effect checked with boto3."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -369,3 +370,100 @@ def test_commit_reports_progress_and_fills_cloud_values_from_the_sync(moto_env: 
     )
     assert missing == [(0,)]
     assert preview(conn) == []
+
+
+def test_preview_with_no_transaction_open_shows_what_the_next_commit_applies(
+    moto_env: Any,
+) -> None:
+    """Changes made with no transaction open are applied by the next commit, so a preview
+    then shows them too (IaSQL refuses it), and a notice says no transaction is open."""
+    conn, moto = moto_env
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    conn.execute("INSERT INTO log_group (log_group_name) VALUES ('/outside')")
+    assert [r[:3] for r in preview(conn)] == [("create", "log_group", "/outside/us-east-1")]
+    assert notices == [
+        "no infrastructure transaction is open: this is what the next commit would apply;"
+        " SELECT * FROM iasql_begin() opens one"
+    ]
+    notices.clear()
+    conn.execute("SELECT * FROM iasql_begin()")
+    assert [r[:3] for r in preview(conn)] == [("create", "log_group", "/outside/us-east-1")]
+    assert notices == []
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert cloud_log_groups(moto) == ["/outside"]
+
+
+def test_a_changed_cloud_assigned_column_is_previewed_and_restored_by_the_commit(
+    moto_env: Any,
+) -> None:
+    """As in IaSQL: `UPDATE ... SET arn = 'dummy'` previews as an update of that row, and the
+    commit puts the cloud's value back (nothing is done in the cloud)."""
+    conn, moto = moto_env
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("INSERT INTO log_group (log_group_name) VALUES ('/app')")
+    conn.execute("SELECT * FROM iasql_commit()")
+    [(arn,)] = rows(conn, "SELECT log_group_arn FROM log_group WHERE log_group_name = '/app'")
+    assert arn.startswith("arn:aws:logs:us-east-1:")
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("UPDATE log_group SET log_group_arn = 'dummy' WHERE log_group_name = '/app'")
+    restore = (
+        "update",
+        "log_group",
+        "/app/us-east-1",
+        {"log_group_arn": {"old": "dummy", "new": arn, "restored_from_cloud": True}},
+    )
+    assert preview(conn) == [restore]
+    # With a create in the same table, whose read-back alone would miss the restored row.
+    conn.execute("INSERT INTO log_group (log_group_name) VALUES ('/other')")
+    assert [r[:3] for r in preview(conn)] == [
+        ("create", "log_group", "/other/us-east-1"),
+        restore[:3],
+    ]
+    committed = rows(
+        conn,
+        "SELECT action, table_name, description, changes FROM iasql_commit()"
+        " ORDER BY table_name, action, description",
+    )
+    assert [r[:3] for r in committed] == [("create", "log_group", "/other/us-east-1"), restore[:3]]
+    assert committed[1] == restore  # the commit answers what the preview showed
+    assert rows(conn, "SELECT log_group_arn FROM log_group WHERE log_group_name = '/app'") == [
+        (arn,)
+    ]
+    assert cloud_log_groups(moto) == ["/app", "/other"]
+    assert preview(conn) == []
+    # Setting it and setting it back is no change at all.
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("UPDATE log_group SET log_group_arn = 'dummy' WHERE log_group_name = '/app'")
+    conn.execute("UPDATE log_group SET log_group_arn = %s WHERE log_group_name = '/app'", (arn,))
+    assert preview(conn) == []
+    conn.execute("SELECT * FROM iasql_rollback()")
+
+
+def test_iam_role_arn_change_is_restored_as_in_iasql(moto_env: Any) -> None:
+    """IaSQL's own test: a role's arn set to 'dummy' previews as one row, and the commit
+    undoes it."""
+    conn, moto = moto_env
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto.endpoint)
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    arn = iam.create_role(RoleName="task", AssumeRolePolicyDocument=json.dumps(trust))["Role"][
+        "Arn"
+    ]
+    conn.execute("SELECT * FROM iasql_install('aws_iam')")
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("UPDATE iam_role SET arn = 'dummy' WHERE role_name = 'task'")
+    assert rows(conn, "SELECT action, table_name, id FROM iasql_preview()") == [
+        ("update", "iam_role", "task")
+    ]
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert rows(conn, "SELECT arn FROM iam_role WHERE role_name = 'task'") == [(arn,)]
+    assert rows(conn, "SELECT * FROM iasql_preview()") == []

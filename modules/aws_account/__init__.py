@@ -37,21 +37,53 @@ _REGION_FUNCTIONS = (
             RAISE EXCEPTION 'unknown region %', new_region USING ERRCODE = '22023',
                 HINT = 'SELECT region FROM aws_regions lists them';
         END IF;
-        UPDATE aws_regions SET is_default = false WHERE is_default AND region <> new_region;
-        UPDATE aws_regions SET is_default = true WHERE region = new_region;
+        -- aws_regions_move_default clears the previous default's flag.
+        UPDATE aws_regions SET is_default = true WHERE region = new_region AND NOT is_default;
         RETURN new_region;
     END $$""",
+    # As in IaSQL, `UPDATE aws_regions SET is_default = true WHERE region = 'us-west-2'`
+    # moves the default there: the statement that sets one region's flag clears the others'.
+    """CREATE OR REPLACE FUNCTION aws_regions_move_default() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        picked text[];
+    BEGIN
+        SELECT array_agg(n.region ORDER BY n.region) INTO picked FROM aws_regions_new n
+        WHERE n.is_default AND NOT EXISTS (
+            SELECT 1 FROM aws_regions_old o WHERE o.region = n.region AND o.is_default);
+        IF cardinality(picked) > 1 THEN
+            RAISE EXCEPTION 'only one region can be the default; this statement picks %',
+                array_to_string(picked, ', ') USING ERRCODE = '23514',
+                HINT = format('pick one: UPDATE aws_regions SET is_default = true'
+                    ' WHERE region = %L', picked[1]);
+        ELSIF cardinality(picked) = 1 THEN
+            UPDATE aws_regions SET is_default = false WHERE is_default AND region <> picked[1];
+        END IF;
+        RETURN NULL;
+    END $$""",
+    """CREATE TRIGGER aws_regions_move_default AFTER UPDATE ON aws_regions
+        REFERENCING OLD TABLE AS aws_regions_old NEW TABLE AS aws_regions_new
+        FOR EACH STATEMENT EXECUTE FUNCTION aws_regions_move_default()""",
     # Exactly one default region, checked at the end of each Postgres transaction. None at
-    # all (the regions were just read from a new account) picks us-east-1, else the first.
+    # all (the regions were just read from a new account) picks us-east-1, else the first;
+    # but a user who cleared the only default's flag is told how to move it instead.
     """CREATE OR REPLACE FUNCTION aws_regions_check_default() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
         IF NOT EXISTS (SELECT 1 FROM aws_regions WHERE is_default) THEN
+            IF TG_OP = 'UPDATE' AND OLD.is_default AND NOT NEW.is_default
+                    AND EXISTS (SELECT 1 FROM aws_regions WHERE region = NEW.region) THEN
+                RAISE EXCEPTION 'aws_regions needs a default region: % was the only one',
+                    OLD.region USING ERRCODE = '23514',
+                    HINT = 'move the default instead: UPDATE aws_regions SET is_default = true'
+                        ' WHERE region = ''us-west-2''';
+            END IF;
             UPDATE aws_regions SET is_default = true WHERE region = (
                 SELECT region FROM aws_regions ORDER BY region <> 'us-east-1', region LIMIT 1);
         ELSIF (SELECT count(*) FROM aws_regions WHERE is_default) > 1 THEN
-            RAISE EXCEPTION 'exactly one region must be the default' USING ERRCODE = '23514',
-                HINT = 'change it with SELECT default_aws_region(''eu-west-1'')';
+            RAISE EXCEPTION 'only one region can be the default' USING ERRCODE = '23514',
+                HINT = 'move it: UPDATE aws_regions SET is_default = true'
+                    ' WHERE region = ''us-west-2''';
         END IF;
         RETURN NULL;
     END $$""",
@@ -119,6 +151,7 @@ MODULE = ModuleSpec(
         "DROP FUNCTION IF EXISTS default_aws_region()",
         "DROP FUNCTION IF EXISTS default_aws_region(text)",
         "DROP FUNCTION IF EXISTS aws_regions_check_default()",
+        "DROP FUNCTION IF EXISTS aws_regions_move_default()",
         "DROP FUNCTION IF EXISTS aws_default_endpoint()",
     ),
     account=AccountCapability(
