@@ -149,7 +149,7 @@ class Account:
         """shop.example.com's certificate, imported through the aws_acm RPC."""
         pem, key = make_certificate("shop.example.com")
         found = self.conn.execute(
-            "SELECT arn FROM certificate_import(%s, %s, NULL, 'us-east-1')", (pem, key)
+            "SELECT arn FROM certificate_import(%s, %s, 'us-east-1')", (pem, key)
         ).fetchall()
         assert len(found) == 1
         return str(found[0][0])

@@ -18,6 +18,16 @@ def _hidden(key: str) -> bool:
     return key == TOKEN_TAG or key.lower().startswith("aws:")
 
 
+def tag_value(value: Any) -> str:
+    """A tag's value as AWS keeps it: text. A JSON true, 1 or 1.5 is the text it is written as
+    in JSON ("true", "1", "1.5", not Python's "True"); null is ""."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
 def normalize_tags(value: Any) -> Tags | None:
     """Tags as a sorted dict of strings without the hidden ones; no tags is None, as AWS can't
     tell {} from no tags at all."""
@@ -25,13 +35,45 @@ def normalize_tags(value: Any) -> Tags | None:
         return None
     if isinstance(value, str):
         value = json.loads(value)
-    tags = {str(k): "" if v is None else str(v) for k, v in value.items() if not _hidden(str(k))}
+    tags = {str(k): tag_value(v) for k, v in value.items() if not _hidden(str(k))}
     return dict(sorted(tags.items())) or None
 
 
 def tags_column() -> Column:
     """The `tags` column of a resource: a JSON object, compared as `normalize_tags` does."""
     return Column("tags", "json", normalize=normalize_tags)
+
+
+def tags_as_text(table: str) -> tuple[str, str]:
+    """DDL for a table's `extra_ddl`: a trigger that writes the tag values of a row as the text
+    AWS keeps (`{"public": true}` is stored as `{"public": "true"}`), so the row reads as the
+    cloud does after a commit. Tags whose values are all strings are left as written. Its
+    function, `<table>_tags_as_text()`, goes in the module's `teardown_sql` (see
+    `tags_as_text_teardown`)."""
+    function = f"{table}_tags_as_text"
+    return (
+        f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF json_typeof(NEW.tags) = 'object' AND EXISTS (
+                    SELECT 1 FROM json_each(NEW.tags) t WHERE json_typeof(t.value) <> 'string')
+            THEN
+                NEW.tags := (SELECT json_object_agg(t.key, CASE json_typeof(t.value)
+                        WHEN 'string' THEN t.value
+                        WHEN 'null' THEN to_json(''::text)
+                        ELSE to_json(t.value::text) END)
+                    FROM json_each(NEW.tags) t);
+            END IF;
+            RETURN NEW;
+        END $$""",
+        f"""CREATE TRIGGER {function} BEFORE INSERT OR UPDATE OF tags ON {table}
+            FOR EACH ROW EXECUTE FUNCTION {function}()""",
+    )
+
+
+def tags_as_text_teardown(table: str) -> str:
+    """The teardown_sql statement for `tags_as_text(table)`."""
+    return f"DROP FUNCTION IF EXISTS {table}_tags_as_text()"
 
 
 def tag_dict(aws_tags: list[dict[str, str]] | None) -> Tags:
