@@ -6,6 +6,7 @@ listener with an imported certificate. Every cloud effect is read back with boto
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import boto3
@@ -18,6 +19,8 @@ from modules.aws_elb import (
     LOAD_BALANCER_SECURITY_GROUPS,
     TARGET_GROUP,
     _listener_record,
+    attribute_list,
+    attribute_pairs,
     normalize_attributes,
     normalize_list,
     region_of,
@@ -42,6 +45,17 @@ def test_normalisation() -> None:
         "c": "",
     }
     assert list(normalize_attributes({"z": "1", "a": "2"}) or {}) == ["a", "z"]
+    # IaSQL's form, AWS's own: the same attributes compare equal whatever the form and order.
+    iasql = [{"Key": "z", "Value": "1"}, {"Key": "a", "Value": "2"}]
+    assert normalize_attributes(iasql) == normalize_attributes({"a": "2", "z": "1"})
+    assert attribute_list(attribute_pairs(json.dumps(iasql))) == sorted(iasql, key=str)
+    # A malformed value compares as itself (the table's trigger refuses it at the statement).
+    assert normalize_attributes([{"Key": "a"}]) == [{"Key": "a"}]
+    for malformed in ('"x"', [1], [{"Key": "a"}], [{"Key": "a", "Value": []}], {"Key": "a"}):
+        with pytest.raises(ValueError):
+            attribute_pairs(malformed)
+    with pytest.raises(ValueError, match="twice"):
+        attribute_pairs([{"Key": "a", "Value": "1"}, {"Key": "a", "Value": "2"}])
     assert normalize_list(["subnet-b", "subnet-a"]) == ["subnet-a", "subnet-b"]
     assert normalize_list([]) is None and normalize_list(None) is None
     arn = "arn:aws:elasticloadbalancing:eu-west-2:123456789012:loadbalancer/app/x/1"
@@ -243,6 +257,19 @@ def test_target_group_mapper_without_a_token(moto: MotoServer) -> None:
     )
 
 
+def test_target_group_mapper_defaults_to_the_default_vpc(moto: MotoServer) -> None:
+    """A row with no VPC (when the vpc table has no default VPC for the trigger to name):
+    the region's default VPC, as in IaSQL."""
+    groups = mapper(TARGET_GROUP)
+    wanted = {"target_group_name": "no-vpc", "target_type": "ip", "protocol": "HTTP"}
+    wanted |= {"port": 80, "vpc": None, "region": REGION}
+    created = in_cloud(moto, lambda cloud: groups.create(cloud, wanted))
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto.endpoint)
+    [default] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    assert created["vpc"] == default["VpcId"]
+    in_cloud(moto, lambda cloud: groups.delete(cloud, created))
+
+
 # --- through SQL ---------------------------------------------------------------------------
 
 
@@ -300,8 +327,10 @@ def check_import(conn: psycopg.Connection, aws: Aws) -> None:
             aws.vpc,
         )
     ]
+    # Attributes in IaSQL's form, AWS's: an array of {"Key": ..., "Value": ...}, sorted by key.
     attributes = rows(conn, "SELECT attributes FROM load_balancer")[0][0]
-    assert attributes["deletion_protection.enabled"] == "false"
+    assert {"Key": "deletion_protection.enabled", "Value": "false"} in attributes
+    assert [a["Key"] for a in attributes] == sorted(a["Key"] for a in attributes)
     assert rows(
         conn,
         "SELECT group_id FROM load_balancer_security_groups j"
@@ -351,6 +380,10 @@ def life_cycle(conn: psycopg.Connection, aws: Aws) -> None:
     conn.execute("SELECT * FROM iasql_begin()")
     for statement in STACK.split(";")[:-1]:
         conn.execute(statement, {"vpc": aws.vpc, "subnets": [s1, s2]})
+    # The attributes, written as a JSON object of values, are held in IaSQL's form.
+    assert rows(
+        conn, "SELECT attributes FROM load_balancer WHERE load_balancer_name = 'web-lb'"
+    ) == [([{"Key": "idle_timeout.timeout_seconds", "Value": "90"}],)]
     planned = preview(conn)
     assert {t: [a for a, _ in ops] for t, ops in planned.items()} == {
         "target_group": ["create"],
@@ -410,7 +443,7 @@ def life_cycle(conn: psycopg.Connection, aws: Aws) -> None:
     )
     conn.execute(
         "UPDATE load_balancer SET subnets = %s, ip_address_type = 'dualstack',"
-        " attributes = jsonb_set(attributes::jsonb, '{deletion_protection.enabled}', '\"true\"')"
+        """ attributes = '[{"Key": "deletion_protection.enabled", "Value": "true"}]'"""
         " WHERE load_balancer_name = 'web-lb'",
         ([s3, s1],),
     )
@@ -510,9 +543,7 @@ def https_listener(conn: psycopg.Connection, aws: Aws) -> None:
     certificates = {}
     for domain in ("one.example.com", "two.example.com"):
         pem, key = make_certificate(domain)
-        [(arn, _status)] = conn.execute(
-            "SELECT * FROM certificate_import(%s, %s, NULL, NULL)", (pem, key)
-        ).fetchall()
+        [(arn,)] = conn.execute("SELECT arn FROM certificate_import(%s, %s)", (pem, key)).fetchall()
         certificates[domain] = arn
     conn.execute("SELECT * FROM iasql_begin()")
     conn.execute(
@@ -604,6 +635,116 @@ def failed_commit(conn: psycopg.Connection, aws: Aws) -> None:
     assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
 
 
+def default_vpc_id(aws: Aws) -> str:
+    [vpc] = aws.ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    return str(vpc["VpcId"])
+
+
+def iasql_scripts(conn: psycopg.Connection, aws: Aws) -> None:
+    """IaSQL's own SQL, unchanged: a target group with no VPC is in the default VPC (a Lambda
+    one has none), and a load balancer's attributes are a JSON array of {"Key", "Value"}."""
+    default = default_vpc_id(aws)
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO target_group (target_group_name, target_type, protocol, port, vpc,"
+        " health_check_path) VALUES ('iasql-tg', 'instance', 'HTTP', 8888, null, '/health')"
+    )
+    conn.execute(
+        "INSERT INTO target_group (target_group_name, target_type) VALUES ('iasql-fn', 'lambda')"
+    )
+    conn.execute(
+        "INSERT INTO load_balancer (load_balancer_name, scheme, vpc, load_balancer_type,"
+        " ip_address_type, attributes) VALUES ('iasql-lb', 'internet-facing', null,"
+        """ 'application', 'ipv4', '[{"Key": "idle_timeout.timeout_seconds", "Value": "120"},"""
+        """ {"Key": "deletion_protection.enabled", "Value": false}]')"""
+    )
+    # The row names the default VPC at once, as a security group's does.
+    vpcs = "SELECT target_group_name, (SELECT vpc_id FROM vpc WHERE id = t.vpc) FROM target_group t"
+    iasql_groups = f"{vpcs} WHERE target_group_name LIKE 'iasql-%' ORDER BY 1"
+    assert rows(conn, iasql_groups) == [("iasql-fn", None), ("iasql-tg", default)]
+    assert rows(
+        conn, "SELECT attributes FROM load_balancer WHERE load_balancer_name = 'iasql-lb'"
+    ) == [
+        (
+            [
+                {"Key": "deletion_protection.enabled", "Value": "false"},
+                {"Key": "idle_timeout.timeout_seconds", "Value": "120"},
+            ],
+        )
+    ]
+    commit(conn)
+    assert aws.target_group("iasql-tg")["VpcId"] == default
+    assert "VpcId" not in aws.target_group("iasql-fn")
+    assert rows(conn, iasql_groups) == [("iasql-fn", None), ("iasql-tg", default)]
+    arn = aws.balancer("iasql-lb")["LoadBalancerArn"]
+    found = aws.elb.describe_load_balancer_attributes(LoadBalancerArn=arn)["Attributes"]
+    assert {"Key": "idle_timeout.timeout_seconds", "Value": "120"} in found
+    [(attributes,)] = rows(
+        conn, "SELECT attributes FROM load_balancer WHERE load_balancer_name = 'iasql-lb'"
+    )
+    assert sorted(found, key=lambda a: a["Key"]) == attributes  # all of AWS's, its form
+    # The load balancer, with no VPC or subnets named, is in the default VPC, and says so.
+    assert rows(
+        conn,
+        "SELECT (SELECT vpc_id FROM vpc WHERE id = b.vpc) FROM load_balancer b"
+        " WHERE load_balancer_name = 'iasql-lb'",
+    ) == [(default,)]
+
+    # Setting vpc to NULL means the default VPC, where the group is: nothing to replace.
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("UPDATE target_group SET vpc = NULL WHERE target_group_name = 'iasql-tg'")
+    conn.execute(
+        "UPDATE load_balancer SET attributes ="
+        """ '[{"Key": "idle_timeout.timeout_seconds", "Value": "30"}]'"""
+        " WHERE load_balancer_name = 'iasql-lb'"
+    )
+    assert preview(conn) == {
+        "load_balancer": [
+            (
+                "update",
+                {
+                    "attributes": {
+                        "old": attributes,
+                        "new": [{"Key": "idle_timeout.timeout_seconds", "Value": "30"}],
+                    }
+                },
+            )
+        ]
+    }
+    commit(conn)
+    found = aws.elb.describe_load_balancer_attributes(LoadBalancerArn=arn)["Attributes"]
+    assert {"Key": "idle_timeout.timeout_seconds", "Value": "30"} in found
+
+    # Malformed attributes are refused at the statement, with what to write instead.
+    bad = [
+        ('"idle_timeout.timeout_seconds=60"', "not a JSON string"),
+        ('{"Key": "idle_timeout.timeout_seconds", "Value": "60"}', "not one such object"),
+        ("[60]", "60 is not a"),
+        ('[{"Key": "idle_timeout.timeout_seconds"}]', "is not a"),
+        ('[{"key": "idle_timeout.timeout_seconds", "value": "60"}]', "is not a"),
+        ('[{"Key": "idle_timeout.timeout_seconds", "Value": {"s": 60}}]', "is not text"),
+        ('[{"Key": "a", "Value": "1"}, {"Key": "a", "Value": "2"}]', "names a twice"),
+    ]
+    for value, message in bad:
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            conn.execute(
+                "UPDATE load_balancer SET attributes = %s WHERE load_balancer_name = 'iasql-lb'",
+                (value,),
+            )
+        primary = refused.value.diag.message_primary or ""
+        assert message in primary and "\n" not in primary
+        hint = refused.value.diag.message_hint or ""
+        assert value == bad[-1][0] or '"Key": "idle_timeout.timeout_seconds"' in hint
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):  # not JSON: Postgres says so
+        conn.execute("UPDATE load_balancer SET attributes = 'idle' WHERE id = 0")
+    assert rows(conn, "SELECT count(*) FROM iasql_preview()") == [(0,)]
+
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("DELETE FROM load_balancer WHERE load_balancer_name = 'iasql-lb'")
+    conn.execute("DELETE FROM target_group WHERE target_group_name LIKE 'iasql-%'")
+    commit(conn)
+
+
 def delete_everything(conn: psycopg.Connection, aws: Aws) -> None:
     """Every row goes: the cloud follows in dependency order."""
     conn.execute("SELECT * FROM iasql_begin()")
@@ -631,4 +772,5 @@ def test_elb_through_sql(elb_env: Any) -> None:
     life_cycle(conn, aws)
     https_listener(conn, aws)
     failed_commit(conn, aws)
+    iasql_scripts(conn, aws)
     delete_everything(conn, aws)

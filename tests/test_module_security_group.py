@@ -24,8 +24,8 @@ from modules.aws_security_group import (
 from modules.aws_vpc import MODULE as VPC_MODULE
 from modules.aws_vpc import VPC
 from modules.spec import TOKEN, TOKEN_TAG, CloudError, Record
-from tests.support.aws import REGION, ec2_client, mapper, new_vpc, read_by
-from tests.support.env import add_credentials, in_cloud, rows
+from tests.support.aws import REGION, ec2_client, mapper, new_vpc, only_one_region, read_by
+from tests.support.env import add_credentials, commit, in_cloud, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -81,8 +81,13 @@ def test_rule_as_aws_request() -> None:
 
 
 def test_rule_needs_a_protocol_and_one_target() -> None:
+    # From a source group, no protocol is all traffic (as in IaSQL and AWS); ports mean nothing.
+    assert ip_permission({"source_security_group": "sg-1", "from_port": 80}) == {
+        "IpProtocol": "-1",
+        "UserIdGroupPairs": [{"GroupId": "sg-1"}],
+    }
     with pytest.raises(CloudError, match="ip_protocol"):
-        ip_permission({"source_security_group": "sg-1"})
+        ip_permission({"cidr_ipv4": "10.0.0.0/8"})
     with pytest.raises(CloudError, match="exactly one"):
         ip_permission({"ip_protocol": "-1"})
     with pytest.raises(CloudError, match="exactly one"):
@@ -203,6 +208,73 @@ def test_install_imports_vpcs_subnets_groups_and_rules(
             " security_group_id) SELECT true, '-1', '0.0.0.0/0', '::/0', id FROM security_group"
             " WHERE group_name = 'no-vpc'"
         )
+
+
+def test_iasql_rules_through_sql(
+    envdb: psycopg.Connection, moto_accounts: Callable[[], MotoServer]
+) -> None:
+    """IaSQL's SQL, unchanged: groups with no VPC, and a rule from a source group with no
+    protocol, which lets all of that group's traffic in (protocol -1, every port)."""
+    moto = moto_accounts()
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    add_credentials(envdb, moto)
+    envdb.execute("SELECT * FROM iasql_sync()")  # fills aws_regions
+    only_one_region(envdb)
+    envdb.execute("SELECT * FROM iasql_install('aws_security_group')")
+    envdb.execute("SELECT * FROM iasql_begin()")
+    envdb.execute(
+        "INSERT INTO security_group (description, group_name)"
+        " VALUES ('web tier', 'web'), ('app tier', 'app'), ('db tier', 'db')"
+    )
+    # group_id is UNIQUE, as the cloud id the engine pairs rows with: rows not yet made all
+    # have none, which it allows.
+    assert rows(envdb, "SELECT count(*) FROM security_group WHERE group_id IS NULL") == [(3,)]
+    envdb.execute(
+        "INSERT INTO security_group_rule (is_egress, security_group_id, source_security_group)"
+        " SELECT false, (SELECT id FROM security_group WHERE group_name = 'app'),"
+        " (SELECT id FROM security_group WHERE group_name = 'web')"
+    )
+    rule = (
+        "SELECT r.ip_protocol, r.from_port, r.to_port, r.security_group_rule_id IS NOT NULL"
+        " FROM security_group_rule r JOIN security_group g ON g.id = r.security_group_id"
+        " WHERE g.group_name = 'app'"
+    )
+    assert rows(envdb, rule) == [("-1", None, None, False)]  # says so before the commit
+    commit(envdb)
+    ec2 = ec2_client(moto)
+    ids = {
+        g["GroupName"]: g["GroupId"]
+        for g in ec2.describe_security_groups(
+            Filters=[{"Name": "group-name", "Values": ["web", "app", "db"]}]
+        )["SecurityGroups"]
+    }
+    [made] = ec2.describe_security_group_rules(
+        Filters=[{"Name": "group-id", "Values": [ids["app"]]}]
+    )["SecurityGroupRules"]
+    assert (made["IpProtocol"], made["IsEgress"]) == ("-1", False)
+    assert made["ReferencedGroupInfo"]["GroupId"] == ids["web"]
+    assert rows(envdb, rule) == [("-1", None, None, True)]
+    assert rows(envdb, "SELECT count(*) FROM iasql_drift()") == [(0,)]
+    # Replayed elsewhere, the rule is written out in full, and no group_id is in the SQL.
+    replay = [r[0] for r in rows(envdb, "SELECT sql FROM iasql_get_sql_for_transaction()")]
+    [rule_sql] = [sql for sql in replay if sql.startswith('INSERT INTO "security_group_rule"')]
+    assert "'-1'" in rule_sql and not any("sg-" in sql for sql in replay)
+
+    # A rule on a CIDR still needs a protocol: the commit says which, and is undone.
+    envdb.execute("SELECT * FROM iasql_begin()")
+    envdb.execute(
+        "INSERT INTO security_group_rule (is_egress, security_group_id, cidr_ipv4)"
+        " SELECT false, id, '10.0.0.0/8' FROM security_group WHERE group_name = 'db'"
+    )
+    with pytest.raises(psycopg.errors.SystemError) as failed:
+        envdb.execute("SELECT * FROM iasql_commit()")
+    assert failed.value.sqlstate == "58000"
+    assert "needs an ip_protocol" in (failed.value.diag.message_primary or "")
+    assert rows(
+        envdb,
+        "SELECT count(*) FROM security_group_rule WHERE cidr_ipv4 IS NOT NULL"
+        " AND security_group_id = (SELECT id FROM security_group WHERE group_name = 'db')",
+    ) == [(0,)]
 
 
 # --- mappers against moto ------------------------------------------------------------------

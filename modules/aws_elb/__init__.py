@@ -100,6 +100,18 @@ def _health_check_arguments(record: Record, current: Record | None = None) -> di
     return _HEALTH_CHECK.attributes({**record, "health_check_port": port}, current)
 
 
+async def _default_vpc(cloud: Cloud, region: str, name: str) -> str:
+    async with cloud.client("ec2", region) as ec2:
+        answer = await ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])
+    found = sorted(v["VpcId"] for v in answer["Vpcs"])
+    if not found:
+        raise CloudError(
+            f"target group {name} names no vpc and {region} has no default VPC:"
+            " set target_group.vpc"
+        )
+    return found[0]
+
+
 class TargetGroupMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         assert region is not None
@@ -114,6 +126,11 @@ class TargetGroupMapper:
 
     async def create(self, cloud: Cloud, record: Record) -> Record:
         region = record["region"]
+        vpc = record.get("vpc")
+        if vpc is None and record["target_type"] != "lambda":
+            # As in IaSQL: no VPC named is the region's default VPC (a Lambda target group
+            # has none). The row's trigger names it already when the vpc table has it.
+            vpc = await _default_vpc(cloud, region, record["target_group_name"])
         async with cloud.client("elbv2", region) as elb:
             answer = await elb.create_target_group(
                 Name=record["target_group_name"],
@@ -122,7 +139,7 @@ class TargetGroupMapper:
                     Protocol=record.get("protocol"),
                     ProtocolVersion=record.get("protocol_version"),
                     Port=record.get("port"),
-                    VpcId=record.get("vpc"),
+                    VpcId=vpc,
                     IpAddressType=record.get("ip_address_type"),
                 ),
                 **_health_check_arguments(record),
@@ -163,6 +180,22 @@ def _health_check_columns() -> tuple[Column, ...]:
     )
 
 
+# As in IaSQL, a target group that names no VPC is in its region's default VPC (except a
+# Lambda target group, which has none): the row says so from the start, as a security group's
+# does, so that it matches what the cloud reports and setting vpc to NULL replaces nothing.
+_TARGET_GROUP_DEFAULT_VPC = (
+    """CREATE OR REPLACE FUNCTION target_group_default_vpc() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.vpc IS NULL AND NEW.target_type IS DISTINCT FROM 'lambda' THEN
+            NEW.vpc := (SELECT id FROM vpc WHERE is_default AND region = NEW.region LIMIT 1);
+        END IF;
+        RETURN NEW;
+    END $$""",
+    """CREATE TRIGGER target_group_default_vpc BEFORE INSERT OR UPDATE OF vpc, target_type
+        ON target_group FOR EACH ROW EXECUTE FUNCTION target_group_default_vpc()""",
+)
+
 TARGET_GROUP = Table(
     name="target_group",
     columns=(
@@ -194,6 +227,7 @@ TARGET_GROUP = Table(
         foreign_key("vpc", "vpc", "vpc_id", nullable=True),
     ),
     mapper=TargetGroupMapper(),
+    extra_ddl=_TARGET_GROUP_DEFAULT_VPC,
     # AWS keeps target group names unique per region.
     natural_key=("target_group_name", "region"),
     cloud_id=("target_group_arn",),
@@ -210,13 +244,45 @@ def _attribute_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def normalize_attributes(value: Any) -> dict[str, str] | None:
-    """Load balancer attributes as a sorted dict of text values."""
-    if value is None:
-        return None
+def attribute_pairs(value: Any) -> dict[str, str]:
+    """Load balancer attributes as a sorted dict of text values, from IaSQL's form (a JSON
+    array of {"Key": ..., "Value": ...}, as AWS reports them) or a JSON object of values;
+    ValueError for anything else."""
     if isinstance(value, str):
         value = json.loads(value)
-    return {str(k): _attribute_text(v) for k, v in sorted(value.items())}
+    if isinstance(value, dict) and "Key" in value:
+        raise ValueError('one {"Key": ..., "Value": ...} object must be in a JSON array')
+    if isinstance(value, dict):
+        value = [{"Key": k, "Value": v} for k, v in value.items()]
+    if not isinstance(value, list):
+        raise ValueError(f"attributes must be a JSON array, not {json.dumps(value)}")
+    pairs: dict[str, str] = {}
+    for item in value:
+        if not (isinstance(item, dict) and set(item) == {"Key", "Value"}):
+            raise ValueError(f'{json.dumps(item)} is not a {{"Key": ..., "Value": ...}} object')
+        key, text = item["Key"], item["Value"]
+        if not isinstance(key, str) or isinstance(text, dict | list):
+            raise ValueError(f"{json.dumps(item)} needs a text Key and Value")
+        if key in pairs:
+            raise ValueError(f"attribute {key} is given twice")
+        pairs[key] = _attribute_text(text)
+    return dict(sorted(pairs.items()))
+
+
+def attribute_list(pairs: dict[str, str]) -> list[dict[str, str]]:
+    """The attributes in IaSQL's form, sorted by key: the form rows hold."""
+    return [{"Key": k, "Value": v} for k, v in sorted(pairs.items())]
+
+
+def normalize_attributes(value: Any) -> Any:
+    """Load balancer attributes as a sorted dict of text values, whichever form they are in. A
+    malformed value (the table's trigger refuses them) compares as itself."""
+    if value is None:
+        return None
+    try:
+        return attribute_pairs(value)
+    except ValueError:
+        return value
 
 
 def normalize_list(value: Any) -> list[str] | None:
@@ -245,7 +311,9 @@ def _load_balancer_record(
         "ip_address_type": lb.get("IpAddressType") or "ipv4",
         "customer_owned_ipv4_pool": lb.get("CustomerOwnedIpv4Pool"),
         "region": region,
-        "attributes": normalize_attributes({a["Key"]: a.get("Value") for a in attributes}),
+        "attributes": attribute_list(
+            {a["Key"]: _attribute_text(a.get("Value")) for a in attributes}
+        ),
         "vpc": lb.get("VpcId"),
     }
 
@@ -273,7 +341,11 @@ async def _default_subnets(ec2: Any, vpc_id: str | None) -> list[str]:
 
 
 def _attribute_changes(wanted: Any, current: Any) -> list[dict[str, str]]:
-    new = normalize_attributes(wanted) or {}
+    """The attributes the row names that differ from the cloud's: the others stay as they are."""
+    try:
+        new = attribute_pairs(wanted) if wanted is not None else {}
+    except ValueError as error:
+        raise CloudError(f"load_balancer.attributes: {error}") from None
     old = normalize_attributes(current) or {}
     return [{"Key": k, "Value": v} for k, v in new.items() if old.get(k) != v]
 
@@ -360,6 +432,68 @@ class LoadBalancerMapper:
             )
 
 
+# The attributes column holds IaSQL's form, a JSON array of {"Key": ..., "Value": ...} with
+# text values, sorted by key. A JSON object of values ({"idle_timeout.timeout_seconds": 60})
+# is taken too, and rewritten to that form; anything else is refused at the statement.
+_ATTRIBUTES_FORM = (
+    """CREATE OR REPLACE FUNCTION load_balancer_attributes_form() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        given jsonb;
+        item jsonb;
+        twice text;
+        form CONSTANT text := 'write attributes as IaSQL does, a JSON array of'
+            ' {"Key": ..., "Value": ...} objects with text values:'
+            ' ''[{"Key": "idle_timeout.timeout_seconds", "Value": "60"}]''';
+    BEGIN
+        IF NEW.attributes IS NULL THEN
+            RETURN NEW;
+        END IF;
+        given := NEW.attributes::jsonb;
+        IF jsonb_typeof(given) = 'null' THEN
+            NEW.attributes := NULL;
+            RETURN NEW;
+        ELSIF jsonb_typeof(given) = 'object' AND given ? 'Key' THEN
+            RAISE EXCEPTION 'load_balancer.attributes must be a JSON array of'
+                ' {"Key": ..., "Value": ...} objects, not one such object'
+                USING ERRCODE = '22023', HINT = form;
+        ELSIF jsonb_typeof(given) = 'object' THEN
+            given := (SELECT coalesce(jsonb_agg(jsonb_build_object('Key', key, 'Value', value)),
+                '[]') FROM jsonb_each(given));
+        ELSIF jsonb_typeof(given) <> 'array' THEN
+            RAISE EXCEPTION 'load_balancer.attributes must be a JSON array, not a JSON %',
+                jsonb_typeof(given) USING ERRCODE = '22023', HINT = form;
+        END IF;
+        FOR item IN SELECT value FROM jsonb_array_elements(given) LOOP
+            IF jsonb_typeof(item) <> 'object'
+                OR jsonb_typeof(item -> 'Key') IS DISTINCT FROM 'string'
+                OR NOT item ? 'Value'
+                OR EXISTS (SELECT FROM jsonb_object_keys(item) k WHERE k NOT IN ('Key', 'Value'))
+            THEN
+                RAISE EXCEPTION 'load_balancer.attributes: % is not a {"Key": ..., "Value": ...}'
+                    ' object', item USING ERRCODE = '22023', HINT = form;
+            ELSIF jsonb_typeof(item -> 'Value') IN ('object', 'array') THEN
+                RAISE EXCEPTION 'load_balancer.attributes: the value of % is not text: %',
+                    item ->> 'Key', item -> 'Value' USING ERRCODE = '22023', HINT = form;
+            END IF;
+        END LOOP;
+        SELECT e ->> 'Key' INTO twice FROM jsonb_array_elements(given) e
+            GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 1;
+        IF twice IS NOT NULL THEN
+            RAISE EXCEPTION 'load_balancer.attributes names % twice', twice
+                USING ERRCODE = '22023', HINT = 'give each attribute once';
+        END IF;
+        NEW.attributes := (
+            SELECT coalesce(json_agg(json_build_object('Key', e ->> 'Key',
+                'Value', coalesce(e ->> 'Value', '')) ORDER BY e ->> 'Key'), '[]')
+            FROM jsonb_array_elements(given) e
+        );
+        RETURN NEW;
+    END $$""",
+    """CREATE TRIGGER load_balancer_attributes_form BEFORE INSERT OR UPDATE OF attributes
+        ON load_balancer FOR EACH ROW EXECUTE FUNCTION load_balancer_attributes_form()""",
+)
+
 LOAD_BALANCER = Table(
     name="load_balancer",
     columns=(
@@ -411,6 +545,7 @@ LOAD_BALANCER = Table(
         foreign_key("vpc", "vpc", "vpc_id", nullable=True),
     ),
     mapper=LoadBalancerMapper(),
+    extra_ddl=_ATTRIBUTES_FORM,
     # AWS keeps load balancer names unique per region.
     natural_key=("load_balancer_name", "region"),
     cloud_id=("load_balancer_arn",),
@@ -653,4 +788,8 @@ MODULE = ModuleSpec(
     dependencies=("aws_account", "aws_vpc", "aws_security_group", "aws_acm"),
     description="Load balancers, their security groups and listeners, and target groups",
     tables=(TARGET_GROUP, LOAD_BALANCER, LOAD_BALANCER_SECURITY_GROUPS, LISTENER),
+    teardown_sql=(
+        "DROP FUNCTION IF EXISTS target_group_default_vpc()",
+        "DROP FUNCTION IF EXISTS load_balancer_attributes_form()",
+    ),
 )

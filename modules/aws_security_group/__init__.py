@@ -163,11 +163,18 @@ def _target(record: Record) -> tuple[str, Any]:
 
 def _protocol_and_ports(record: Record) -> dict[str, Any]:
     protocol = normalize_protocol(record.get("ip_protocol"))
+    if protocol is None and record.get("source_security_group") is not None:
+        # As in IaSQL: a rule from a group with no protocol lets all its traffic in. One rule,
+        # protocol -1, which the row's trigger names already.
+        protocol = "-1"
     if protocol is None:
-        # IaSQL made a source-group rule without one, which AWS expands into three rules that
-        # no longer match the row.
-        raise CloudError("a security group rule needs an ip_protocol ('-1' for all traffic)")
+        raise CloudError(
+            "a security group rule on a CIDR or prefix list needs an ip_protocol"
+            " ('tcp', 'udp', 'icmp', or '-1' for all traffic)"
+        )
     fields: dict[str, Any] = {"IpProtocol": protocol}
+    if protocol == "-1":
+        return fields  # every port: AWS ignores any given
     for column, key in (("from_port", "FromPort"), ("to_port", "ToPort")):
         port = normalize_port(record.get(column))
         if port is not None:
@@ -275,6 +282,25 @@ class SecurityGroupRuleMapper:
                 )
 
 
+# IaSQL's rule from a source group with no protocol means all traffic from that group (IaSQL
+# sends no protocol, and AWS expands it into tcp, udp and icmp rules, three rows). Here it is
+# the one rule AWS keeps for all traffic, protocol -1 and every port: the row says so from the
+# start, as the cloud will report it, and stays one row.
+_ALL_TRAFFIC_TRIGGER = (
+    """CREATE OR REPLACE FUNCTION security_group_rule_all_traffic() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.ip_protocol IS NULL AND NEW.source_security_group IS NOT NULL THEN
+            NEW.ip_protocol := '-1';
+            NEW.from_port := NULL;
+            NEW.to_port := NULL;
+        END IF;
+        RETURN NEW;
+    END $$""",
+    """CREATE TRIGGER security_group_rule_all_traffic BEFORE INSERT OR UPDATE
+        ON security_group_rule FOR EACH ROW EXECUTE FUNCTION security_group_rule_all_traffic()""",
+)
+
 SECURITY_GROUP_RULE = Table(
     name="security_group_rule",
     columns=(
@@ -322,6 +348,7 @@ SECURITY_GROUP_RULE = Table(
     extra_ddl=(
         "ALTER TABLE security_group_rule ADD CONSTRAINT security_group_rule_one_target"
         " CHECK (num_nonnulls(cidr_ipv4, cidr_ipv6, prefix_list_id, source_security_group) <= 1)",
+        *_ALL_TRAFFIC_TRIGGER,
     ),
 )
 
@@ -331,5 +358,8 @@ MODULE = ModuleSpec(
     dependencies=("aws_account", "aws_vpc"),
     description="Security groups and their rules",
     tables=(SECURITY_GROUP, SECURITY_GROUP_RULE),
-    teardown_sql=("DROP FUNCTION IF EXISTS security_group_default_vpc()",),
+    teardown_sql=(
+        "DROP FUNCTION IF EXISTS security_group_default_vpc()",
+        "DROP FUNCTION IF EXISTS security_group_rule_all_traffic()",
+    ),
 )
