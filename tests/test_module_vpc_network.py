@@ -529,18 +529,6 @@ def test_peering_connection_lifecycle(net_env: Any) -> None:
     assert status[new_id]["AccepterVpcInfo"]["VpcId"] == vpc_ids[c]
     settled(conn)
 
-    # A connection between regions is refused at once.
-    conn.execute("SELECT * FROM iasql_begin()")
-    west = one(
-        conn,
-        "INSERT INTO vpc (cidr_block, region) VALUES ('10.99.0.0/16', 'us-west-2') RETURNING id",
-    )
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="one region"):
-        conn.execute(
-            f"INSERT INTO peering_connection (requester_id, accepter_id) VALUES ({a}, {west})"
-        )
-    conn.execute("SELECT * FROM iasql_rollback()")
-
     conn.execute("SELECT * FROM iasql_begin()")
     conn.execute(f"DELETE FROM peering_connection; DELETE FROM vpc WHERE id IN ({a}, {b}, {c})")
     assert sorted(preview(conn)) == [("delete", "peering_connection")] + [("delete", "vpc")] * 3
@@ -596,7 +584,10 @@ def test_endpoint_lifecycles(net_env: Any) -> None:
     ]
     conn.execute("SELECT * FROM iasql_commit()")
     sql = replay_sql(conn)
-    assert sum(s.startswith('INSERT INTO "endpoint_interface_subnets"') for s in sql) == 2
+    # The endpoint's statement gave it its VPC's subnets (one per zone: both), which the
+    # next statement's subnets replaced: the replay does the same.
+    assert sum(s.startswith('INSERT INTO "endpoint_interface_subnets"') for s in sql) == 4
+    assert sum(s.startswith('DELETE FROM "endpoint_interface_subnets"') for s in sql) == 2
     # The route table by its VPC and tags, not its id.
     [insert] = [s for s in sql if s.startswith('INSERT INTO "endpoint_gateway"')]
     assert route_table not in insert and 'SELECT "route_table_id" FROM "route_table"' in insert
@@ -712,4 +703,192 @@ def test_endpoint_lifecycles(net_env: Any) -> None:
     conn.execute(f"DELETE FROM subnet WHERE vpc_id = {vpc}; DELETE FROM vpc WHERE id = {vpc}")
     conn.execute("SELECT * FROM iasql_commit()")
     assert ec2.describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Vpcs"] == []
+    settled(conn)
+
+
+def test_interface_endpoint_without_subnets_gets_one_per_zone(net_env: Any) -> None:
+    """IaSQL's SQL: an interface endpoint inserted alone gets its VPC's subnets (one per zone
+    here), as rows before the commit; subnets given in a later statement replace those."""
+    conn, ec2 = net_env
+    conn.execute("SELECT * FROM iasql_begin()")
+    vpc = one(conn, "INSERT INTO vpc (cidr_block) VALUES ('10.96.0.0/16') RETURNING id")
+    conn.execute(
+        "INSERT INTO subnet (vpc_id, cidr_block, availability_zone) VALUES"
+        f" ({vpc}, '10.96.1.0/24', 'us-east-1a'), ({vpc}, '10.96.2.0/24', 'us-east-1a'),"
+        f" ({vpc}, '10.96.3.0/24', 'us-east-1b')"
+    )
+    conn.execute("SELECT * FROM iasql_commit()")
+    subnets = dict(rows(conn, f"SELECT cidr_block, id FROM subnet WHERE vpc_id = {vpc}"))
+    cloud = dict(rows(conn, f"SELECT id, subnet_id FROM subnet WHERE vpc_id = {vpc}"))
+    first_a, second_a, b = (subnets[f"10.96.{n}.0/24"] for n in (1, 2, 3))
+
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO endpoint_interface (service, vpc_id, tags)"
+        f" SELECT 'lambda', id, '{{\"Name\": \"fn-default\"}}' FROM vpc WHERE id = {vpc}"
+    )
+    interface = one(conn, "SELECT id FROM endpoint_interface WHERE tags ->> 'Name' = 'fn-default'")
+    given = "SELECT subnet_id FROM endpoint_interface_subnets WHERE endpoint_interface_id = "
+    assert sorted(r[0] for r in rows(conn, given + str(interface))) == sorted([first_a, b])
+    assert sorted(preview(conn)) == [
+        ("create", "endpoint_interface"),
+        ("create", "endpoint_interface_subnets"),
+        ("create", "endpoint_interface_subnets"),
+    ]
+    # Another one, whose subnet comes in a statement of its own.
+    other = one(
+        conn,
+        f"INSERT INTO endpoint_interface (service, vpc_id) VALUES ('sqs', {vpc}) RETURNING id",
+    )
+    conn.execute(
+        "INSERT INTO endpoint_interface_subnets (endpoint_interface_id, subnet_id)"
+        f" VALUES ({other}, {second_a})"
+    )
+    assert [r[0] for r in rows(conn, given + str(other))] == [second_a]
+    conn.execute("SELECT * FROM iasql_commit()")
+    endpoint_id = one(
+        conn, f"SELECT vpc_endpoint_id FROM endpoint_interface WHERE id = {interface}"
+    )
+    assert sorted(endpoint(ec2, endpoint_id)["SubnetIds"]) == sorted([cloud[first_a], cloud[b]])
+    other_id = one(conn, f"SELECT vpc_endpoint_id FROM endpoint_interface WHERE id = {other}")
+    assert endpoint(ec2, other_id)["SubnetIds"] == [cloud[second_a]]
+    assert sorted(r[0] for r in rows(conn, given + str(interface))) == sorted([first_a, b])
+    settled(conn)
+
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        f"DELETE FROM endpoint_interface WHERE vpc_id = {vpc};"
+        f" DELETE FROM subnet WHERE vpc_id = {vpc}; DELETE FROM vpc WHERE id = {vpc}"
+    )
+    conn.execute("SELECT * FROM iasql_commit()")
+    settled(conn)
+
+
+# --- two regions ---------------------------------------------------------------------------
+
+WEST = "us-west-2"
+
+
+@pytest.fixture(scope="module")
+def two_regions(
+    iasql: RunningServer, moto_accounts: Any
+) -> Iterator[tuple[psycopg.Connection, Any, Any]]:
+    """aws_vpc on an account of its own with two regions enabled; boto3 for each."""
+    moto: MotoServer = moto_accounts()
+    with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
+        [(url,)] = admin.execute("SELECT url FROM iasql_connect('vpc_regions')").fetchall()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT * FROM iasql_install('aws_account')")
+        add_credentials(conn, moto)
+        only_regions(conn, REGION, WEST)
+        conn.execute("SELECT * FROM iasql_install('aws_vpc')")
+        clients = [
+            boto3.client(
+                "ec2",
+                region_name=region,
+                endpoint_url=moto.endpoint,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+            for region in (REGION, WEST)
+        ]
+        yield conn, clients[0], clients[1]
+
+
+def test_vpc_and_subnet_move_to_another_region(two_regions: Any) -> None:
+    """IaSQL's multi-region script: the VPC and its subnet go to another region in one commit
+    (both replaced), the subnet on its new VPC's default ACL."""
+    conn, east, west = two_regions
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO vpc (cidr_block, tags, region)"
+        f" VALUES ('10.70.0.0/16', '{{\"name\": \"mover\"}}', '{WEST}');"
+        " INSERT INTO subnet (availability_zone, vpc_id, cidr_block, region)"
+        f" SELECT '{WEST}a', id, '10.70.0.0/16', '{WEST}' FROM vpc"
+        f" WHERE is_default = false AND cidr_block = '10.70.0.0/16' AND region = '{WEST}'"
+    )
+    conn.execute("SELECT * FROM iasql_commit()")
+    old_vpc = one(conn, "SELECT vpc_id FROM vpc WHERE tags ->> 'name' = 'mover'")
+    settled(conn)
+
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "WITH updated_subnet AS ("
+        f" UPDATE subnet SET region = '{REGION}', availability_zone = '{REGION}a'"
+        f" WHERE cidr_block = '10.70.0.0/16' AND availability_zone = '{WEST}a'"
+        f" AND region = '{WEST}')"
+        f" UPDATE vpc SET region = '{REGION}'"
+        " WHERE cidr_block = '10.70.0.0/16' AND state = 'available'"
+        f" AND tags ->> 'name' = 'mover' AND region = '{WEST}'"
+    )
+    conn.execute("SELECT * FROM iasql_commit()")
+    vpc_row, vpc_id, region = rows(
+        conn, "SELECT id, vpc_id, region FROM vpc WHERE tags ->> 'name' = 'mover'"
+    )[0]
+    assert region == REGION and vpc_id != old_vpc
+    assert west.describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [old_vpc]}])["Vpcs"] == []
+    subnet_id, subnet_region = rows(
+        conn, f"SELECT subnet_id, region FROM subnet WHERE vpc_id = {vpc_row}"
+    )[0]
+    assert subnet_region == REGION
+    [subnet] = east.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+    assert subnet["VpcId"] == vpc_id and subnet["AvailabilityZone"] == f"{REGION}a"
+    default_acl = one(
+        conn, f"SELECT network_acl_id FROM network_acl WHERE vpc_id = {vpc_row} AND is_default"
+    )
+    assert acl_of_subnet(east, subnet_id) == default_acl
+    settled(conn)
+
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        f"DELETE FROM subnet WHERE vpc_id = {vpc_row}; DELETE FROM vpc WHERE id = {vpc_row}"
+    )
+    conn.execute("SELECT * FROM iasql_commit()")
+    assert east.describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Vpcs"] == []
+    settled(conn)
+
+
+def test_peering_connection_between_regions(two_regions: Any) -> None:
+    """IaSQL's SQL: a connection between VPCs of two regions, requested from the requester's
+    region and accepted from the accepter's; one row, in the requester's region."""
+    conn, east, west = two_regions
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO vpc (cidr_block, region) VALUES"
+        f" ('10.71.0.0/16', '{REGION}'), ('10.72.0.0/16', '{WEST}')"
+    )
+    conn.execute(
+        "INSERT INTO peering_connection (requester_id, accepter_id, tags)"
+        ' SELECT r.id, a.id, \'{"Name": "east-west"}\' FROM vpc r, vpc a'
+        " WHERE r.cidr_block = '10.71.0.0/16' AND a.cidr_block = '10.72.0.0/16'"
+    )
+    assert rows(conn, "SELECT region, accepter_region FROM peering_connection") == [(REGION, WEST)]
+    conn.execute("SELECT * FROM iasql_commit()")
+    ids = dict(rows(conn, "SELECT cidr_block, vpc_id FROM vpc WHERE NOT is_default"))
+    peering_id, state = rows(conn, "SELECT peering_connection_id, state FROM peering_connection")[0]
+    assert state == "active"
+    for ec2 in (east, west):
+        [found] = ec2.describe_vpc_peering_connections(VpcPeeringConnectionIds=[peering_id])[
+            "VpcPeeringConnections"
+        ]
+        assert found["Status"]["Code"] == "active"
+        assert found["RequesterVpcInfo"]["VpcId"] == ids["10.71.0.0/16"]
+        assert (found["AccepterVpcInfo"]["VpcId"], found["AccepterVpcInfo"]["Region"]) == (
+            ids["10.72.0.0/16"],
+            WEST,
+        )
+    settled(conn)
+    [insert] = [s for s in replay_sql(conn) if "peering_connection" in s]
+    assert "'10.71.0.0/16'" in insert and "'10.72.0.0/16'" in insert
+
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "DELETE FROM peering_connection;"
+        " DELETE FROM vpc WHERE cidr_block IN ('10.71.0.0/16', '10.72.0.0/16')"
+    )
+    conn.execute("SELECT * FROM iasql_commit()")
+    [found] = east.describe_vpc_peering_connections(VpcPeeringConnectionIds=[peering_id])[
+        "VpcPeeringConnections"
+    ]
+    assert found["Status"]["Code"] == "deleted"
     settled(conn)

@@ -472,14 +472,6 @@ def test_gateways_life_cycle(vpc_env: Any) -> None:
             "INSERT INTO nat_gateway (connectivity_type, subnet_id)"
             " SELECT 'hybrid', id FROM subnet LIMIT 1"
         )
-    # A public one without an address fails at commit, before AWS is asked; nothing stays.
-    conn.execute("SELECT * FROM iasql_begin()")
-    conn.execute(
-        "INSERT INTO nat_gateway (connectivity_type, subnet_id)"
-        " SELECT 'public', id FROM subnet WHERE cidr_block = '10.30.2.0/24'"
-    )
-    with pytest.raises(psycopg.errors.SystemError, match="needs an elastic_ip_id"):
-        conn.execute("SELECT * FROM iasql_commit()")
     assert rows(conn, "SELECT count(*) FROM nat_gateway") == [(2,)]
     found = ec2.describe_nat_gateways(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
     # The two of the rows, and the private one replaced before.
@@ -530,6 +522,95 @@ INSERT INTO internet_gateway (vpc_id) SELECT id FROM vpc WHERE cidr_block = '10.
 
 VPC_40 = "(SELECT id FROM vpc WHERE cidr_block = '10.40.0.0/16')"
 SUBNET_1 = "(SELECT id FROM subnet WHERE cidr_block = '10.40.1.0/24')"
+
+
+def test_public_nat_gateway_gets_an_elastic_ip(vpc_env: Any) -> None:
+    """IaSQL's SQL: a public gateway inserted without elastic_ip_id gets a new address, tagged
+    as the gateway, as an elastic_ip row; deleting the gateway leaves the address, which goes
+    with its row."""
+    conn, ec2 = vpc_env
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO vpc (cidr_block) VALUES ('10.31.0.0/16');"
+        " INSERT INTO subnet (availability_zone, vpc_id, cidr_block)"
+        " SELECT 'us-east-1a', id, '10.31.1.0/24' FROM vpc WHERE cidr_block = '10.31.0.0/16'"
+    )
+    commit(conn)
+    before = one(conn, "SELECT count(*) FROM elastic_ip")
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO nat_gateway (connectivity_type, subnet_id, tags)"
+        " SELECT 'public', subnet.id, '{\"Name\": \"pub-ng\"}' FROM subnet"
+        " WHERE cidr_block = '10.31.1.0/24'"
+    )
+    # The address is a row at once, and the preview says it will be made.
+    assert rows(
+        conn, "SELECT tags::text, region FROM elastic_ip WHERE tags ->> 'Name' = 'pub-ng'"
+    ) == [('{"Name": "pub-ng"}', REGION)]
+    assert [(a, t) for a, t, _ in preview(conn)] == [
+        ("create", "elastic_ip"),
+        ("create", "nat_gateway"),
+    ]
+    commit(conn)
+    gateway_id, allocation = rows(
+        conn,
+        "SELECT n.nat_gateway_id, e.allocation_id FROM nat_gateway n"
+        " JOIN elastic_ip e ON e.id = n.elastic_ip_id WHERE n.tags ->> 'Name' = 'pub-ng'",
+    )[0]
+    assert allocation is not None
+    # Replayed elsewhere, the address is made once, and the gateway names it.
+    sql = [r[0] for r in rows(conn, "SELECT sql FROM iasql_get_sql_for_transaction()")]
+    assert sum(s.startswith('INSERT INTO "elastic_ip"') for s in sql) == 1
+    [insert] = [s for s in sql if s.startswith('INSERT INTO "nat_gateway"')]
+    assert 'FROM "elastic_ip"' in insert and allocation not in insert
+    gateway = ec2.describe_nat_gateways(NatGatewayIds=[gateway_id])["NatGateways"][0]
+    assert gateway["NatGatewayAddresses"][0]["AllocationId"] == allocation
+    address = ec2.describe_addresses(AllocationIds=[allocation])["Addresses"][0]
+    assert tags(address["Tags"]) == {"Name": "pub-ng"}
+    assert one(conn, "SELECT count(*) FROM elastic_ip") == before + 1
+    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
+
+    # A private gateway made public gets one too (a replace).
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO nat_gateway (connectivity_type, subnet_id, tags)"
+        " SELECT 'private', id, '{\"Name\": \"priv-ng\"}' FROM subnet"
+        " WHERE cidr_block = '10.31.1.0/24'"
+    )
+    commit(conn)
+    conn.execute(
+        "SELECT * FROM iasql_begin();"
+        " UPDATE nat_gateway SET connectivity_type = 'public' WHERE tags ->> 'Name' = 'priv-ng'"
+    )
+    assert [(a, t) for a, t, _ in preview(conn)] == [
+        ("create", "elastic_ip"),
+        ("replace", "nat_gateway"),
+    ]
+    commit(conn)
+    made = one(
+        conn,
+        "SELECT e.allocation_id FROM nat_gateway n JOIN elastic_ip e ON e.id = n.elastic_ip_id"
+        " WHERE n.tags ->> 'Name' = 'priv-ng'",
+    )
+    assert made is not None and made != allocation
+
+    # Deleting the gateways leaves their addresses, as in IaSQL; their rows release them.
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute("DELETE FROM nat_gateway WHERE tags ->> 'Name' IN ('pub-ng', 'priv-ng')")
+    commit(conn)
+    assert ec2.describe_addresses(AllocationIds=[allocation])["Addresses"] != []
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "DELETE FROM elastic_ip WHERE tags ->> 'Name' IN ('pub-ng', 'priv-ng');"
+        " DELETE FROM subnet WHERE cidr_block = '10.31.1.0/24';"
+        " DELETE FROM vpc WHERE cidr_block = '10.31.0.0/16'"
+    )
+    commit(conn)
+    for gone in (allocation, made):
+        found = ec2.describe_addresses(Filters=[{"Name": "allocation-id", "Values": [gone]}])
+        assert found["Addresses"] == []
+    assert one(conn, "SELECT count(*) FROM elastic_ip") == before
+    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
 
 def table_row(name: str) -> str:

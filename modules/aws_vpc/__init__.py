@@ -341,5 +341,9 @@ MODULE = ModuleSpec(
         ENDPOINT_INTERFACE,
         ENDPOINT_INTERFACE_SUBNETS,
     ),
-    teardown_sql=(*NETWORK_TEARDOWN, "DROP FUNCTION IF EXISTS route_target_rows() CASCADE"),
+    teardown_sql=(
+        *NETWORK_TEARDOWN,
+        "DROP FUNCTION IF EXISTS route_target_rows() CASCADE",
+        "DROP FUNCTION IF EXISTS nat_gateway_elastic_ip() CASCADE",
+    ),
 )

@@ -269,17 +269,24 @@ NETWORK_ACL = Table(
 )
 
 # The subnet's network_acl_id: NULL means its VPC's default ACL, and the row says so as soon as
-# that ACL has a row (a new VPC's gets one at the commit that creates the VPC). A subnet that
-# moves to another VPC leaves its old VPC's ACL behind.
+# that ACL has a row in the subnet's region (a new VPC's gets one at the commit that creates the
+# VPC). A subnet that moves to another VPC leaves its old VPC's ACL behind; one that moves to
+# another region with its VPC (both replaced) leaves behind the default ACL of the old region,
+# which the new VPC does not have: it goes back to NULL until the commit reads the new one.
 SUBNET_ACL_DDL = (
     """CREATE OR REPLACE FUNCTION subnet_default_network_acl() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
         IF NEW.network_acl_id IS NULL OR (TG_OP = 'UPDATE'
-                AND NEW.vpc_id IS DISTINCT FROM OLD.vpc_id
+                AND (NEW.vpc_id IS DISTINCT FROM OLD.vpc_id
+                    OR NEW.region IS DISTINCT FROM OLD.region AND EXISTS (
+                        SELECT 1 FROM network_acl
+                        WHERE id = NEW.network_acl_id AND is_default
+                            AND region IS DISTINCT FROM NEW.region))
                 AND NEW.network_acl_id IS NOT DISTINCT FROM OLD.network_acl_id) THEN
             NEW.network_acl_id := (SELECT id FROM network_acl
-                WHERE vpc_id = NEW.vpc_id AND is_default ORDER BY id LIMIT 1);
+                WHERE vpc_id = NEW.vpc_id AND is_default AND region = NEW.region
+                ORDER BY id LIMIT 1);
         END IF;
         RETURN NEW;
     END $$""",
@@ -320,15 +327,15 @@ def _peering_record(peering: dict[str, Any], region: str | None) -> Record:
         "region": region,
         "requester_id": peering["RequesterVpcInfo"]["VpcId"],
         "accepter_id": peering["AccepterVpcInfo"]["VpcId"],
+        "accepter_region": peering["AccepterVpcInfo"].get("Region", region),
     }
     return with_token(record, peering.get("Tags"))
 
 
 def _in_region(peering: dict[str, Any], region: str | None) -> bool:
-    """Both ends in `region`: a connection between regions is listed in both, and this table
-    holds only connections within one region."""
-    ends = (peering["RequesterVpcInfo"], peering["AccepterVpcInfo"])
-    return all(end.get("Region", region) == region for end in ends)
+    """Requested from `region`: a connection between regions is listed in both, and is a row
+    of its requester's region alone."""
+    return bool(peering["RequesterVpcInfo"].get("Region", region) == region)
 
 
 class PeeringConnectionMapper:
@@ -348,21 +355,28 @@ class PeeringConnectionMapper:
 
     async def create(self, cloud: Cloud, record: Record) -> Record:
         region = record["region"]
-        async with cloud.client("ec2", region) as ec2:
+        accepter_region = record.get("accepter_region") or region
+        peer = {} if accepter_region == region else {"PeerRegion": accepter_region}
+        async with (
+            cloud.client("ec2", region) as ec2,
+            cloud.client("ec2", accepter_region) as accepter,
+        ):
             answer = await ec2.create_vpc_peering_connection(
                 VpcId=record["requester_id"],
                 PeerVpcId=record["accepter_id"],
                 TagSpecifications=tag_specifications(
                     "vpc-peering-connection", record.get("tags"), record.get(TOKEN)
                 ),
+                **peer,
             )
             peering_id = answer["VpcPeeringConnection"]["VpcPeeringConnectionId"]
             try:
-                # Both VPCs are this account's: the connection is accepted at once.
+                # Both VPCs are this account's: the connection is accepted at once, from the
+                # accepter's region (AWS refuses an acceptance from the requester's).
                 await wait_for(
-                    ec2, "vpc_peering_connection_exists", VpcPeeringConnectionIds=[peering_id]
+                    accepter, "vpc_peering_connection_exists", VpcPeeringConnectionIds=[peering_id]
                 )
-                await ec2.accept_vpc_peering_connection(VpcPeeringConnectionId=peering_id)
+                await accepter.accept_vpc_peering_connection(VpcPeeringConnectionId=peering_id)
                 await wait_for(
                     ec2,
                     "vpc_peering_connection_exists",
@@ -387,20 +401,17 @@ class PeeringConnectionMapper:
                 )
 
 
-# IaSQL's peering_connection has no region: it is the requester VPC's, set here so that the
-# engine knows where to call. A connection between regions is refused.
+# IaSQL's peering_connection has no region: it is the requester VPC's, and accepter_region the
+# accepter VPC's (the two differ for a connection between regions, as in IaSQL), set here so
+# that the engine knows where to call.
 _PEERING_REGION_DDL = (
     """CREATE OR REPLACE FUNCTION peering_connection_region() RETURNS trigger
     LANGUAGE plpgsql AS $$
-    DECLARE
-        requester text := (SELECT region FROM vpc WHERE id = NEW.requester_id);
-        accepter text := (SELECT region FROM vpc WHERE id = NEW.accepter_id);
     BEGIN
-        IF requester IS DISTINCT FROM accepter THEN
-            RAISE EXCEPTION 'a peering connection must join two VPCs of one region, not % and %',
-                requester, accepter USING ERRCODE = '22023';
-        END IF;
-        NEW.region := requester;
+        NEW.region := coalesce(
+            (SELECT region FROM vpc WHERE id = NEW.requester_id), NEW.region);
+        NEW.accepter_region := coalesce(
+            (SELECT region FROM vpc WHERE id = NEW.accepter_id), NEW.accepter_region, NEW.region);
         RETURN NEW;
     END $$""",
     """CREATE TRIGGER peering_connection_region BEFORE INSERT OR UPDATE ON peering_connection
@@ -417,6 +428,8 @@ PEERING_CONNECTION = Table(
         foreign_key("requester_id", "vpc", "vpc_id"),
         foreign_key("accepter_id", "vpc", "vpc_id"),
         region_column(),  # ours: see _PEERING_REGION_DDL
+        # Ours too, from the accepter VPC: another region is another connection.
+        Column("accepter_region", "varchar", replaces=True),
     ),
     mapper=PeeringConnectionMapper(),
     # The two VPCs it joins (each found by its own natural key); a second connection between
@@ -888,6 +901,48 @@ _SUBNETS_REGION_DDL = (
         FOR EACH ROW EXECUTE FUNCTION endpoint_interface_subnets_region()""",
 )
 
+# As IaSQL does: an interface endpoint written without subnets gets its VPC's, here one per
+# availability zone (AWS refuses two of one zone; IaSQL sent them all), the oldest row of each.
+# They are rows before the commit, made at the end of the SQL transaction that inserts the
+# endpoint, unless that transaction gave it subnets itself. Subnets given later, before the
+# endpoint is created, take the place of the ones added (told apart by being written in the
+# endpoint's own SQL transaction: the same xmin).
+_DEFAULT_SUBNETS_DDL = (
+    """CREATE OR REPLACE FUNCTION endpoint_interface_default_subnets() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        endpoint record;
+    BEGIN
+        SELECT id, vpc_id, region, vpc_endpoint_id INTO endpoint
+            FROM endpoint_interface WHERE id = NEW.id;
+        IF endpoint.id IS NULL OR endpoint.vpc_endpoint_id IS NOT NULL
+                OR EXISTS (SELECT 1 FROM endpoint_interface_subnets
+                    WHERE endpoint_interface_id = endpoint.id) THEN
+            RETURN NULL;
+        END IF;
+        INSERT INTO endpoint_interface_subnets (endpoint_interface_id, subnet_id, region)
+            SELECT DISTINCT ON (s.availability_zone) endpoint.id, s.id, endpoint.region
+            FROM subnet s WHERE s.vpc_id = endpoint.vpc_id AND s.region = endpoint.region
+            ORDER BY s.availability_zone, s.id;
+        RETURN NULL;
+    END $$""",
+    """CREATE CONSTRAINT TRIGGER endpoint_interface_default_subnets
+        AFTER INSERT ON endpoint_interface DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW EXECUTE FUNCTION endpoint_interface_default_subnets()""",
+    """CREATE OR REPLACE FUNCTION endpoint_interface_given_subnets() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM endpoint_interface_subnets s USING endpoint_interface e
+            WHERE e.id = NEW.endpoint_interface_id AND s.endpoint_interface_id = e.id
+                AND e.vpc_endpoint_id IS NULL AND s.xmin = e.xmin
+                AND e.xmin::text::bigint <> txid_current() % 4294967296;
+        RETURN NEW;
+    END $$""",
+    """CREATE TRIGGER endpoint_interface_given_subnets
+        BEFORE INSERT ON endpoint_interface_subnets
+        FOR EACH ROW EXECUTE FUNCTION endpoint_interface_given_subnets()""",
+)
+
 ENDPOINT_INTERFACE_SUBNETS = Table(
     name="endpoint_interface_subnets",
     columns=(
@@ -902,7 +957,7 @@ ENDPOINT_INTERFACE_SUBNETS = Table(
     natural_key=("endpoint_interface_id", "subnet_id"),
     cloud_id=("endpoint_interface_id", "subnet_id"),
     primary_key=("endpoint_interface_id", "subnet_id"),
-    extra_ddl=_SUBNETS_REGION_DDL,
+    extra_ddl=(*_SUBNETS_REGION_DDL, *_DEFAULT_SUBNETS_DDL),
 )
 
 NETWORK_TEARDOWN = tuple(
@@ -911,5 +966,7 @@ NETWORK_TEARDOWN = tuple(
         "subnet_default_network_acl",
         "peering_connection_region",
         "endpoint_interface_subnets_region",
+        "endpoint_interface_default_subnets",
+        "endpoint_interface_given_subnets",
     )
 )

@@ -366,7 +366,10 @@ class NatGatewayMapper:
         public = record.get("connectivity_type") == "public"
         allocation = record.get("elastic_ip_id")
         if public and allocation is None:
-            raise CloudError("a public NAT gateway needs an elastic_ip_id")
+            raise CloudError(
+                "a public NAT gateway needs an elastic_ip_id: set it to the id of an elastic_ip"
+                " row, or insert the gateway without one to have an address allocated"
+            )
         if not public and allocation is not None:
             raise CloudError("a private NAT gateway has no elastic IP")
         region = record["region"]
@@ -395,6 +398,29 @@ class NatGatewayMapper:
             # Its elastic IP and its subnet are freed only once it is gone.
             await wait_for(ec2, "nat_gateway_deleted", NatGatewayIds=[gateway_id])
 
+
+# As IaSQL does: a public gateway written without an address gets a new one, tagged as the
+# gateway is. Here it is a row of elastic_ip from the start (the preview shows its create, and
+# the commit makes it before the gateway). Deleting the gateway leaves the address, as in
+# IaSQL: DELETE its elastic_ip row to release it. Only for a gateway the user writes: a new
+# row (no nat_gateway_id yet), or a private one made public (which replaces it); rows the
+# engine reads from the cloud name their address already.
+NAT_ELASTIC_IP_DDL = (
+    """CREATE OR REPLACE FUNCTION nat_gateway_elastic_ip() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.connectivity_type = 'public' AND NEW.elastic_ip_id IS NULL AND (
+                TG_OP = 'INSERT' AND NEW.nat_gateway_id IS NULL
+                OR TG_OP = 'UPDATE' AND OLD.connectivity_type IS DISTINCT FROM 'public'
+                    AND NEW.nat_gateway_id IS NOT DISTINCT FROM OLD.nat_gateway_id) THEN
+            INSERT INTO elastic_ip (tags, region) VALUES (NEW.tags, NEW.region)
+                RETURNING id INTO NEW.elastic_ip_id;
+        END IF;
+        RETURN NEW;
+    END $$""",
+    """CREATE TRIGGER nat_gateway_elastic_ip BEFORE INSERT OR UPDATE ON nat_gateway
+        FOR EACH ROW EXECUTE FUNCTION nat_gateway_elastic_ip()""",
+)
 
 NAT_GATEWAY = Table(
     name="nat_gateway",
@@ -428,6 +454,7 @@ NAT_GATEWAY = Table(
     extra_ddl=(
         "ALTER TABLE nat_gateway ADD CONSTRAINT nat_gateway_private_no_address"
         " CHECK (connectivity_type = 'public' OR elastic_ip_id IS NULL)",
+        *NAT_ELASTIC_IP_DDL,
     ),
 )
 
