@@ -207,6 +207,73 @@ def install_moto_patches() -> None:
         return current_account(self)
 
     BaseResponse.get_current_account = account  # type: ignore[method-assign]
+    install_public_ami_parameters()
+
+
+# --- the public SSM parameters of common AMIs -----------------------------------------------
+
+# moto knows AWS's `/aws/service/ami-amazon-linux-latest/...` parameters, but none of the other
+# public ones that IaSQL scripts launch from (`resolve:ssm:/aws/service/canonical/...`). The
+# sandbox answers them with AMIs that moto has in every region: Ubuntu 16.04 (the newest
+# Ubuntu moto knows) for Canonical's paths, Windows Server 2016 / 2012 R2 for Microsoft's.
+_UBUNTU_AMI = "ami-785db401"  # ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-...
+_UBUNTU_RELEASES = ("16.04", "18.04", "20.04", "22.04", "24.04")
+_UBUNTU_CODENAMES = ("xenial", "bionic", "focal", "jammy", "noble")
+_WINDOWS_AMIS = {
+    "Windows_Server-2016-English-Full-Base": "ami-b7e93bce",
+    "Windows_Server-2016-English-Nano-Base": "ami-03cf127a",
+    "Windows_Server-2012-R2_RTM-English-64Bit-Base": "ami-1ecc1e67",
+}
+_AMI_PREFIXES = ("/aws/service/canonical/", "/aws/service/ami-windows-latest/")
+
+
+def public_ami_parameters() -> dict[str, str]:
+    """Parameter name -> AMI id, for the public AMI parameters the sandbox adds."""
+    found: dict[str, str] = {}
+    for release in (*_UBUNTU_RELEASES, *_UBUNTU_CODENAMES):
+        for volume in ("ebs-gp2", "ebs-gp3"):
+            for line in ("stable/current", "stable/latest"):
+                path = f"/aws/service/canonical/ubuntu/server/{release}/{line}/amd64/hvm"
+                found[f"{path}/{volume}/ami-id"] = _UBUNTU_AMI
+    for name, ami in _WINDOWS_AMIS.items():
+        found[f"/aws/service/ami-windows-latest/{name}"] = ami
+    return found
+
+
+def install_public_ami_parameters() -> None:
+    """Loads the parameters of public_ami_parameters() into a region's SSM parameters the first
+    time a name under their prefixes is asked for, as moto loads its Amazon Linux ones: the
+    same values in every account and region, and nothing to journal (reads add them)."""
+    from collections import defaultdict
+
+    from moto.ssm.models import Parameter, ParameterDict
+
+    check = ParameterDict._check_loading_status
+    # As moto's own loader of the Amazon Linux parameters calls it: a JSON float for the date
+    # (its annotations say datetime; its responses take either).
+    parameter: Any = Parameter
+
+    def check_loading_status(self: ParameterDict, key: str) -> None:
+        check(self, key)
+        if str(key or "").startswith(_AMI_PREFIXES) and not getattr(self, "_iasql_amis", False):
+            self._iasql_amis = True  # type: ignore[attr-defined]
+            for name, ami in public_ami_parameters().items():
+                defaultdict.__getitem__(self, name).append(
+                    parameter(
+                        account_id=self.account_id,
+                        name=name,
+                        value=ami,
+                        parameter_type="String",
+                        description=None,
+                        allowed_pattern=None,
+                        keyid=None,
+                        last_modified_date=1700000000.0,
+                        version=1,
+                        data_type="aws:ec2:image",
+                    )
+                )
+
+    ParameterDict._check_loading_status = check_loading_status  # type: ignore[method-assign]
 
 
 # --- the journal ----------------------------------------------------------------------------

@@ -189,14 +189,20 @@ def test_install_imports_what_boto3_made(
     ]
     assert rows(envdb, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
-    # instance_metadata is read-only for users: refused at once, the row untouched.
-    for change in (
-        "UPDATE instance_metadata SET cpu_cores = 64",
-        "DELETE FROM instance_metadata",
-        "INSERT INTO instance_metadata SELECT * FROM instance_metadata",
+    # instance_metadata is read-only for users: refused at once (IaSQL accepts the write and
+    # its next commit puts the row back), with what to change instead; the row untouched.
+    for change, verb in (
+        ("UPDATE instance_metadata SET cpu_cores = 64", "UPDATE"),
+        ("DELETE FROM instance_metadata", "DELETE"),
+        ("INSERT INTO instance_metadata SELECT * FROM instance_metadata", "INSERT"),
     ):
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
             envdb.execute(change)
+        diag = refused.value.diag
+        assert diag.message_primary == (
+            f"cannot {verb} instance_metadata: it is read-only, AWS reports its values"
+        )
+        assert diag.message_hint is not None and "change the instance row" in diag.message_hint
     assert one(envdb, "SELECT cpu_cores FROM instance_metadata") == 1
 
     # Deleting what was imported: the instance with its root volume, the loose volume, the key.
@@ -290,11 +296,39 @@ def test_key_pair_rpcs_run_and_through_sql(envdb: psycopg.Connection, aws: MotoS
         ("sql-made",),
     ]
     helped = rows(envdb, "SELECT name FROM iasql_help() WHERE module = 'aws_ec2' ORDER BY 1")
-    assert helped == [("key_pair_import",), ("key_pair_request",)]
+    assert helped == [("describe_ami",), ("key_pair_import",), ("key_pair_request",)]
     stored = rows(envdb, "SELECT change::text FROM iasql_audit_log")
     body = secret.split("-----")[2].strip().splitlines()[1]
     assert not any(body in text for (text,) in stored)
     assert preview(envdb) == []
+
+
+def test_describe_ami_as_iasql_returns_it(envdb: psycopg.Connection, aws: MotoServer) -> None:
+    """IaSQL's describe_ami(ami_id): attributes (the DescribeImages entry as JSON text), status
+    and message; an AMI id or a resolve:ssm: path; a failed look-up is a KO row, as there."""
+    ec2 = client(aws, "ec2")
+    image = ec2.describe_images()["Images"][0]
+    [(attributes, status, message)] = rows(
+        envdb, f"SELECT * FROM describe_ami('{image['ImageId']}')"
+    )
+    assert (status, message) == ("OK", "")
+    assert json.loads(attributes)["ImageId"] == image["ImageId"]
+    architecture = one(
+        envdb,
+        "SELECT attributes::json ->> 'Architecture'"
+        f" FROM describe_ami('{image['ImageId']}', 'us-east-1')",
+    )
+    assert architecture == image["Architecture"]
+    parameter = client(aws, "ssm").get_parameter(Name=SSM_AMI.removeprefix("resolve:ssm:"))
+    resolved = one(envdb, f"SELECT attributes::json ->> 'ImageId' FROM describe_ami('{SSM_AMI}')")
+    assert resolved == parameter["Parameter"]["Value"]
+
+    [(attributes, status, message)] = rows(envdb, "SELECT * FROM describe_ami('ami-00000000')")
+    assert (attributes, status) == ("", "KO") and "InvalidAMIID" in message
+    [(_, status, message)] = rows(envdb, "SELECT * FROM describe_ami('resolve:ssm:/no/such')")
+    assert status == "KO" and "ParameterNotFound" in message
+    with pytest.raises(psycopg.errors.NullValueNotAllowed):  # 22004, not an internal error
+        envdb.execute("SELECT * FROM describe_ami(NULL)")
 
 
 # --- instances, their groups and volumes ---------------------------------------------------
@@ -518,6 +552,126 @@ def test_volume_attachment_and_replace(envdb: psycopg.Connection, aws: MotoServe
     assert ec2.describe_volumes()["Volumes"] == []
 
 
+def ubuntu_ami(ec2: Any) -> str:
+    """moto's Ubuntu AMI, whose root device is /dev/sda1 (as Canonical's are)."""
+    found = ec2.describe_images(Filters=[{"Name": "name", "Values": ["ubuntu/images/*xenial*"]}])
+    return str(found["Images"][0]["ImageId"])
+
+
+def test_iasql_launch_mappings_size_the_root_and_skip_null_devices(
+    envdb: psycopg.Connection, aws: MotoServer
+) -> None:
+    """IaSQL's general_purpose_volume test, as written there: a volume row with
+    is_root_device mapped at /dev/sda1 sets the root's size; another mapped at /dev/sdb is a
+    data volume; a NULL mapping (/dev/sdc) asks for no device there."""
+    ec2 = client(aws, "ec2")
+    ubuntu = ubuntu_ami(ec2)
+    envdb.execute("SELECT * FROM iasql_begin()")
+    envdb.execute(
+        f"""
+        BEGIN;
+          INSERT INTO general_purpose_volume (volume_type, size, availability_zone, tags,
+              is_root_device)
+          VALUES ('gp2', 15, 'us-east-1a', '{{"Name": "gpv"}}', TRUE);
+          INSERT INTO instance (ami, instance_type, tags, subnet_id)
+            SELECT '{ubuntu}', 't3.micro', '{{"name":"gpv-1"}}', id
+            FROM subnet
+            WHERE availability_zone = 'us-east-1a'
+            LIMIT 1;
+          INSERT INTO instance_block_device_mapping (device_name, volume_id, instance_id)
+            values ('/dev/sda1',
+              (SELECT id FROM general_purpose_volume WHERE tags ->>'Name' = 'gpv' LIMIT 1),
+              (SELECT id FROM instance WHERE tags ->>'name' = 'gpv-1' LIMIT 1));
+        COMMIT;
+        """
+    )
+    commit(envdb)
+    joined = """
+        SELECT size FROM general_purpose_volume INNER JOIN instance_block_device_mapping
+            ON general_purpose_volume.id = instance_block_device_mapping.volume_id
+        WHERE instance_block_device_mapping.instance_id =
+            (SELECT id FROM instance WHERE tags ->> 'name' = '{}') ORDER BY size"""
+    assert rows(envdb, joined.format("gpv-1")) == [(15,)]
+    first = one(envdb, "SELECT instance_id FROM instance WHERE tags ->> 'name' = 'gpv-1'")
+    [root] = instance(ec2, first)["BlockDeviceMappings"]
+    [volume] = ec2.describe_volumes(VolumeIds=[root["Ebs"]["VolumeId"]])["Volumes"]
+    assert (root["DeviceName"], volume["Size"], volume["VolumeType"]) == ("/dev/sda1", 15, "gp2")
+    assert {t["Key"]: t["Value"] for t in volume.get("Tags", [])}.get("Name") == "gpv"
+    # One volume, the root: no stray 15 GiB volume beside the 8 GiB one AWS would launch with.
+    assert rows(envdb, "SELECT volume_id, size, is_root_device FROM general_purpose_volume") == [
+        (volume["VolumeId"], 15, True)
+    ]
+    assert len(ec2.describe_volumes()["Volumes"]) == 1
+
+    envdb.execute("SELECT * FROM iasql_begin()")
+    envdb.execute(
+        f"""
+        BEGIN;
+          INSERT INTO general_purpose_volume (volume_type, size, availability_zone, tags,
+              is_root_device)
+          VALUES ('gp2', 15, 'us-east-1a', '{{"Name": "gpv-test-1"}}', TRUE),
+                 ('gp2', 20, 'us-east-1a', '{{"Name": "gpv-test-2"}}', TRUE);
+          INSERT INTO instance (ami, instance_type, tags, subnet_id)
+            SELECT '{ubuntu}', 't3.micro', '{{"name":"gpv-2"}}', id
+            FROM subnet
+            WHERE availability_zone = 'us-east-1a'
+            LIMIT 1;
+          INSERT INTO instance_block_device_mapping (device_name, volume_id, instance_id) values
+            ('/dev/sda1',
+              (SELECT id FROM general_purpose_volume WHERE tags ->>'Name' = 'gpv-test-1' LIMIT 1),
+              (SELECT id FROM instance WHERE tags ->>'name' = 'gpv-2' LIMIT 1)),
+            ('/dev/sdb',
+              (SELECT id FROM general_purpose_volume WHERE tags ->>'Name' = 'gpv-test-2' LIMIT 1),
+              (SELECT id FROM instance WHERE tags ->>'name' = 'gpv-2' LIMIT 1)),
+            ('/dev/sdc', NULL, (SELECT id FROM instance WHERE tags ->>'name' = 'gpv-2' LIMIT 1));
+        COMMIT;
+        """
+    )
+    commit(envdb)  # the NULL mapping attaches nothing: its row goes, as in IaSQL
+    assert rows(envdb, joined.format("gpv-2")) == [(15,), (20,)]
+    second = one(envdb, "SELECT instance_id FROM instance WHERE tags ->> 'name' = 'gpv-2'")
+    devices = {
+        m["DeviceName"]: ec2.describe_volumes(VolumeIds=[m["Ebs"]["VolumeId"]])["Volumes"][0]
+        for m in instance(ec2, second)["BlockDeviceMappings"]
+    }
+    assert {d: v["Size"] for d, v in devices.items()} == {"/dev/sda1": 15, "/dev/sdb": 20}
+    assert rows(
+        envdb,
+        "SELECT device_name FROM instance_block_device_mapping m JOIN instance i"
+        " ON i.id = m.instance_id WHERE i.tags ->> 'name' = 'gpv-2' ORDER BY 1",
+    ) == [("/dev/sda1",), ("/dev/sdb",)]
+    # Two instances: two roots and one data volume, each a row.
+    assert one(envdb, "SELECT count(*) FROM general_purpose_volume") == 3
+    assert len(ec2.describe_volumes()["Volumes"]) == 3
+    assert rows(envdb, "SELECT * FROM iasql_drift()") == []
+
+    # A smaller root than the AMI's is refused with the size to write.
+    envdb.execute("SELECT * FROM iasql_begin()")
+    envdb.execute(
+        "INSERT INTO general_purpose_volume (volume_type, size, availability_zone, tags)"
+        """ VALUES ('gp2', 4, 'us-east-1a', '{"Name": "tiny"}')"""
+    )
+    envdb.execute(
+        f"INSERT INTO instance (ami, instance_type, tags) VALUES ('{ubuntu}', 't3.micro',"
+        """ '{"name": "gpv-3"}')"""
+    )
+    envdb.execute(
+        "INSERT INTO instance_block_device_mapping (device_name, volume_id, instance_id)"
+        " SELECT '/dev/sda1', v.id, i.id FROM general_purpose_volume v, instance i"
+        " WHERE v.tags ->> 'Name' = 'tiny' AND i.tags ->> 'name' = 'gpv-3'"
+    )
+    with pytest.raises(psycopg.Error, match=r"set size >= 8") as refused:
+        envdb.execute("SELECT * FROM iasql_commit()")
+    assert refused.value.sqlstate != "XX000"
+    envdb.execute("SELECT * FROM iasql_begin()")
+    envdb.execute("DELETE FROM instance")
+    commit(envdb)
+    envdb.execute("SELECT * FROM iasql_begin()")
+    envdb.execute("DELETE FROM general_purpose_volume")
+    commit(envdb)
+    assert ec2.describe_volumes()["Volumes"] == []
+
+
 def test_instance_created_stopped_then_hibernated(
     envdb: psycopg.Connection, aws: MotoServer
 ) -> None:
@@ -539,7 +693,17 @@ def test_instance_created_stopped_then_hibernated(
     envdb.execute("UPDATE instance SET state = 'hibernate'")
     [(action, _, _)] = preview(envdb)
     assert action == "update"
-    commit(envdb)  # moto reports a hibernated instance as plainly stopped: no diff either
+    commit(envdb)
+    assert instance(ec2, instance_id)["State"]["Name"] == "stopped"
+    # As in IaSQL, `hibernate` asks for a hibernating stop: the row then reads `stopped`.
+    assert one(envdb, "SELECT state FROM instance") == "stopped"
+    assert preview(envdb) == []
+    assert rows(envdb, "SELECT table_name FROM iasql_drift() WHERE table_name = 'instance'") == []
+    # Hibernating a stopped instance leaves it stopped.
+    envdb.execute("SELECT * FROM iasql_begin()")
+    envdb.execute("UPDATE instance SET state = 'hibernate'")
+    commit(envdb)
+    assert one(envdb, "SELECT state FROM instance") == "stopped"
     assert instance(ec2, instance_id)["State"]["Name"] == "stopped"
     envdb.execute("SELECT * FROM iasql_begin()")
     envdb.execute("DELETE FROM instance")

@@ -4,6 +4,7 @@ their attachments, and instances registered in load balancer target groups."""
 from __future__ import annotations
 
 from modules import VERSION
+from modules.aws_ec2.ami import DESCRIBE_AMI
 from modules.aws_ec2.instance import INSTANCE, INSTANCE_SECURITY_GROUPS, ROOT_VOLUME_TRIGGER
 from modules.aws_ec2.key_pair import KEY_PAIR, KEY_PAIR_IMPORT, KEY_PAIR_REQUEST
 from modules.aws_ec2.registered import REGISTERED_INSTANCE
@@ -25,7 +26,7 @@ MODULE = ModuleSpec(
     ),
     # The instance's root-volume trigger names the volume tables: it runs after they exist.
     after_tables_sql=ROOT_VOLUME_TRIGGER,
-    functions=(KEY_PAIR_IMPORT, KEY_PAIR_REQUEST),
+    functions=(DESCRIBE_AMI, KEY_PAIR_IMPORT, KEY_PAIR_REQUEST),
     teardown_sql=(
         "DROP FUNCTION IF EXISTS instance_root_volume_goes()",
         "DROP FUNCTION IF EXISTS registered_instance_default_port()",

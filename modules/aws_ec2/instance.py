@@ -38,20 +38,15 @@ from modules.spec import (
 SSM_PREFIX = "resolve:ssm:"
 
 
-def normalize_state(value: Any) -> str | None:
-    """A hibernated instance is a stopped one: AWS reports `stopped` (with a hibernate state
-    reason, which moto does not set), so the two compare equal and a row saying `hibernate`
-    is not stopped again at every commit."""
-    return "stopped" if value == "hibernate" else value
+def stopped(state: Any) -> bool:
+    """`hibernate` is a request, as in IaSQL: stop with hibernation. The instance is then
+    stopped, and its row reads back `stopped` (AWS reports a hibernated instance as stopped)."""
+    return state in ("stopped", "hibernate")
 
 
 def _state(instance: dict[str, Any]) -> str:
     name = instance["State"]["Name"]
-    if name in ("pending", "running"):
-        return "running"
-    if instance.get("StateReason", {}).get("Code") == "Client.UserInitiatedHibernate":
-        return "hibernate"
-    return "stopped"  # stopping or stopped
+    return "running" if name in ("pending", "running") else "stopped"  # stopping or stopped
 
 
 def _decoded(user_data: str | None) -> str | None:
@@ -177,7 +172,7 @@ class InstanceMapper:
             instance_id = await _run(ec2, self._launch_params(record, image_id))
             await wait_for(ec2, "instance_running", InstanceIds=[instance_id])
             await self._note_launch_groups(ec2, instance_id)
-            if normalize_state(record.get("state")) == "stopped":
+            if stopped(record.get("state")):
                 await self._set_state(ec2, instance_id, record["state"])
             return await self._read_one(cloud, ec2, instance_id, region)
 
@@ -202,7 +197,8 @@ class InstanceMapper:
         region, instance_id = current["region"], current["instance_id"]
         async with cloud.client("ec2", region) as ec2:
             await sync_tags(ec2, instance_id, record.get("tags"), current.get("tags"))
-            if normalize_state(record.get("state")) != normalize_state(current.get("state")):
+            # An instance stopped already can't be hibernated: it stays stopped.
+            if stopped(record.get("state")) != stopped(current.get("state")):
                 await self._set_state(ec2, instance_id, record["state"])
             return await self._read_one(cloud, ec2, instance_id, region)
 
@@ -254,7 +250,6 @@ INSTANCE = Table(
             nullable=False,
             default="'running'",
             check="state IN ('running', 'stopped', 'hibernate')",
-            normalize=normalize_state,
         ),
         Column("user_data", "text", replaces=True),
         Column("tags", "json", normalize=normalize_instance_tags),

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from modules._aws.region import region_column
-from modules._aws.tags import sync_tags, token_tag, with_token
+from modules._aws.tags import sync_tags, tag_dict, tag_list, token_tag, with_token
 from modules._aws.waiters import wait_for
 from modules.aws_ec2.common import (
     live_instances,
@@ -176,6 +176,44 @@ GENERAL_PURPOSE_VOLUME = Table(
 # --- instance_block_device_mapping ---------------------------------------------------------
 
 
+def _ebs(instance: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in instance.get("BlockDeviceMappings", ()) if "Ebs" in m]
+
+
+async def _root_from(ec2: Any, root_id: str, volume_id: str, instance_id: str) -> None:
+    """Gives the instance's root volume the size, type, IOPS, throughput and tags of the
+    volume a mapping row puts at the root device, then deletes that volume: it was made only
+    to carry them (an empty volume can't be a root; the root holds the AMI). The commit's sync
+    then finds the root volume in its place, with the row's settings."""
+    roots, found = (
+        await _volumes(ec2, VolumeIds=[root_id]),
+        await _volumes(ec2, VolumeIds=[volume_id]),
+    )
+    if not roots or not found:
+        gone = volume_id if not found else root_id
+        raise CloudError(f"volume {gone} is gone: the root of {instance_id} can't be set up")
+    root, wanted = roots[0], found[0]
+    if wanted.get("State") != "available":
+        raise CloudError(
+            f"volume {volume_id} is in use: the root of {instance_id} comes from its AMI; map"
+            " a new general_purpose_volume row at the root device to set its size and type"
+        )
+    if wanted["Size"] < root["Size"]:
+        raise CloudError(
+            f"volume {volume_id} has {wanted['Size']} GiB, but the root of {instance_id} needs"
+            f" at least the {root['Size']} GiB of its AMI: set size >= {root['Size']}"
+        )
+    current = _volume_record(root, set(), None)
+    changes = _settings(_volume_record(wanted, set(), None), current)
+    if changes:
+        await VolumeMapper()._modify(ec2, root_id, changes)
+    tags = normalize_instance_tags(tag_dict(wanted.get("Tags")))
+    if tags:
+        await ec2.create_tags(Resources=[root_id], Tags=tag_list(tags))
+    await ec2.delete_volume(VolumeId=volume_id)
+    await wait_for(ec2, "volume_deleted", VolumeIds=[volume_id])
+
+
 def _mapping_records(instances: list[dict[str, Any]], region: str | None) -> list[Record]:
     return [
         {
@@ -217,20 +255,37 @@ class BlockDeviceMappingMapper:
 
     async def create(self, cloud: Cloud, record: Record) -> Record:
         region, instance_id = record["region"], record["instance_id"]
-        device = record["device_name"]
+        device, volume_id = record["device_name"], record.get("volume_id")
         async with cloud.client("ec2", region) as ec2:
             found = await live_instances(ec2, InstanceIds=[instance_id])
             if not found:
                 raise CloudError(f"instance {instance_id} is gone: nothing to attach {device} to")
+            attached = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in _ebs(found[0])}
             if device == root_device(found[0]):
-                # A replaced instance comes with its own root volume; its row is imported
-                # by the commit's sync.
+                # The root volume comes from the AMI at launch (a replaced instance's too: its
+                # row is imported by the commit's sync). A volume row mapped there gives the
+                # root its size, type and tags, as IaSQL's launch mapping does.
+                if volume_id is not None and volume_id != attached.get(device):
+                    if device not in attached:
+                        raise CloudError(
+                            f"instance {instance_id} has no EBS volume at its root device"
+                            f" {device}: its AMI's root is not EBS; map the volume elsewhere"
+                        )
+                    await _root_from(ec2, attached[device], volume_id, instance_id)
                 return await self._read_one(ec2, instance_id, device, region)
-            if record.get("volume_id") is None:
-                raise CloudError(f"the mapping of {device} on {instance_id} names no volume")
-            await ec2.attach_volume(
-                Device=device, InstanceId=instance_id, VolumeId=record["volume_id"]
-            )
+            if volume_id is None:
+                # IaSQL's NULL mapping: no device at this name (its launch sends NoDevice).
+                # Nothing is attached, and the row goes at the commit's sync, as there.
+                if device in attached:
+                    raise CloudError(
+                        f"the mapping of {device} on {instance_id} names no volume, but"
+                        f" {attached[device]} is attached there: delete the mapping row to"
+                        " detach it"
+                    )
+                return dict(record)
+            if attached.get(device) == volume_id:
+                return await self._read_one(ec2, instance_id, device, region)  # a retry
+            await ec2.attach_volume(Device=device, InstanceId=instance_id, VolumeId=volume_id)
             await wait_for(ec2, "volume_in_use", VolumeIds=[record["volume_id"]])
             if record.get("delete_on_termination"):
                 await self._set_delete_on_termination(ec2, record)

@@ -48,7 +48,7 @@ async def _records(ec2: Any, instances: list[dict[str, Any]], region: str | None
 
 
 class InstanceMetadataMapper:
-    """Rows mirror the instances. Users can't write the table (the grants say so); the engine's
+    """Rows mirror the instances. Users can't write the table (a trigger says so); the engine's
     own plans can still reach it, when an instance row is replaced or deleted: a mirror row
     then follows its instance, and what it holds comes from the cloud, never from the row."""
 
@@ -77,6 +77,28 @@ def _aws(name: str, kind: str, *, nullable: bool = True, check: str | None = Non
     """A column whose value is AWS's: never compared with the cloud, never replayed."""
     return Column(name, kind, nullable=nullable, check=check, cloud_assigned=True)
 
+
+# Read-only for users: a write is refused at once (42501, with what to write instead), where
+# IaSQL accepts it and its next commit or sync silently puts the row back. The engine owns the
+# table and keeps writing it (sync, undo), and so does a cascade from an instance row, which
+# Postgres runs as the table's owner: current_user tells them from a user's statement.
+_READ_ONLY = (
+    """CREATE OR REPLACE FUNCTION instance_metadata_read_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF current_user <> (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = TG_RELID)
+        THEN
+            RAISE EXCEPTION 'cannot % instance_metadata: it is read-only, AWS reports its values',
+                TG_OP USING ERRCODE = '42501',
+                HINT = 'change the instance row instead (instance_type, state, ...); every'
+                    ' commit and SELECT * FROM iasql_sync() refresh instance_metadata';
+        END IF;
+        RETURN NULL;
+    END $$""",
+    """CREATE TRIGGER instance_metadata_read_only
+        BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON instance_metadata
+        FOR EACH STATEMENT EXECUTE FUNCTION instance_metadata_read_only()""",
+)
 
 INSTANCE_METADATA = Table(
     name="instance_metadata",
@@ -109,11 +131,8 @@ INSTANCE_METADATA = Table(
     natural_key=("id",),  # its instance's natural key, through the foreign key
     cloud_id=("instance_id",),
     primary_key=("id",),
-    # Read-only for users: writes are refused at once with Postgres's "permission denied",
-    # rather than accepted and undone later. The engine owns the table and keeps writing it
-    # (sync, undo); a cascade from an instance row runs as the table's owner too.
     extra_ddl=(
-        "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON instance_metadata FROM PUBLIC",
+        *_READ_ONLY,
         "COMMENT ON TABLE instance_metadata IS"
         " 'read-only: one row per instance, refreshed from AWS by every commit and sync'",
     ),
@@ -125,4 +144,5 @@ MODULE = ModuleSpec(
     dependencies=("aws_ec2",),
     description="Read-only facts AWS reports about each instance",
     tables=(INSTANCE_METADATA,),
+    teardown_sql=("DROP FUNCTION IF EXISTS instance_metadata_read_only()",),
 )
