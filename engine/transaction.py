@@ -127,6 +127,18 @@ def _children(tables: list[Table], of: set[str]) -> set[str]:
     return {t.name for t in tables for c in t.references if c.ref is not None and c.ref.table in of}
 
 
+def _reread_after(tables: list[Table], of: set[str]) -> set[str]:
+    """What a sync of `of` re-reads too: the tables referencing them, and the tables whose
+    resources theirs bring along in the cloud (Table.synced_with), again and again."""
+    names = set(of)
+    while (
+        more := (_children(tables, names) | {t.name for t in tables if names & set(t.synced_with)})
+        - names
+    ):
+        names |= more
+    return names
+
+
 async def plan_changes(db: Database, conn: asyncpg.Connection, changes: list[audit.Change]) -> Plan:
     """The plan for the tables these changes touched, and for the tables referencing a
     resource the plan replaces or deletes (their rows must follow)."""
@@ -332,8 +344,7 @@ async def _sync_with_children(
     """Syncs the tables `names` and every table under them, except `skip`, keeping what
     kept_since(db, after, current, vanished) says."""
     installed = await db.installed_tables(conn)
-    while more := _children(installed, names) - names:
-        names |= more
+    names = _reread_after(installed, names)
     tables = [t for t in installed if t.name in names - skip and t.mapper is not None]
     if tables:
         await sync_tables(

@@ -162,6 +162,9 @@ class Table:
     # AWS-created resources (a default VPC) that a user's DELETE must not remove.
     protected: Callable[[Record], bool] | None = None
     extra_ddl: tuple[str, ...] = ()  # statements run after CREATE TABLE (indexes, triggers)
+    # Tables whose resources, when a commit makes them, bring resources of this table along
+    # in the cloud (an instance brings its root volume): the commit re-reads this one too.
+    synced_with: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.primary_key == ("id",) and all(c.name != "id" for c in self.columns):

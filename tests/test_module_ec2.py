@@ -475,7 +475,18 @@ def test_volume_attachment_and_replace(envdb: psycopg.Connection, aws: MotoServe
     )
     commit(envdb)
     instance_id = one(envdb, "SELECT instance_id FROM instance")
-    zone = instance(ec2, instance_id)["Placement"]["AvailabilityZone"]
+    launched = instance(ec2, instance_id)
+    zone = launched["Placement"]["AvailabilityZone"]
+    # The root volume the launch made is a row as soon as the commit ends (the volume table
+    # is synced with the instance table), joined to the instance by its mapping.
+    root = launched["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    assert rows(
+        envdb,
+        "SELECT v.volume_id, v.is_root_device, m.device_name, i.instance_id"
+        " FROM instance_block_device_mapping m JOIN general_purpose_volume v ON v.id = m.volume_id"
+        " JOIN instance i ON i.id = m.instance_id",
+    ) == [(root, True, "/dev/sda1", instance_id)]
+    assert rows(envdb, "SELECT count(*) FROM iasql_drift()") == [(0,)]
     envdb.execute("SELECT * FROM iasql_begin()")
     envdb.execute(
         "INSERT INTO general_purpose_volume (volume_type, size, availability_zone)"

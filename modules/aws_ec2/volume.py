@@ -148,6 +148,7 @@ class VolumeMapper:
 
 GENERAL_PURPOSE_VOLUME = Table(
     name="general_purpose_volume",
+    synced_with=("instance",),  # a launch makes the root volume
     columns=(
         Column("volume_id", "varchar", cloud_assigned=True),
         Column("volume_type", "varchar", nullable=False, check="volume_type IN ('gp2', 'gp3')"),
