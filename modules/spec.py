@@ -177,6 +177,10 @@ class Table:
     def column(self, name: str) -> Column:
         return self._columns_by_name[name]
 
+    @property
+    def column_names(self) -> set[str]:
+        return set(self._columns_by_name)
+
     @functools.cached_property
     def _columns_by_name(self) -> dict[str, Column]:
         return {c.name: c for c in self.columns}

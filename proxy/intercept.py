@@ -24,6 +24,7 @@ from pglast.stream import RawStream
 
 from engine.contract import EngineError, FunctionSpec, SqlArgument, did_you_mean, parse_boolean
 from proxy.frames import find_any
+from proxy.values import parse_text_array
 
 # Postgres type OIDs the proxy needs to know, by the type names function specs use.
 TYPE_OIDS = {
@@ -119,7 +120,14 @@ class Call:
         found: dict[int, int] = {}
         for position, node in enumerate(self.args):
             param = self.spec.param_at(position)
-            _collect_params(node, TYPE_OIDS.get(param.element_type if param else "text", 25), found)
+            # f(VARIADIC $1): the parameter is the whole array; f(VARIADIC ARRAY[$1]), an item.
+            whole = (
+                self.variadic
+                and position == len(self.args) - 1
+                and not isinstance(node, ast.A_ArrayExpr)
+            )
+            name = "text" if param is None else param.type if whole else param.element_type
+            _collect_params(node, TYPE_OIDS.get(name, 25), found)
         for name, node in self.named.items():
             param = self.spec.param_named(name)
             _collect_params(node, TYPE_OIDS.get(param.element_type if param else "text", 25), found)
@@ -503,6 +511,11 @@ def _evaluate(node: SqlNode, params: list[Any] | None) -> Any:
     if isinstance(node, ast.TypeCast):
         value = _evaluate(node.arg, params)
         cast = _CASTS.get(node.typeName.names[-1].sval)
+        if node.typeName.arrayBounds and isinstance(value, str):  # '{a,b}'::text[]
+            try:
+                return parse_text_array(value)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from exc
         if value is None or cast is None or node.typeName.arrayBounds:
             return value
         try:

@@ -21,6 +21,8 @@ def decode_param(value: bytes | None, fmt: int, oid: int) -> Any:
 def _decode(value: bytes | None, fmt: int, oid: int) -> Any:
     if value is None:
         return None
+    if fmt == 0 and oid == 1009:
+        return parse_text_array(_text(value))
     if fmt == 0 or oid in _TEXT_OIDS:
         return _text(value)
     if oid == 16:
@@ -65,3 +67,48 @@ def _text_array(value: bytes) -> list[str | None]:
         items.append(_text(value[pos : pos + size]))
         pos += size
     return items
+
+
+def parse_text_array(text: str) -> list[str | None]:
+    """A one-dimensional array in Postgres's text form ('{a,"b c",NULL}') as a list: elements
+    may be double-quoted (backslash escapes the next character); an unquoted NULL is None."""
+    body = text.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        raise ValueError(f"malformed array literal: {text[:80]!r}")
+    items: list[str | None] = []
+    pos, end = 1, len(body) - 1
+    if not body[pos:end].strip():
+        return items
+    while True:
+        while pos < end and body[pos].isspace():
+            pos += 1
+        if pos < end and body[pos] == '"':
+            pos += 1
+            chars: list[str] = []
+            while pos < end and body[pos] != '"':
+                if body[pos] == "\\" and pos + 1 < end:
+                    pos += 1
+                chars.append(body[pos])
+                pos += 1
+            if pos >= end:
+                raise ValueError(f"malformed array literal: {text[:80]!r}")
+            pos += 1
+            item: str | None = "".join(chars)
+        else:
+            start = pos
+            while pos < end and body[pos] != ",":
+                if body[pos] in '{}"\\':
+                    raise ValueError(f"only one-dimensional arrays are supported: {text[:80]!r}")
+                pos += 1
+            word = body[start:pos].strip()
+            if not word:
+                raise ValueError(f"malformed array literal: {text[:80]!r}")
+            item = None if word.upper() == "NULL" else word
+        items.append(item)
+        while pos < end and body[pos].isspace():
+            pos += 1
+        if pos == end:
+            return items
+        if body[pos] != ",":
+            raise ValueError(f"malformed array literal: {text[:80]!r}")
+        pos += 1

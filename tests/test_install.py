@@ -147,6 +147,36 @@ def test_uninstalling_a_module_that_is_not_installed_skips_it(
     assert error.value.diag.message_primary == "module 'aws_sq' does not exist"
 
 
+def test_uninstall_leaves_no_function_or_type_behind(envdb: psycopg.Connection) -> None:
+    """Every module's triggers, functions and types go with it: after installing every module
+    and uninstalling them all, the database has the same functions and types as before."""
+
+    def objects() -> list[tuple[str, str]]:
+        return rows(
+            envdb,
+            "SELECT 'function', p.oid::regprocedure::text FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'"
+            " UNION ALL SELECT 'type', t.typname::text FROM pg_type t"
+            " JOIN pg_namespace n ON n.oid = t.typnamespace"
+            " WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'c') AND t.typrelid = 0"
+            " ORDER BY 1, 2",
+        )
+
+    names = [r[0] for r in rows(envdb, "SELECT module_name FROM iasql_modules_list()")]
+    envdb.execute("SELECT * FROM iasql_modules_installed()")  # sets the platform up
+    before = objects()
+    envdb.execute("SELECT * FROM iasql_install(VARIADIC %s::text[])", (names,))
+    assert len(objects()) > len(before)  # the modules did make functions
+    installed = [
+        r[0]
+        for r in rows(envdb, "SELECT module_name FROM iasql_modules_installed()")
+        if r[0] not in ("iasql_platform", "iasql_functions")
+    ]
+    envdb.execute("SELECT * FROM iasql_uninstall(VARIADIC %s::text[])", (installed,))
+    left = objects()
+    assert left == before, (sorted(set(left) - set(before)), sorted(set(before) - set(left)))
+
+
 def test_environment_role_reads_platform_tables_but_cannot_write_them(
     postgres: LocalPostgres, iasql: RunningServer
 ) -> None:

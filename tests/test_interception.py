@@ -10,6 +10,7 @@ import pytest
 
 from engine.core import server_version
 from engine.platform import module_catalogue
+from proxy.values import parse_text_array
 from tests.support.env import RunningServer, psql_env
 
 MODULES = sorted(module_catalogue())
@@ -333,3 +334,44 @@ def test_untyped_string_arguments_are_read_as_the_parameter_type(envdb: psycopg.
             envdb.execute(f"SELECT * FROM iasql_rollback({bad})")
         assert "maybe" in str(error.value)
     assert envdb.execute("SELECT count(*) FROM iasql_rollback('yes')").fetchone() == (0,)
+
+
+async def test_a_variadic_array_parameter_is_the_whole_list(env_url: str) -> None:
+    """f(VARIADIC $1) binds the list itself: asyncpg (binary text[], after a Describe),
+    psycopg (text form) and a constant '{...}'::text[] all name each module."""
+    conn = await asyncpg.connect(env_url)
+    try:
+        installed = await conn.fetch(
+            "SELECT DISTINCT module_name FROM iasql_install(VARIADIC $1::text[])",
+            ["aws_account", "aws_sqs"],
+        )
+        assert sorted(r["module_name"] for r in installed) == ["aws_account", "aws_sqs"]
+        dropped = await conn.fetch(
+            "SELECT DISTINCT module_name FROM iasql_uninstall(VARIADIC $1)", ["aws_sqs"]
+        )
+        assert [r["module_name"] for r in dropped] == ["aws_sqs"]
+    finally:
+        await conn.close()
+    with psycopg.connect(env_url, autocommit=True) as sync:
+        for sql, args in (
+            ("SELECT DISTINCT module_name FROM iasql_install(VARIADIC %s)", (["aws_sqs"],)),
+            ("SELECT DISTINCT module_name FROM iasql_uninstall(VARIADIC '{aws_sqs}'::text[])", ()),
+        ):
+            assert sync.execute(sql, args).fetchall() == [("aws_sqs",)], sql
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):  # not one-dimensional
+            sync.execute("SELECT * FROM iasql_install(VARIADIC '{{a},{b}}'::text[])")
+
+
+def test_text_arrays_are_read_as_postgres_writes_them() -> None:
+    assert parse_text_array('{a, "b c" ,NULL,"NULL","x\\"y",""}') == [
+        "a",
+        "b c",
+        None,
+        "NULL",
+        'x"y',
+        "",
+    ]
+    assert parse_text_array("{}") == []
+    for bad in ("a,b", "{a,,b}", '{"a}', "{a,{b}}"):
+        with pytest.raises(ValueError):
+            parse_text_array(bad)

@@ -1,8 +1,8 @@
 """Tag values (issue 15): a tag's value in a `tags` column is JSON, AWS keeps text. A JSON true
 or number goes to AWS as the text it is written as in JSON ("true", "1"), never as Python's
 "True", and an unchanged row then shows no drift. Here through aws_vpc, whose tags go through
-the shared helpers of modules/_aws/tags.py; tests/test_module_acm.py covers a table whose
-trigger also stores the values as text (`tags_as_text`)."""
+the shared helpers of modules/_aws/tags.py, and whose rows store the values as text too
+(the `tags_as_text` trigger every table with tags has)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ def test_boolean_tag_through_sql(envdb: psycopg.Connection, moto_accounts: Any) 
     envdb.execute(
         "INSERT INTO vpc (cidr_block, tags) VALUES ('10.77.0.0/16', '{\"public\": true, \"n\": 1}')"
     )
+    # The row holds the values as AWS will: text (a trigger of every table with tags).
+    assert rows(envdb, "SELECT tags::jsonb FROM vpc WHERE cidr_block = '10.77.0.0/16'") == [
+        ({"public": "true", "n": "1"},)
+    ]
     envdb.execute("SELECT * FROM iasql_commit()")
     [(vpc_id,)] = rows(envdb, "SELECT vpc_id FROM vpc WHERE cidr_block = '10.77.0.0/16'")
     [vpc] = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"]

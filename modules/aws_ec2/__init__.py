@@ -4,6 +4,7 @@ their attachments, and instances registered in load balancer target groups."""
 from __future__ import annotations
 
 from modules import VERSION
+from modules._aws.tags import tags_as_text_teardown
 from modules.aws_ec2.ami import DESCRIBE_AMI
 from modules.aws_ec2.instance import INSTANCE, INSTANCE_SECURITY_GROUPS, ROOT_VOLUME_TRIGGER
 from modules.aws_ec2.key_pair import KEY_PAIR, KEY_PAIR_IMPORT, KEY_PAIR_REQUEST
@@ -30,5 +31,7 @@ MODULE = ModuleSpec(
     teardown_sql=(
         "DROP FUNCTION IF EXISTS instance_root_volume_goes()",
         "DROP FUNCTION IF EXISTS registered_instance_default_port()",
+        tags_as_text_teardown(INSTANCE.name),
+        tags_as_text_teardown(GENERAL_PURPOSE_VOLUME.name),
     ),
 )

@@ -9,7 +9,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from modules._aws.region import region_column
-from modules._aws.tags import sync_tags, tag_dict, token_tag, with_token
+from modules._aws.tags import sync_tags, tag_dict, tags_as_text, token_tag, with_token
 from modules._aws.waiters import wait_for
 from modules.aws_ec2.common import (
     AMI_TAG,
@@ -238,6 +238,7 @@ ROOT_VOLUME_TRIGGER = (
 
 INSTANCE = Table(
     name="instance",
+    extra_ddl=tags_as_text("instance"),
     columns=(
         Column("instance_id", "varchar", cloud_assigned=True),
         # An AMI id, or `resolve:ssm:<parameter>`, kept as written (see resolve_ami).

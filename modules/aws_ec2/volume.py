@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from modules._aws.region import region_column
-from modules._aws.tags import sync_tags, tag_dict, tag_list, token_tag, with_token
+from modules._aws.tags import sync_tags, tag_dict, tag_list, tags_as_text, token_tag, with_token
 from modules._aws.waiters import wait_for
 from modules.aws_ec2.common import (
     live_instances,
@@ -148,6 +148,7 @@ class VolumeMapper:
 
 GENERAL_PURPOSE_VOLUME = Table(
     name="general_purpose_volume",
+    extra_ddl=tags_as_text("general_purpose_volume"),
     synced_with=("instance",),  # a launch makes the root volume
     columns=(
         Column("volume_id", "varchar", cloud_assigned=True),

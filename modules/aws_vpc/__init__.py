@@ -11,7 +11,15 @@ from typing import Any
 from modules import VERSION
 from modules._aws.cidr import normalize_cidr
 from modules._aws.region import region_column
-from modules._aws.tags import sync_tags, tag_specifications, tags_column, user_tags, with_token
+from modules._aws.tags import (
+    sync_tags,
+    tag_specifications,
+    tags_as_text,
+    tags_as_text_teardown,
+    tags_column,
+    user_tags,
+    with_token,
+)
 from modules._aws.waiters import wait_for
 from modules.aws_vpc.network import (
     ENDPOINT_GATEWAY,
@@ -199,6 +207,7 @@ class VpcMapper:
 
 VPC = Table(
     name="vpc",
+    extra_ddl=tags_as_text("vpc"),
     columns=(
         Column("vpc_id", "varchar", cloud_assigned=True),
         Column("cidr_block", "varchar", nullable=False, replaces=True, normalize=normalize_cidr),
@@ -324,26 +333,29 @@ SUBNET = Table(
     extra_ddl=SUBNET_ACL_DDL,
 )
 
+_TABLES = (
+    AVAILABILITY_ZONE,
+    DHCP_OPTIONS,
+    VPC,
+    NETWORK_ACL,
+    SUBNET,
+    *ROUTING_TABLES,
+    PEERING_CONNECTION,
+    ENDPOINT_GATEWAY,
+    ENDPOINT_INTERFACE,
+    ENDPOINT_INTERFACE_SUBNETS,
+)
+
 MODULE = ModuleSpec(
     name="aws_vpc",
     version=VERSION,
     dependencies=("aws_account",),
     description="VPCs, subnets and availability zones",
-    tables=(
-        AVAILABILITY_ZONE,
-        DHCP_OPTIONS,
-        VPC,
-        NETWORK_ACL,
-        SUBNET,
-        *ROUTING_TABLES,
-        PEERING_CONNECTION,
-        ENDPOINT_GATEWAY,
-        ENDPOINT_INTERFACE,
-        ENDPOINT_INTERFACE_SUBNETS,
-    ),
+    tables=_TABLES,
     teardown_sql=(
         *NETWORK_TEARDOWN,
         "DROP FUNCTION IF EXISTS route_target_rows() CASCADE",
         "DROP FUNCTION IF EXISTS nat_gateway_elastic_ip() CASCADE",
+        *(tags_as_text_teardown(t.name) for t in _TABLES if "tags" in t.column_names),
     ),
 )

@@ -18,6 +18,7 @@ from modules._aws.region import region_column
 from modules._aws.tags import (
     sync_tags,
     tag_specifications,
+    tags_as_text,
     tags_column,
     update_tags,
     user_tags,
@@ -251,6 +252,7 @@ class NetworkAclMapper:
 
 NETWORK_ACL = Table(
     name="network_acl",
+    extra_ddl=tags_as_text("network_acl"),
     columns=(
         Column("network_acl_id", "varchar", cloud_assigned=True),
         # Not in TABLES.md's list, but IaSQL had it: the ACL AWS made with the VPC.
@@ -436,7 +438,7 @@ PEERING_CONNECTION = Table(
     # the same two VPCs is refused by AWS while one is active.
     natural_key=("requester_id", "accepter_id"),
     cloud_id=("peering_connection_id",),
-    extra_ddl=_PEERING_REGION_DDL,
+    extra_ddl=(*_PEERING_REGION_DDL, *tags_as_text("peering_connection")),
 )
 
 # --- VPC endpoints: shared -----------------------------------------------------------------
@@ -744,6 +746,7 @@ class EndpointGatewayMapper(_EndpointMapper):
 
 ENDPOINT_GATEWAY = Table(
     name="endpoint_gateway",
+    extra_ddl=tags_as_text("endpoint_gateway"),
     columns=(
         *_endpoint_columns("service IN ('s3', 'dynamodb')"),
         # Cloud ids of route tables (rtb-...), as in IaSQL: the tables must exist already.
@@ -823,6 +826,7 @@ class EndpointInterfaceMapper(_EndpointMapper):
 
 ENDPOINT_INTERFACE = Table(
     name="endpoint_interface",
+    extra_ddl=tags_as_text("endpoint_interface"),
     columns=(
         # IaSQL's enum listed 15 services; any AWS service name is accepted here.
         *_endpoint_columns("service ~ '^[a-z0-9][a-z0-9.-]*$'"),

@@ -15,6 +15,7 @@ from modules._aws.region import region_column
 from modules._aws.tags import (
     sync_tags,
     tag_specifications,
+    tags_as_text,
     tags_column,
     update_tags,
     user_tags,
@@ -145,6 +146,7 @@ class DhcpOptionsMapper:
 
 DHCP_OPTIONS = Table(
     name="dhcp_options",
+    extra_ddl=tags_as_text("dhcp_options"),
     columns=(
         Column("dhcp_options_id", "varchar", cloud_assigned=True),
         # Changing the options makes a new set in place of the old one (see the mapper).
@@ -204,6 +206,7 @@ class ElasticIpMapper:
 
 ELASTIC_IP = Table(
     name="elastic_ip",
+    extra_ddl=tags_as_text("elastic_ip"),
     columns=(
         Column("allocation_id", "varchar", cloud_assigned=True),
         Column("public_ip", "varchar", cloud_assigned=True),
@@ -298,6 +301,7 @@ class InternetGatewayMapper:
 
 INTERNET_GATEWAY = Table(
     name="internet_gateway",
+    extra_ddl=tags_as_text("internet_gateway"),
     columns=(
         Column("internet_gateway_id", "varchar", cloud_assigned=True),
         tags_column(),
@@ -452,6 +456,7 @@ NAT_GATEWAY = Table(
     # A private gateway has no public address. (A public one needs one to be created, which
     # the mapper says, but a failed one may be listed without it, so that is no constraint.)
     extra_ddl=(
+        *tags_as_text("nat_gateway"),
         "ALTER TABLE nat_gateway ADD CONSTRAINT nat_gateway_private_no_address"
         " CHECK (connectivity_type = 'public' OR elastic_ip_id IS NULL)",
         *NAT_ELASTIC_IP_DDL,
@@ -513,6 +518,7 @@ class RouteTableMapper:
 
 ROUTE_TABLE = Table(
     name="route_table",
+    extra_ddl=tags_as_text("route_table"),
     columns=(
         Column("route_table_id", "varchar", cloud_assigned=True),
         tags_column(),
