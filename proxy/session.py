@@ -162,6 +162,7 @@ class _QueryPlan:
     # values once the server sent them (JSON, in hex: see `Statement.arguments`, _CAPTURE).
     waiting: list[Statement] = field(default_factory=list)
     captured: bytes | None = None
+    oversized: bool = False  # the computed arguments were over CAPTURE_LIMIT: refused
     literals: Literals | None = None  # the long literals the pieces hold placeholders for
 
 
@@ -174,6 +175,7 @@ _SERVER_INSPECTED = frozenset((_READY, _ERROR, _PARAMS, _KEY))
 _EXTENDED_ACKS = frozenset(b"12n")
 # ... and these too from the answer to a _CAPTURE statement (DataRow is kept for the proxy).
 _CAPTURED = frozenset(b"12nDCI")
+CAPTURE_LIMIT = 16 * 2**20  # bytes of computed arguments (hex JSON) the proxy reads at most
 _DATA_ROW = ord("D")
 # Relayed with no look inside; as lookup tables for the frame walks of proxy/frames.py.
 _CLIENT_PLAIN_TABLE = table(pg.FRONTEND_TYPES - _CLIENT_INSPECTED)
@@ -208,7 +210,8 @@ class Session:
     _client_skip: int = 0  # bytes left of a client frame being relayed across chunks
     _need: int = 0  # bytes the backlog must hold before it is worth scanning again
     _server_skip: int = 0
-    _server_partial: bytes = b""
+    _server_partial: bytes | bytearray = b""
+    _server_discard: int = 0  # bytes left of a server frame dropped (an oversized capture)
     _inflight: deque[Any] = field(default_factory=deque)
     _prepared: dict[str, _Prepared] = field(default_factory=dict)
     _plan: _QueryPlan | None = None
@@ -242,7 +245,9 @@ class Session:
         """True when the client may get `data` unchanged, and the session has noted it: whole
         frames, none inspected but a ReadyForQuery at the very end, which answers the oldest
         Query or Sync while no plan runs."""
-        if self._server_partial or self._server_skip or self._plan is not None or self._notices:
+        if self._server_partial or self._server_skip or self._server_discard:
+            return False
+        if self._plan is not None or self._notices:
             return False
         if not self._authenticated:
             return False
@@ -361,7 +366,7 @@ class Session:
     @property
     def at_frame_boundary(self) -> bool:
         """No server message is half relayed to the client: the proxy may send one."""
-        return not self._server_partial and not self._server_skip
+        return not (self._server_partial or self._server_skip or self._server_discard)
 
     def role_found(self, role: Role | None) -> list[Event]:
         """The answer to LookupRole: the role's pg_authid entry, or None when there is none."""
@@ -554,8 +559,17 @@ class Session:
         plan = self._plan
         assert plan is not None and plan.waiting
         data, plan.captured = plan.captured, None
-        values = json.loads(bytes.fromhex(data.decode())) if data is not None else None
         statement = plan.waiting.pop()
+        if plan.oversized:
+            plan.next = len(plan.pieces)
+            name = next(c.spec.name for c in statement.calls if c.computed())
+            error = EngineError(
+                "54000",
+                f"the computed arguments of {name}() are over {CAPTURE_LIMIT // 2**20} MiB",
+                hint="pass smaller values: iasql functions take names, ids and documents",
+            )
+            return self._send_piece(self._poison_query(error))
+        values = json.loads(bytes.fromhex(data.decode())) if data is not None else None
         if not isinstance(values, list):  # NULL: a set-returning argument returned no rows
             plan.next = len(plan.pieces)
             name = next(c.spec.name for c in statement.calls if c.computed())
@@ -718,7 +732,7 @@ class Session:
     def notice(self, text: str) -> list[Event]:
         """A NOTICE from a running engine call, sent between two server frames."""
         message = pg.notice_response(text)
-        if self._server_skip or self._server_partial:
+        if self._server_skip or self._server_partial or self._server_discard:
             self._notices.append(message)
             return []
         return [ToClient(message)]
@@ -749,8 +763,21 @@ class Session:
     def server_data(self, data: bytes) -> list[Event]:
         if self._login is not None:
             return self._login_events(self._login.server(data))
+        if self._server_discard:
+            if self._server_discard >= len(data):
+                self._server_discard -= len(data)
+                return []
+            data, self._server_discard = data[self._server_discard :], 0
         if self._server_partial:
-            data = self._server_partial + data
+            partial = self._server_partial
+            if len(partial) >= 5 and len(partial) + len(data) < 1 + _unpack_length(partial, 1)[0]:
+                # Still short of the whole frame: gather it in a bytearray, which grows in
+                # place, rather than joining ever longer bytes on every read.
+                if not isinstance(partial, bytearray):
+                    partial = self._server_partial = bytearray(partial)
+                partial += data
+                return []
+            data = bytes(partial) + data
             self._server_partial = b""
         size = len(data)
         pos = 0
@@ -767,6 +794,23 @@ class Session:
                 break
             code = data[pos]
             end = pos + 1 + _unpack_length(data, pos + 1)[0]
+            if (
+                code == _DATA_ROW
+                and end - pos > CAPTURE_LIMIT
+                and self._inflight
+                and self._inflight[0] is _CAPTURE
+                and self._plan is not None
+            ):
+                # Computed arguments this large are no module name or key: drop them unread.
+                self._plan.oversized = True
+                if pos > relay_from:
+                    events.append(ToClient(data[relay_from:pos]))
+                if end > size:
+                    self._server_discard = end - size
+                    relay_from = pos = size
+                    break
+                relay_from = pos = end
+                continue
             if (
                 code in _SERVER_INSPECTED
                 or (code in _EXTENDED_ACKS and self._inflight and self._inflight[0] is _EXTENDED)
@@ -798,7 +842,7 @@ class Session:
         return events
 
     def _flush_notices(self) -> list[Event]:
-        if not self._notices or self._server_skip or self._server_partial:
+        if not self._notices or self._server_skip or self._server_partial or self._server_discard:
             return []
         events: list[Event] = [ToClient(n) for n in self._notices]
         self._notices.clear()
@@ -848,7 +892,8 @@ class Session:
             if hint is None and plan is not None and plan.waiting:
                 arguments = plan.waiting[-1].arguments
                 hint = arguments.error_hint(code, message) if arguments is not None else None
-            return pg.error_response(code, message, detail=fields.get("D"), hint=hint)
+            fatal = fields.get("V", fields.get("S")) in ("FATAL", "PANIC")  # the session ends
+            return pg.error_response(code, message, detail=fields.get("D"), hint=hint, fatal=fatal)
         while self._inflight and not isinstance(self._inflight[0], _Sync):
             entry = self._inflight.popleft()
             if isinstance(entry, _Poison) and entry.token in message:

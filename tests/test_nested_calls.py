@@ -4,6 +4,7 @@ as IaSQL users write them: evaluated first in the client's own session, through 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 
 import asyncpg
 import psycopg
@@ -16,6 +17,13 @@ from tests.support.env import add_credentials, only_regions, psql_env, rows
 SQS = [("aws_sqs", "queue", 0)]
 ACM = [("aws_acm", "certificate", 0)]
 S_MODULES = ["aws_s3", "aws_security_group", "aws_sqs"]
+
+
+@pytest.fixture(scope="module")
+def moto(moto_accounts: Callable[[], MotoServer]) -> MotoServer:
+    """An AWS account of this file's own: the counts of imported records it asserts would
+    differ in the suite's shared account, where other files leave certificates and queues."""
+    return moto_accounts()
 
 
 def account(envdb: psycopg.Connection, moto: MotoServer) -> None:
@@ -308,3 +316,19 @@ def test_an_argument_reading_the_statements_with_query_says_what_to_write(
             " SELECT m FROM w))"
         )
     assert "aws_nope" in str(unknown.value)
+
+
+def test_an_oversized_computed_argument_is_refused_and_the_server_keeps_serving(
+    envdb: psycopg.Connection, env_url: str
+) -> None:
+    """A computed argument of 40 MB (80 MB as the hex the proxy reads) is dropped unread
+    with 54000, and the session and another client go on; one under the limit still works."""
+    with psycopg.connect(env_url, autocommit=True) as other:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded) as error:
+            envdb.execute("SELECT * FROM iasql_uninstall((SELECT repeat('a', 40000000)))")
+        assert "over 16 MiB" in str(error.value)
+        assert rows(other, "SELECT 1") == [(1,)]
+    assert rows(envdb, "SELECT 2") == [(2,)]
+    with pytest.raises(psycopg.errors.UndefinedObject):  # read, then an unknown module
+        envdb.execute("SELECT * FROM iasql_uninstall((SELECT repeat('b', 100000)))")
+    assert rows(envdb, "SELECT 3") == [(3,)]
