@@ -15,6 +15,8 @@ from engine.contract import FunctionSpec
 from modules import account_module, available_modules
 from modules.spec import ModuleSpec, Table, dependency_order
 
+IDLE_CONNECTION_SECONDS = 30.0  # an environment's pool closes connections idle this long
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for type_name in ("json", "jsonb"):
@@ -50,6 +52,9 @@ class Database:
             database=name,
             min_size=0,
             max_size=8,
+            # An environment in use holds connections; one left alone gives them back soon,
+            # so that many environments used in turn don't exhaust the backing Postgres.
+            max_inactive_connection_lifetime=IDLE_CONNECTION_SECONDS,
             init=_init_connection,
             server_settings={"search_path": platform.ENGINE_SEARCH_PATH},
         )

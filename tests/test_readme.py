@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import psycopg
 import pytest
 
 from iasql.postgres import LocalPostgres, free_port
+from iasql.sandbox import MotoServer
 from tests.support.cli import Server, created_url, iasql
-from tests.support.env import psql_env, reachable_tempdir
+from tests.support.env import add_credentials, one, only_regions, psql_env, reachable_tempdir, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -92,3 +94,79 @@ def test_promotion_walkthrough_runs_as_written(
     }
     [rule] = groups["app"]["IpPermissions"]
     assert (rule["FromPort"], rule["IpRanges"]) == (443, [{"CidrIp": "0.0.0.0/0"}])
+
+
+def test_coming_from_iasql_runs_as_written(
+    envdb: psycopg.Connection, env_url: str, moto: MotoServer, workdir: Path
+) -> None:
+    """The first sql block of "Coming from IaSQL", through psql, in an environment whose
+    aws_account is installed with credentials for moto (what the README says it assumes)."""
+    [(lang, script), *_] = fenced_blocks("Coming from IaSQL")
+    assert lang == "sql" and "certificate_import" not in script  # the runnable one
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    add_credentials(envdb, moto)
+    only_regions(envdb, "us-east-1", "us-west-2")  # moto has thirty-odd; each read costs time
+
+    out = subprocess.run(
+        ["psql", env_url, "-X", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        env=psql_env(),
+        cwd=workdir,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    # The second uninstall is skipped, with a NOTICE (psql prints notices on stderr).
+    assert "NOTICE:  module aws_sqs is not installed: skipped" in out.stderr
+    # The preview showed the arn's restore, as the README's comment has it, and so did the commit.
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto.endpoint)
+    arn = iam.get_role(RoleName="task")["Role"]["Arn"]
+    restore = f'{{"arn": {{"new": "{arn}", "old": "dummy", "restored_from_cloud": true}}}}'
+    preview, committed = [line for line in out.stdout.splitlines() if '"dummy"' in line]
+    assert restore in preview and restore in committed
+
+    assert one(envdb, "SELECT region FROM aws_regions WHERE is_default") == "us-west-2"
+    installed = {
+        name for (name,) in rows(envdb, "SELECT module_name FROM iasql_modules_installed()")
+    }
+    computed = {
+        name
+        for (name,) in rows(
+            envdb, "SELECT module_name FROM iasql_modules_list() WHERE module_name LIKE 'aws_s%'"
+        )
+    }
+    assert computed - {"aws_sqs"} <= installed and "aws_sqs" not in installed
+    assert {"aws_s3", "aws_security_group", "aws_vpc", "aws_elb", "aws_iam"} <= installed
+
+    ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=moto.endpoint)
+    [default_vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    elbv2 = boto3.client("elbv2", region_name="us-west-2", endpoint_url=moto.endpoint)
+    [group] = elbv2.describe_target_groups(Names=["web"])["TargetGroups"]
+    assert group["VpcId"] == default_vpc["VpcId"]
+    assert group["HealthCheckPath"] == "/health"
+
+    groups = {
+        g["GroupName"]: g["GroupId"]
+        for g in ec2.describe_security_groups(
+            Filters=[{"Name": "group-name", "Values": ["web", "app"]}]
+        )["SecurityGroups"]
+    }
+    [rule] = ec2.describe_security_group_rules(
+        Filters=[{"Name": "group-id", "Values": [groups["app"]]}]
+    )["SecurityGroupRules"]
+    assert (rule["IpProtocol"], rule["IsEgress"]) == ("-1", False)
+    assert rule["ReferencedGroupInfo"]["GroupId"] == groups["web"]
+
+    [gateway] = [
+        g
+        for g in ec2.describe_nat_gateways()["NatGateways"]
+        if {"Key": "Name", "Value": "pub-ng"} in g.get("Tags", [])
+    ]
+    allocation = gateway["NatGatewayAddresses"][0]["AllocationId"]
+    address = "SELECT region, tags ->> 'Name' FROM elastic_ip WHERE allocation_id = %s"
+    assert envdb.execute(address, (allocation,)).fetchall() == [("us-west-2", "pub-ng")]
+
+    assert one(envdb, "SELECT arn FROM iam_role WHERE role_name = 'task'") == arn != "dummy"
+    assert rows(envdb, "SELECT count(*) FROM iasql_preview()") == [(0,)]
+    assert rows(envdb, "SELECT count(*) FROM iasql_drift()") == [(0,)]
