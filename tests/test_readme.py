@@ -97,10 +97,12 @@ def test_promotion_walkthrough_runs_as_written(
 
 
 def test_coming_from_iasql_runs_as_written(
-    envdb: psycopg.Connection, env_url: str, moto: MotoServer, workdir: Path
+    envdb: psycopg.Connection, env_url: str, moto_accounts: Any, workdir: Path
 ) -> None:
     """The first sql block of "Coming from IaSQL", through psql, in an environment whose
-    aws_account is installed with credentials for moto (what the README says it assumes)."""
+    aws_account is installed with credentials for moto (what the README says it assumes):
+    an account of its own, as a reader's would be, not the one other test files fill."""
+    moto: MotoServer = moto_accounts()
     [(lang, script), *_] = fenced_blocks("Coming from IaSQL")
     assert lang == "sql" and "certificate_import" not in script  # the runnable one
     envdb.execute("SELECT * FROM iasql_install('aws_account')")
