@@ -269,9 +269,13 @@ class Engine:
         if self._recovery is not None:
             self._recovery.cancel()
             await asyncio.gather(self._recovery, return_exceptions=True)
-        for db in self._databases.values():
-            await db.close()
+        # All at once: each closes its pool and its AWS clients, which takes a moment.
+        databases = list(self._databases.values())
         self._databases.clear()
+        results = await asyncio.gather(*(db.close() for db in databases), return_exceptions=True)
+        for db, result in zip(databases, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("closing the pool of %s failed: %s", db.name, result)
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
