@@ -225,6 +225,14 @@ def test_regions_of_a_new_account_get_one_default(envdb: psycopg.Connection, mot
     moto = moto_accounts()
     envdb.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(envdb, moto)
+    # Before the regions are read, the UPDATE meets no row, and a NOTICE says why.
+    notices: list[str] = []
+    envdb.add_notice_handler(
+        lambda diag: notices.append(f"{diag.message_primary} {diag.message_hint}")
+    )
+    envdb.execute("UPDATE aws_regions SET is_default = TRUE WHERE region = 'us-west-2'")
+    assert len(notices) == 1 and "aws_regions is empty" in notices[0], notices
+    assert "iasql_sync()" in notices[0]
     envdb.execute("SELECT * FROM iasql_sync()")
     assert rows(envdb, "SELECT region FROM aws_regions WHERE is_default") == [("us-east-1",)]
     assert rows(envdb, "SELECT count(*) > 10 FROM aws_regions") == [(True,)]

@@ -48,6 +48,11 @@ _REGION_FUNCTIONS = (
     DECLARE
         picked text[];
     BEGIN
+        IF NOT EXISTS (SELECT 1 FROM aws_regions) THEN  -- the UPDATE met no row at all
+            RAISE NOTICE 'aws_regions is empty: the account''s regions are not read yet'
+                USING HINT = 'add credentials, then SELECT * FROM iasql_sync() reads them';
+            RETURN NULL;
+        END IF;
         SELECT array_agg(n.region ORDER BY n.region) INTO picked FROM aws_regions_new n
         WHERE n.is_default AND NOT EXISTS (
             SELECT 1 FROM aws_regions_old o WHERE o.region = n.region AND o.is_default);
