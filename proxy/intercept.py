@@ -154,6 +154,11 @@ class Statement:
     # arguments for, which it cannot see (see `error_hint`).
     outer_names: frozenset[str] = frozenset()
 
+    @property
+    def computing_function(self) -> str:
+        """The name of the first function whose arguments this statement computes first."""
+        return next(c.spec.name for c in self.calls if c.computed())
+
     def error_hint(self, sqlstate: str, message: str) -> str | None:
         """A hint for Postgres's error about this `arguments` statement, when it has none."""
         if sqlstate == "21000":  # more than one row returned by a subquery

@@ -562,7 +562,7 @@ class Session:
         statement = plan.waiting.pop()
         if plan.oversized:
             plan.next = len(plan.pieces)
-            name = next(c.spec.name for c in statement.calls if c.computed())
+            name = statement.computing_function
             error = EngineError(
                 "54000",
                 f"the computed arguments of {name}() are over {CAPTURE_LIMIT // 2**20} MiB",
@@ -572,7 +572,7 @@ class Session:
         values = json.loads(bytes.fromhex(data.decode())) if data is not None else None
         if not isinstance(values, list):  # NULL: a set-returning argument returned no rows
             plan.next = len(plan.pieces)
-            name = next(c.spec.name for c in statement.calls if c.computed())
+            name = statement.computing_function
             error = EngineError(
                 "22023",
                 f"an argument of {name}() returned no rows",
@@ -915,7 +915,7 @@ class Session:
 def _computed_in_prepared(statement: Statement) -> UnsupportedCall:
     """A computed argument in a prepared statement (the extended protocol): it would have to
     run in the middle of the client's pipeline. The simple protocol runs it."""
-    name = next(c.spec.name for c in statement.calls if c.computed())
+    name = statement.computing_function
     return UnsupportedCall(
         f"an argument of {name}() computed by an expression needs the simple query protocol",
         hint="send the statement with no parameters as a simple query (psql, psycopg's execute()"
