@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from engine import admin, install, platform, sqlgen, transaction
+from engine import admin, install, platform, promotion, sqlgen, transaction
 from engine.cloud import cloud_failure
 from engine.contract import CallContext, EngineError, FunctionSpec, Param, Row
 from engine.database import Database
@@ -98,6 +98,16 @@ def builtin(
 
     return declare
 
+
+# A row of the promotion ledger (iasql_promotions(), iasql_record_promotion()).
+PROMOTION_COLUMNS = (
+    ("source_environment", "text"),
+    ("source_transaction_id", "text"),
+    ("status", "text"),
+    ("target_transaction_id", "text"),
+    ("recorded_at", "timestamptz"),
+    ("recorded_by", "text"),
+)
 
 # What iasql_preview() and friends return: one row per cloud operation.
 PLAN_COLUMNS = (
@@ -491,8 +501,119 @@ class Engine:
         db = await self.database(ctx.database)
         preview = await transaction.preview(db, ctx)
         statements = await sqlgen.sql_for_transaction(db, None)
-        text = sqlgen.review_markdown(args["title"], args["description"], preview, statements)
+        async with db.pool.acquire() as conn:
+            promoting = [r for r in await promotion.ledger(conn) if r["status"] == "pending"]
+        description = "\n\n".join(
+            [
+                args["description"],
+                *(
+                    f"Promotes {r['source_environment']} transaction {r['source_transaction_id']}."
+                    for r in promoting
+                ),
+            ]
+        )
+        text = sqlgen.review_markdown(args["title"], description, preview, statements)
         return [{"markdown": text}]
+
+    @builtin(
+        "iasql_get_promotion_sql",
+        columns=(
+            ("position", "int"),
+            ("sql", "text"),
+            ("check_sql", "text"),
+            ("expected_rows", "int"),
+            ("now_sql", "text"),
+            ("source_before", "jsonb"),
+            ("source_after", "jsonb"),
+        ),
+        params=(Param("transaction_id", "text", default=None),),
+        description="a transaction's SQL for iasql promote: each statement with the check"
+        " that the target's row is as the source's was before it",
+    )
+    async def _promotion_source(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        checked = await sqlgen.checked_sql(db, args["transaction_id"])
+        return [
+            {
+                "position": position,
+                "sql": statement,
+                "check_sql": check.sql,
+                "expected_rows": check.expected,
+                "now_sql": check.now_sql,
+                "source_before": check.before,
+                "source_after": check.after,
+            }
+            for position, (statement, check) in enumerate(checked, 1)
+        ]
+
+    @builtin(
+        "iasql_promotion_sql",
+        columns=(
+            ("position", "int"),
+            ("sql", "text"),
+            ("source_sql", "text"),
+            ("rewrites", "jsonb"),
+            ("excluded_by", "int"),
+        ),
+        params=(Param("statements", "text"), Param("source_environment", "text", default=None)),
+        description="another environment's SQL with this database's promotion rules applied"
+        " (sql is NULL where an exclude rule keeps a statement out)",
+        sample="SELECT sql FROM iasql_promotion_sql($$INSERT INTO vpc (cidr_block)"
+        " VALUES ('10.1.0.0/16');$$, 'staging')",
+    )
+    async def _promotion_sql(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        async with db.pool.acquire() as conn:
+            rules = await promotion.load_rules(conn, args["source_environment"])
+        return [
+            {
+                "position": position,
+                "sql": rewritten.sql,
+                "source_sql": rewritten.source_sql,
+                "rewrites": rewritten.rewrites,
+                "excluded_by": rewritten.excluded_by,
+            }
+            for position, rewritten in enumerate(
+                promotion.rewrite(args["statements"] or "", rules), 1
+            )
+        ]
+
+    @builtin(
+        "iasql_record_promotion",
+        columns=(("message", "text"), ("target_transaction_id", "text")),
+        params=(
+            Param("source_environment", "text"),
+            Param("source_transaction_id", "text"),
+            Param("status", "text", default="applied"),
+        ),
+        description="records a source transaction in the ledger: applied by the open"
+        " transaction (counted once it commits), or skipped",
+    )
+    async def _record_promotion(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        async with db.pool.acquire() as conn:
+            recorded = await promotion.record(
+                conn, ctx.user, args["source_environment"], args["source_transaction_id"],
+                args["status"],
+            )  # fmt: skip
+        return [
+            {
+                "message": f"{recorded['status']}: {recorded['source_environment']} transaction"
+                f" {recorded['source_transaction_id']}",
+                "target_transaction_id": recorded["target_transaction_id"],
+            }
+        ]
+
+    @builtin(
+        "iasql_promotions",
+        columns=PROMOTION_COLUMNS,
+        description="the promotion ledger: the source transactions this database applied or"
+        " skipped",
+    )
+    async def _promotions(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
+        db = await self.database(ctx.database)
+        async with db.pool.acquire() as conn:
+            return await promotion.ledger(conn)
 
     @builtin(
         "iasql_get_errors",

@@ -13,6 +13,7 @@ import logging
 
 import asyncpg
 
+from engine import promotion
 from engine.contract import FunctionSpec
 from engine.ddl import quote_ident
 from modules import VERSION, available_modules
@@ -169,8 +170,15 @@ _PLATFORM_TABLES = (
     "iasql_transaction",
     "iasql_commit_journal",
     "iasql_settings",
+    promotion.LEDGER_TABLE,
 )
-_PLATFORM_SEQUENCES = ("iasql_audit_log_id_seq", "iasql_commit_journal_id_seq")
+_PLATFORM_SEQUENCES = (
+    "iasql_audit_log_id_seq",
+    "iasql_commit_journal_id_seq",
+    f"{promotion.LEDGER_TABLE}_id_seq",
+)
+# Tables the environment's role writes: settings of its own, audited like module tables.
+_USER_TABLES = (promotion.RULES_TABLE,)
 
 # The schema where an environment's role creates its own tables, functions and types. The
 # role may not create anything in `public`, where iasql's tables live: the engine's queries,
@@ -199,7 +207,9 @@ def function_stubs(functions: list[FunctionSpec]) -> list[str]:
 async def ensure(conn: asyncpg.Connection, functions: list[FunctionSpec]) -> None:
     """Creates or upgrades the platform schema in the connected database (idempotent)."""
     stubs = function_stubs(functions)
-    version = hashlib.sha256("\n".join([_TABLES, *stubs]).encode()).hexdigest()[:16]
+    version = hashlib.sha256(
+        "\n".join([_TABLES, promotion.RULES_DDL, *stubs]).encode()
+    ).hexdigest()[:16]
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _SETUP_LOCK)
         current = await conn.fetchval(
@@ -210,12 +220,16 @@ async def ensure(conn: asyncpg.Connection, functions: list[FunctionSpec]) -> Non
         if current == version:
             return
         await conn.execute(_TABLES)
+        await conn.execute(promotion.RULES_DDL)
         for stub in stubs:
             await conn.execute(stub)
         await conn.execute(f"REVOKE ALL ON {', '.join(_PLATFORM_TABLES)} FROM PUBLIC")
         await conn.execute(f"GRANT SELECT ON {', '.join(_PLATFORM_TABLES)} TO PUBLIC")
         # Read, never advanced, by users: what pg_dump needs to back an environment up.
         await conn.execute(f"GRANT SELECT ON SEQUENCE {', '.join(_PLATFORM_SEQUENCES)} TO PUBLIC")
+        for table in _USER_TABLES:
+            await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO PUBLIC")
+            await conn.execute(f"GRANT USAGE, SELECT ON SEQUENCE {table}_id_seq TO PUBLIC")
         await conn.execute(
             "INSERT INTO iasql_settings VALUES ('schema_version', $1)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",

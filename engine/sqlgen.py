@@ -13,6 +13,7 @@ still resolves.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -24,6 +25,20 @@ from engine.ddl import quote_ident, quote_literal
 from modules.spec import Column, Record, Table
 
 Image = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Check:
+    """How a target tells whether a change meets the row it met in the source (for
+    promotion): `sql` counts the rows in the source's state before the change, which must be
+    `expected` (0 before an insert, 1 before an update or delete); `now_sql` shows the
+    target's row. `before` and `after` are the values the change changes, for people."""
+
+    sql: str
+    expected: int
+    now_sql: str
+    before: Image | None
+    after: Image | None
 
 
 def typed_literal(column: Column, value: Any) -> str:
@@ -105,6 +120,52 @@ class SqlGenerator:
         )
         return f"UPDATE {name} SET {sets} WHERE {where};"
 
+    def check(self, change: Change) -> Check | None:
+        """The promotion check of a user change (None when nothing of it travels)."""
+        table = self.tables.get(change.table_name)
+        if table is None or not replayable(table):
+            return None
+        name = quote_ident(table.name)
+        original = change.change.get("original") or {}
+        new = change.change.get("change") or {}
+        emitted = emitted_columns(table)
+        before: Image | None
+        after: Image | None
+        if change.change_type == "INSERT":
+            key, guard, expected = self._where(table, new), "", 0
+            before, after = None, self._shown(table, new, emitted)
+        elif change.change_type == "DELETE":
+            key, guard, expected = self._where(table, original), "", 1
+            before, after = self._shown(table, original, emitted), None
+        else:
+            changed = [c for c in emitted if new.get(c.name) != original.get(c.name)]
+            if not changed:
+                return None
+            key, expected = self._where(table, original), 1
+            guard = " AND " + self._where(table, original, [c.name for c in changed])
+            before, after = self._shown(table, original, changed), self._shown(table, new, changed)
+        return Check(
+            sql=f"SELECT count(*) FROM {name} WHERE {key}{guard};",
+            expected=expected,
+            now_sql=f"SELECT to_jsonb({name}) FROM {name} WHERE {key};",
+            before=before,
+            after=after,
+        )
+
+    def _shown(self, table: Table, image: Image, columns: list[Column]) -> Image:
+        """Values as people read them: a reference as its row's natural key."""
+        shown = {}
+        for column in columns:
+            value = image.get(column.name)
+            ref = column.ref
+            parent = self.tables.get(ref.table) if ref is not None else None
+            if value is not None and parent is not None and parent.primary_key == (ref.key,):  # type: ignore[union-attr]
+                found = self.images.get(parent.name, {}).get((value,), {})
+                value = {k: found.get(k) for k in parent.natural_key if k not in parent.primary_key}
+            if value is not None:
+                shown[column.name] = value
+        return shown
+
     def _value(self, column: Column, value: Any) -> str:
         ref = column.ref
         if value is not None and column.cloud_ref is not None:
@@ -149,9 +210,10 @@ class SqlGenerator:
             return f"ARRAY[{', '.join(one(v) for v in value)}]::{column.type}"
         return one(value)
 
-    def _where(self, table: Table, image: Record) -> str:
+    def _where(self, table: Table, image: Record, columns: list[str] | None = None) -> str:
+        """The row by its natural key (or by `columns`), as a WHERE condition."""
         parts = []
-        for name in table.natural_key:
+        for name in table.natural_key if columns is None else columns:
             column = table.column(name)
             value = image.get(name)
             target = quote_ident(name)
@@ -164,18 +226,27 @@ class SqlGenerator:
         return " AND ".join(parts)
 
 
-def generate(tables: dict[str, Table], history: list[Change], wanted: set[int]) -> list[str]:
-    """Statements for the changes whose ids are `wanted`, in order; `history` is every row
-    change of the log, oldest first (the engine's too, for the row images)."""
+def generate_checked(
+    tables: dict[str, Table], history: list[Change], wanted: set[int]
+) -> list[tuple[str, Check]]:
+    """Statements for the changes whose ids are `wanted`, in order, each with its promotion
+    check; `history` is every row change of the log, oldest first (the engine's too, for
+    the row images)."""
     generator = SqlGenerator(tables)
     statements = []
     for change in history:
         if change.id in wanted:
             statement = generator.statement(change)
-            if statement is not None:
-                statements.append(statement)
+            check = generator.check(change)
+            if statement is not None and check is not None:
+                statements.append((statement, check))
         generator.remember(change)
     return statements
+
+
+def generate(tables: dict[str, Table], history: list[Change], wanted: set[int]) -> list[str]:
+    """The statements of generate_checked() alone."""
+    return [statement for statement, _check in generate_checked(tables, history, wanted)]
 
 
 async def _history(conn: asyncpg.Connection) -> list[Change]:
@@ -186,10 +257,12 @@ async def _history(conn: asyncpg.Connection) -> list[Change]:
     return [Change(r["id"], r["table_name"], r["change_type"], r["change"]) for r in rows]
 
 
-async def _generate(db: Database, conn: asyncpg.Connection, user_ids: set[int]) -> list[str]:
+async def _generate(
+    db: Database, conn: asyncpg.Connection, user_ids: set[int]
+) -> list[tuple[str, Check]]:
     tables = {t.name: t for t in await db.installed_tables(conn)}
     try:
-        return generate(tables, await _history(conn), user_ids)
+        return generate_checked(tables, await _history(conn), user_ids)
     except LookupError as exc:
         raise EngineError("XX001", f"cannot write the SQL: {exc}") from exc
 
@@ -204,6 +277,11 @@ async def default_transaction(conn: asyncpg.Connection) -> str | None:
 
 
 async def sql_for_transaction(db: Database, transaction_id: str | None) -> list[str]:
+    return [statement for statement, _check in await checked_sql(db, transaction_id)]
+
+
+async def checked_sql(db: Database, transaction_id: str | None) -> list[tuple[str, Check]]:
+    """A transaction's statements with their promotion checks."""
     async with db.pool.acquire() as conn:
         if transaction_id is None:
             transaction_id = await default_transaction(conn)
@@ -234,7 +312,7 @@ async def sql_since(db: Database, limit_date: Any) -> list[str]:
             db.engine_user,
             None if limit_date is None else str(limit_date),
         )
-        return await _generate(db, conn, {r["id"] for r in ids})
+        return [s for s, _check in await _generate(db, conn, {r["id"] for r in ids})]
 
 
 def _cell(value: Any) -> str:

@@ -619,6 +619,7 @@ async def sync(db: Database, ctx: CallContext) -> list[Row]:
         await recover_interrupted(db, ctx, locked=True)
         installed = await db.installed_tables(conn)
         busy = {c.table_name for c in await audit.pending_changes(conn, db.engine_user)}
+        busy &= {t.name for t in installed}  # not the promotion rules, say
         if busy:
             ctx.notify(f"not syncing {', '.join(sorted(busy))}: they have uncommitted changes")
         names = {t.name for t in installed} - busy

@@ -1,0 +1,485 @@
+"""Promotion between environments that differ.
+
+A target environment keeps rules (rows of `iasql_promotion_rule`) saying how values written
+in a source environment differ there: exact values, name patterns, network ranges, regions.
+`rewrite()` applies them to the SQL a source wrote (`iasql_get_sql_for_transaction` and the
+promotion checks): each string constant is mapped according to the table and column it is
+written to or compared with, so the natural-key sub-selects use the mapped values and foreign
+keys still resolve. The text is edited in place, constant by constant, so a statement no rule
+touches stays byte for byte the same.
+
+The ledger (`iasql_promotion`) records each source transaction the target applied or skipped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from pglast.parser import ParseError, parse_sql_json
+
+from engine.contract import EngineError, Row
+from engine.ddl import quote_literal
+
+KINDS = ("value", "cidr", "region", "pattern", "exclude")  # in the order they are tried
+MAX_STARS = 3  # wildcards in a pattern: more would make matching slow on long names
+
+# Rules as tables: the target's role may write them; their changes land in the audit log.
+RULES_DDL = f"""
+CREATE TABLE IF NOT EXISTS iasql_promotion_rule (
+    id serial PRIMARY KEY,
+    source_environment text,  -- NULL: from any source
+    table_name text,          -- NULL: every table
+    column_name text,         -- NULL: every column
+    kind text NOT NULL,
+    match text NOT NULL,
+    replacement text,
+    CONSTRAINT "kind is value, cidr, region, pattern or exclude"
+        CHECK (kind IN ({", ".join(f"'{k}'" for k in KINDS)})),
+    CONSTRAINT "an exclude rule has no replacement, every other rule has one"
+        CHECK ((kind = 'exclude') = (replacement IS NULL)),
+    CONSTRAINT "a pattern has at most {MAX_STARS} *, and its replacement no more than it"
+        CHECK (kind NOT IN ('pattern', 'exclude') OR (
+            length(match) - length(replace(match, '*', '')) <= {MAX_STARS}
+            AND coalesce(length(replacement) - length(replace(replacement, '*', '')), 0)
+                <= length(match) - length(replace(match, '*', '')))),
+    CONSTRAINT "a cidr rule maps a network to one of the same size and family"
+        CHECK (kind <> 'cidr' OR (masklen(match::cidr) = masklen(replacement::cidr)
+            AND family(match::cidr) = family(replacement::cidr)))
+);
+CREATE OR REPLACE TRIGGER iasql_promotion_rule_audit
+    AFTER INSERT OR UPDATE OR DELETE ON iasql_promotion_rule
+    FOR EACH ROW EXECUTE FUNCTION iasql_audit();
+
+-- Source transactions this database applied (in one of its transactions) or skipped.
+CREATE TABLE IF NOT EXISTS iasql_promotion (
+    id bigserial PRIMARY KEY,
+    source_environment text NOT NULL,
+    source_transaction_id text NOT NULL,
+    status text NOT NULL CHECK (status IN ('applied', 'forced', 'skipped')),
+    target_transaction_id text,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    recorded_by text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS iasql_promotion_source
+    ON iasql_promotion (source_environment, source_transaction_id);
+"""
+RULES_TABLE = "iasql_promotion_rule"
+LEDGER_TABLE = "iasql_promotion"
+STATUSES = ("applied", "forced", "skipped")
+
+
+# --- rules ------------------------------------------------------------------------------
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """`*` matches any text (shortest first), everything else itself."""
+    return re.compile("(.*?)".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+def _fill(template: str, groups: tuple[str, ...]) -> str:
+    parts = template.split("*")
+    return "".join(part + (groups[i] if i < len(parts) - 1 else "") for i, part in enumerate(parts))
+
+
+def _address(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A CIDR block or an address (as a /32 or /128), exactly as AWS writes them."""
+    try:
+        if "/" in text:
+            return ipaddress.ip_network(text, strict=True)
+        return ipaddress.ip_network(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: int
+    kind: str
+    match: str
+    replacement: str | None = None
+    table_name: str | None = None
+    column_name: str | None = None
+    source_environment: str | None = None
+
+    def covers(self, table: str, column: str) -> bool:
+        return self.table_name in (None, table) and self.column_name in (None, column)
+
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        """The more specific rule first: table and column named, then column, then table;
+        then by kind (KINDS), then oldest."""
+        scope = 2 * (self.column_name is not None) + (self.table_name is not None)
+        return (-scope, KINDS.index(self.kind), self.id)
+
+    def matches(self, value: str) -> bool:
+        """For exclude rules: the value matches the pattern."""
+        return _glob(self.match).fullmatch(value) is not None
+
+    def apply(self, value: str) -> str | None:
+        """The value in the target, or None when this rule does not match it."""
+        replacement = self.replacement
+        assert replacement is not None, "exclude rules map nothing"
+        if self.kind == "value":
+            return replacement if value == self.match else None
+        if self.kind == "pattern":
+            found = _glob(self.match).fullmatch(value)
+            return None if found is None else _fill(replacement, found.groups())
+        if self.kind == "region":
+            # A region, or one of its zones: us-east-1 → eu-west-1, us-east-1b → eu-west-1b.
+            if value == self.match:
+                return replacement
+            zone = value.removeprefix(self.match)
+            return replacement + zone if zone != value and re.fullmatch("[a-z]", zone) else None
+        return self._rebase(value)
+
+    def _rebase(self, value: str) -> str | None:
+        """A block or address inside `match`, at the same offset inside `replacement`."""
+        found = _address(value)
+        source = ipaddress.ip_network(self.match)
+        target = ipaddress.ip_network(str(self.replacement))
+        if found is None or found.version != source.version or not found.subnet_of(source):  # type: ignore[arg-type]
+            return None
+        offset = int(found.network_address) - int(source.network_address)
+        address = type(target.network_address)(int(target.network_address) + offset)
+        return str(address) if "/" not in value else f"{address}/{found.prefixlen}"
+
+
+@dataclass
+class Rules:
+    rules: list[Rule]
+
+    def __post_init__(self) -> None:
+        self.rules = sorted(self.rules, key=lambda r: r.rank)
+
+    def map(self, table: str, column: str, value: str) -> tuple[str, Rule | None]:
+        for rule in self.rules:
+            if rule.kind != "exclude" and rule.covers(table, column):
+                mapped = rule.apply(value)
+                if mapped is not None:
+                    return mapped, rule
+        return value, None
+
+    def excluding(self, table: str, column: str | None, value: str | None) -> Rule | None:
+        """The exclude rule that keeps this value's row out (a rule naming no column keeps
+        the whole table out)."""
+        for rule in self.rules:
+            if rule.kind != "exclude" or rule.table_name not in (None, table):
+                continue
+            whole_table = rule.column_name is None and rule.table_name is not None
+            if whole_table or (
+                column is not None
+                and value is not None
+                and rule.covers(table, column)
+                and rule.matches(value)
+            ):
+                return rule
+        return None
+
+
+async def load_rules(conn: asyncpg.Connection, source_environment: str | None) -> Rules:
+    rows = await conn.fetch(
+        "SELECT id, kind, match, replacement, table_name, column_name, source_environment"
+        f" FROM {RULES_TABLE} WHERE source_environment IS NULL OR source_environment = $1",
+        source_environment,
+    )
+    return Rules([Rule(**dict(r)) for r in rows])
+
+
+# --- rewriting SQL ----------------------------------------------------------------------
+
+
+@dataclass
+class Rewritten:
+    """One statement after the rules: its text (None when an exclude rule keeps it out) and
+    each value a rule changed."""
+
+    source_sql: str
+    sql: str | None
+    rewrites: list[Row] = field(default_factory=list)
+    excluded_by: int | None = None
+
+
+def _literal_end(raw: bytes, start: int) -> int | None:
+    """Where the string constant starting at `start` ends: '...' or E'...' (the forms
+    iasql writes), including pieces continued on the next lines ('a'<newline>'b' is 'ab');
+    None for any other form, which is then left as it is."""
+    escapes = raw[start : start + 1] in (b"E", b"e")
+    at = start + 1 if escapes else start
+    if raw[at : at + 1] != b"'":
+        return None
+    at += 1
+    while at < len(raw):
+        char = raw[at : at + 1]
+        doubled = char == b"'" and raw[at + 1 : at + 2] == b"'"
+        if doubled or (escapes and char == b"\\"):  # '' or \x: an escaped character
+            at += 2
+        elif char == b"'":
+            gap = len(raw[at + 1 :]) - len(raw[at + 1 :].lstrip())
+            if b"\n" not in raw[at + 1 : at + 1 + gap] or raw[at + 1 + gap : at + 2 + gap] != b"'":
+                return at + 1
+            at += gap + 2  # the constant goes on after the line break
+        else:
+            at += 1
+    return None
+
+
+def _one(node: dict[str, Any]) -> tuple[str, Any]:
+    ((kind, body),) = node.items()
+    return kind, body
+
+
+def _column_of(node: Any) -> str | None:
+    """The column a ColumnRef (possibly cast, `"tags"::jsonb`) names."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return None
+    kind, body = _one(node)
+    if kind == "TypeCast":
+        return _column_of(body.get("arg"))
+    if kind == "ColumnRef":
+        last = body["fields"][-1]
+        return last.get("String", {}).get("sval") if isinstance(last, dict) else None
+    return None
+
+
+def _type_name(type_cast: dict[str, Any]) -> str:
+    return str(type_cast["typeName"]["names"][-1]["String"]["sval"])
+
+
+class _Statement:
+    """Walks one parsed statement and collects the edits the rules make to its constants."""
+
+    def __init__(self, raw: bytes, rules: Rules) -> None:
+        self.raw = raw
+        self.rules = rules
+        self.edits: list[tuple[int, int, str]] = []
+        self.rewrites: list[Row] = []
+        self.excluded_by: Rule | None = None
+
+    def run(self, node: dict[str, Any]) -> None:
+        kind, body = _one(node)
+        if kind == "InsertStmt":
+            table = body["relation"]["relname"]
+            self._exclude_table(table)
+            columns = [t["ResTarget"]["name"] for t in body.get("cols", [])]
+            select = body.get("selectStmt", {}).get("SelectStmt", {})
+            for values in select.get("valuesLists", []):
+                for column, item in zip(columns, values["List"]["items"], strict=False):
+                    self.value(item, table, column, own=True)
+        elif kind in ("UpdateStmt", "DeleteStmt"):
+            table = body["relation"]["relname"]
+            self._exclude_table(table)
+            for target in body.get("targetList", []):
+                self.value(target["ResTarget"]["val"], table, target["ResTarget"]["name"], True)
+            self.expression(body.get("whereClause"), table, own=True)
+        elif kind == "SelectStmt":
+            self.select(body, own=True)
+
+    def _exclude_table(self, table: str) -> None:
+        self.excluded_by = self.excluded_by or self.rules.excluding(table, None, None)
+
+    def select(self, body: dict[str, Any], own: bool) -> None:
+        """A sub-select (or a promotion check) on one table: its constants are compared
+        with that table's columns."""
+        tables = [f["RangeVar"]["relname"] for f in body.get("fromClause", []) if "RangeVar" in f]
+        table = tables[0] if len(tables) == 1 else None
+        if own and table is not None:
+            self._exclude_table(table)
+        for target in body.get("targetList", []):
+            self.expression(target["ResTarget"].get("val"), table, own=False)
+        self.expression(body.get("whereClause"), table, own)
+
+    def expression(self, node: Any, table: str | None, own: bool) -> None:
+        """Finds `column = constant` (and IS [NOT] DISTINCT FROM) comparisons anywhere."""
+        if isinstance(node, list):
+            for item in node:
+                self.expression(item, table, own)
+            return
+        if not isinstance(node, dict):
+            return
+        if len(node) == 1:
+            kind, body = _one(node)
+            if kind == "SubLink":
+                self.select(body["subselect"]["SelectStmt"], own=False)
+                return
+            if kind == "A_Expr":
+                column = _column_of(body.get("lexpr"))
+                if column is not None and table is not None:
+                    self.value(body.get("rexpr"), table, column, own)
+                    return
+        for child in node.values():
+            self.expression(child, table, own)
+
+    def value(self, node: Any, table: str, column: str, own: bool) -> None:
+        """A value written to, or compared with, `table`.`column`."""
+        if not isinstance(node, dict) or len(node) != 1:
+            return self.expression(node, table, own)
+        kind, body = _one(node)
+        if kind == "A_Const" and "sval" in body:
+            self._constant(body, table, column, own, as_json=False)
+        elif kind == "TypeCast" and "A_Const" in body.get("arg", {}):
+            as_json = _type_name(body) in ("json", "jsonb")
+            constant = body["arg"]["A_Const"]
+            if "sval" in constant:
+                self._constant(constant, table, column, own, as_json=as_json)
+        elif kind in ("TypeCast", "A_ArrayExpr"):
+            for child in body.get("elements", [body.get("arg")]):
+                self.value(child, table, column, own)
+        else:
+            self.expression(node, table, own)
+
+    def _constant(
+        self, constant: dict[str, Any], table: str, column: str, own: bool, *, as_json: bool
+    ) -> None:
+        text = constant["sval"]["sval"]
+        start = constant.get("location", -1)
+        end = _literal_end(self.raw, start) if start >= 0 else None
+        if end is None:  # a form iasql does not write ($$...$$): left as it is, unreported
+            if own:
+                self.excluded_by = self.excluded_by or self.rules.excluding(table, column, text)
+            return
+        if as_json:
+            try:
+                document = json.loads(text)
+            except ValueError:
+                return
+            mapped = self._json(document, table, column, own)
+            new_text = json.dumps(mapped, ensure_ascii=False) if mapped != document else text
+        else:
+            new_text = self._string(text, table, column, own)
+        if new_text != text:
+            self.edits.append((start, end, quote_literal(new_text)))
+
+    def _string(self, text: str, table: str, column: str, own: bool) -> str:
+        if own:
+            self.excluded_by = self.excluded_by or self.rules.excluding(table, column, text)
+        mapped, rule = self.rules.map(table, column, text)
+        if rule is not None and mapped != text:
+            self.rewrites.append(
+                {
+                    "table": table,
+                    "column": column,
+                    "source": text,
+                    "target": mapped,
+                    "rule": rule.id,
+                }
+            )
+        return mapped
+
+    def _json(self, document: Any, table: str, column: str, own: bool) -> Any:
+        """Every string inside a JSON value (tags' values, not their keys)."""
+        if isinstance(document, str):
+            return self._string(document, table, column, own)
+        if isinstance(document, list):
+            return [self._json(item, table, column, own) for item in document]
+        if isinstance(document, dict):
+            return {k: self._json(v, table, column, own) for k, v in document.items()}
+        return document
+
+
+def _statements(text: str) -> Iterator[tuple[dict[str, Any], int, int]]:
+    """Each parsed statement with its byte range in the UTF-8 text."""
+    try:
+        parsed = json.loads(parse_sql_json(text))
+    except ParseError as exc:
+        raise EngineError("42601", f"the SQL to promote does not parse: {exc}") from None
+    size = len(text.encode())
+    for item in parsed.get("stmts", []):
+        start = item.get("stmt_location", 0)
+        yield item["stmt"], start, start + item.get("stmt_len", size - start)
+
+
+def rewrite(text: str, rules: Rules) -> list[Rewritten]:
+    """Each statement of `text` with the rules applied, in order."""
+    raw = text.encode()
+    result = []
+    for node, start, end in _statements(text):
+        walk = _Statement(raw, rules)
+        walk.run(node)
+        pieces, at = [], start
+        for edit_start, edit_end, literal in sorted(walk.edits):
+            pieces += [raw[at:edit_start], literal.encode()]
+            at = edit_end
+        pieces.append(raw[at:end])
+        source = raw[start:end].decode().strip() + ";"
+        sql = b"".join(pieces).decode().strip() + ";"
+        excluded = walk.excluded_by
+        result.append(
+            Rewritten(
+                source_sql=source,
+                sql=None if excluded else sql,
+                rewrites=walk.rewrites,
+                excluded_by=excluded.id if excluded else None,
+            )
+        )
+    return result
+
+
+# --- the ledger ---------------------------------------------------------------------------
+
+# What a ledger row counts as: skipped rows always, applied ones once their transaction
+# committed; while it is open they are pending.
+_LEDGER = f"""
+SELECT p.source_environment, p.source_transaction_id,
+       CASE WHEN t.closed_at IS NULL AND t.transaction_id IS NOT NULL THEN 'pending'
+            ELSE p.status END AS status,
+       p.target_transaction_id, p.recorded_at, p.recorded_by
+FROM {LEDGER_TABLE} p LEFT JOIN iasql_transaction t ON t.transaction_id = p.target_transaction_id
+WHERE p.status = 'skipped' OR t.outcome = 'committed'
+   OR (t.transaction_id IS NOT NULL AND t.closed_at IS NULL)
+"""
+
+
+async def ledger(conn: asyncpg.Connection) -> list[Row]:
+    rows = await conn.fetch(f"SELECT * FROM ({_LEDGER}) l ORDER BY recorded_at")
+    return [dict(r) for r in rows]
+
+
+async def record(
+    conn: asyncpg.Connection, user: str, source: str, source_transaction: str, status: str
+) -> Row:
+    """Records a source transaction as applied in the open transaction (on its commit), or
+    as skipped (at once)."""
+    if status not in STATUSES:
+        raise EngineError("22023", f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+    async with conn.transaction():
+        await conn.execute(f"LOCK TABLE {LEDGER_TABLE} IN SHARE ROW EXCLUSIVE MODE")
+        earlier = await conn.fetchrow(
+            f"SELECT * FROM ({_LEDGER}) l WHERE source_environment = $1"
+            " AND source_transaction_id = $2",
+            source,
+            source_transaction,
+        )
+        if earlier is not None:
+            raise EngineError(
+                "23505",
+                f"{source} transaction {source_transaction} is in the ledger already"
+                f" ({earlier['status']})",
+                hint="SELECT * FROM iasql_promotions() lists what this database has",
+            )
+        target = await conn.fetchval(
+            "SELECT transaction_id FROM iasql_transaction WHERE closed_at IS NULL"
+        )
+        if status != "skipped" and target is None:
+            raise EngineError(
+                "25P01",
+                "no infrastructure transaction is open to apply the promotion in",
+                hint="SELECT * FROM iasql_begin(), run the promoted SQL, record it, commit",
+            )
+        row = await conn.fetchrow(
+            f"INSERT INTO {LEDGER_TABLE} (source_environment, source_transaction_id, status,"
+            " target_transaction_id, recorded_by) VALUES ($1, $2, $3, $4, $5)"
+            " RETURNING source_environment, source_transaction_id, status,"
+            " target_transaction_id, recorded_at, recorded_by",
+            source,
+            source_transaction,
+            status,
+            None if status == "skipped" else target,
+            user,
+        )
+    return dict(row)
