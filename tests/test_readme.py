@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,25 +76,36 @@ def test_promotion_walkthrough_runs_as_written(
         )
         assert replay == generated  # the README shows exactly what comes out
 
-        # Prod: the shell block, with the second account's real port.
+        # Prod: the shell block, with the second account's real port, run where the
+        # README's `.venv/bin/iasql` is this checkout's.
+        (workdir / ".venv").symlink_to(Path(sys.executable).parent.parent)
         script = prod_script.replace("http://127.0.0.1:5001", prod_account.endpoint)
-        run(["bash", "-euo", "pipefail", "-c", script], env, workdir)
-        assert (workdir / "change.sql").read_text() == generated
+        out = run(["bash", "-euo", "pipefail", "-c", script], env, workdir)
     finally:
         server.close()
 
-    # Prod's own account now holds the same network, with its own ids.
-    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=prod_account.endpoint)
-    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "cidr-block", "Values": ["10.1.0.0/16"]}])["Vpcs"]
-    assert {"Key": "Name", "Value": "app"} in vpc["Tags"]
+    # The dry run showed the rules' work and wrote the review; the status found nothing left.
+    assert re.search(r"\nvpc +cidr_block +10\.1\.0\.0/16 +10\.2\.0\.0/16\n", out)
+    assert "dry run: rolled back" in out and "from staging: 1 applied; 0 pending" in out
+    review = (workdir / "review.md").read_text()
+    assert "## staging transaction" in review and "'prod-app'" in review
+    # Prod's own account holds the network as prod's rules make it, with its own ids.
+    ec2 = boto3.client("ec2", region_name="eu-west-1", endpoint_url=prod_account.endpoint)
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "cidr-block", "Values": ["10.2.0.0/16"]}])["Vpcs"]
+    assert {"Key": "Name", "Value": "prod-app"} in vpc["Tags"]
     in_vpc = [{"Name": "vpc-id", "Values": [vpc["VpcId"]]}]
     [subnet] = ec2.describe_subnets(Filters=in_vpc)["Subnets"]
-    assert (subnet["CidrBlock"], subnet["AvailabilityZone"]) == ("10.1.1.0/24", "us-east-1a")
+    assert (subnet["CidrBlock"], subnet["AvailabilityZone"]) == ("10.2.1.0/24", "eu-west-1a")
     groups = {
         g["GroupName"]: g for g in ec2.describe_security_groups(Filters=in_vpc)["SecurityGroups"]
     }
-    [rule] = groups["app"]["IpPermissions"]
-    assert (rule["FromPort"], rule["IpRanges"]) == (443, [{"CidrIp": "0.0.0.0/0"}])
+    [rule] = groups["prod-app"]["IpPermissions"]
+    assert (rule["FromPort"], rule["IpRanges"]) == (443, [{"CidrIp": "10.2.0.0/16"}])
+    east = boto3.client("ec2", region_name="us-east-1", endpoint_url=prod_account.endpoint)
+    assert (
+        east.describe_vpcs(Filters=[{"Name": "cidr-block", "Values": ["10.1.0.0/16"]}])["Vpcs"]
+        == []
+    )
 
 
 def test_coming_from_iasql_runs_as_written(
