@@ -562,20 +562,26 @@ class Engine:
         " VALUES ('10.1.0.0/16');$$, 'staging')",
     )
     async def _promotion_sql(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        text = args["statements"] or ""
+        if len(text) > promotion.MAX_SQL_CHARS:
+            raise EngineError(
+                "54000",
+                f"iasql_promotion_sql() takes at most {promotion.MAX_SQL_CHARS} characters",
+                hint="promote one transaction at a time",
+            )
         db = await self.database(ctx.database)
         async with db.pool.acquire() as conn:
             rules = await promotion.load_rules(conn, args["source_environment"])
+        rewritten = await asyncio.to_thread(promotion.rewrite, text, rules)
         return [
             {
                 "position": position,
-                "sql": rewritten.sql,
-                "source_sql": rewritten.source_sql,
-                "rewrites": rewritten.rewrites,
-                "excluded_by": rewritten.excluded_by,
+                "sql": statement.sql,
+                "source_sql": statement.source_sql,
+                "rewrites": statement.rewrites,
+                "excluded_by": statement.excluded_by,
             }
-            for position, rewritten in enumerate(
-                promotion.rewrite(args["statements"] or "", rules), 1
-            )
+            for position, statement in enumerate(rewritten, 1)
         ]
 
     @builtin(

@@ -27,6 +27,7 @@ from engine.contract import EngineError, Row
 from engine.ddl import quote_literal
 
 KINDS = ("value", "cidr", "region", "pattern", "exclude")  # in the order they are tried
+MAX_SQL_CHARS = 16 * 2**20  # what iasql_promotion_sql() parses at once
 MAX_STARS = 3  # wildcards in a pattern: more would make matching slow on long names
 
 # Rules as tables: the target's role may write them; their changes land in the audit log.
@@ -77,9 +78,23 @@ STATUSES = ("applied", "forced", "skipped")
 # --- rules ------------------------------------------------------------------------------
 
 
-def _glob(pattern: str) -> re.Pattern[str]:
-    """`*` matches any text (shortest first), everything else itself."""
-    return re.compile("(.*?)".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+def _glob(pattern: str, value: str) -> tuple[str, ...] | None:
+    """What each `*` of the pattern stands for in `value` (shortest first), or None when it
+    does not match. Linear, with no backtracking: a user's pattern must not stall the engine."""
+    if "*" not in pattern:
+        return () if value == pattern else None
+    first, *middle, last = pattern.split("*")
+    end = len(value) - len(last)
+    if end < len(first) or not value.startswith(first) or not value.endswith(last):
+        return None
+    groups, at = [], len(first)
+    for part in middle:
+        found = value.find(part, at, end)
+        if found < 0:
+            return None
+        groups.append(value[at:found])
+        at = found + len(part)
+    return (*groups, value[at:end])
 
 
 def _fill(template: str, groups: tuple[str, ...]) -> str:
@@ -119,7 +134,7 @@ class Rule:
 
     def matches(self, value: str) -> bool:
         """For exclude rules: the value matches the pattern."""
-        return _glob(self.match).fullmatch(value) is not None
+        return _glob(self.match, value) is not None
 
     def apply(self, value: str) -> str | None:
         """The value in the target, or None when this rule does not match it."""
@@ -128,8 +143,8 @@ class Rule:
         if self.kind == "value":
             return replacement if value == self.match else None
         if self.kind == "pattern":
-            found = _glob(self.match).fullmatch(value)
-            return None if found is None else _fill(replacement, found.groups())
+            found = _glob(self.match, value)
+            return None if found is None else _fill(replacement, found)
         if self.kind == "region":
             # A region, or one of its zones: us-east-1 → eu-west-1, us-east-1b → eu-west-1b.
             if value == self.match:

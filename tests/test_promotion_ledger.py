@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from engine import promotion
 from iasql.sandbox import MotoServer
 from tests.support.env import add_credentials, one, only_regions, rows
 
@@ -171,3 +172,17 @@ def test_the_ledger_counts_committed_promotions_only(target: psycopg.Connection)
         with pytest.raises(psycopg.Error) as caught:
             target.execute(f"SELECT * FROM iasql_record_promotion('staging', {again})")
         assert caught.value.sqlstate == "23505" and "in the ledger already" in str(caught.value)
+
+
+def test_promotion_sql_refuses_a_text_too_big_to_parse_at_once(
+    envdb: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limit (16 MiB) is above what the test server lets a message carry (1 MiB): lowered
+    # here, in the server's own process.
+    monkeypatch.setattr(promotion, "MAX_SQL_CHARS", 1000)
+    with pytest.raises(psycopg.Error) as caught:
+        envdb.execute("SELECT * FROM iasql_promotion_sql(%s)", ("-" * 1001,))
+    assert caught.value.sqlstate == "54000" and "at most 1000 characters" in str(caught.value)
+    # The session goes on.
+    counted = envdb.execute("SELECT count(*) FROM iasql_promotion_sql(%s)", ("SELECT 1;" * 100,))
+    assert counted.fetchall() == [(100,)]
