@@ -479,13 +479,33 @@ async def rollback(db: Database, ctx: CallContext, force: bool) -> list[Row]:
         through = await audit.settled_last_id(conn)
         changes = await audit.pending_changes(conn, db.engine_user)
         changes = [c for c in changes if c.id <= through]
-        plan = await plan_changes(db, conn, changes)
+        plan = await _plan_unless_cloud_fails(db, conn, ctx, changes)
         await _undo_rows(db, conn, changes, through)
-        await _sync_after(db, conn, ctx, plan, changes, through)
+        if plan is not None:
+            await _sync_after(db, conn, ctx, plan, changes, through)
         await audit.mark_applied(conn, through)
         if transaction is not None:
             await _close(conn, ctx, transaction.transaction_id, "rolled back")
-    return [{k: v for k, v in o.preview_row().items() if k != "changes"} for o in plan.operations]
+    operations = plan.operations if plan is not None else []
+    return [{k: v for k, v in o.preview_row().items() if k != "changes"} for o in operations]
+
+
+async def _plan_unless_cloud_fails(
+    db: Database, conn: asyncpg.Connection, ctx: CallContext, changes: list[audit.Change]
+) -> Plan | None:
+    """The plan of the changes a rollback discards, for its answer and the re-read after it;
+    None when the cloud cannot be read: discarding rows must not wait for the cloud."""
+    try:
+        return await plan_changes(db, conn, changes)
+    except Exception as exc:
+        failure = cloud_failure(exc)
+        if failure is None:
+            raise
+        ctx.notify(
+            f"the cloud could not be read ({failure.message}): the rows are restored from the"
+            " audit log alone; SELECT * FROM iasql_sync() re-reads them later"
+        )
+        return None
 
 
 # --- crash recovery ---------------------------------------------------------------------

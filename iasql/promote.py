@@ -380,6 +380,8 @@ class Promotion:
         finally:
             try:
                 await target.rollback()
+            except asyncpg.PostgresError as exc:  # the error that brought us here matters more
+                print(f"  could not roll the target back: {_first_line(exc)}")
             finally:
                 await target_conn.close()
                 await source.close()
