@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import psycopg
 import pytest
 
-from tests.support.env import RunningServer, add_credentials, only_regions, rows
+from tests.support.env import RunningServer, rows
 from tests.support.http_relay import RelayThread
 from tests.test_promotion import URLS, environment, promote
 
@@ -22,28 +21,13 @@ def relay(moto_accounts: Any) -> Iterator[RelayThread]:
         yield relay
 
 
-def behind(iasql: RunningServer, relay: RelayThread) -> psycopg.Connection:
-    """An environment whose AWS endpoint is the relay."""
-    with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
-        found = admin.execute(
-            "SELECT url FROM iasql_connect(%s)", (f"prodfault_{secrets.token_hex(3)}",)
-        ).fetchone()
-    assert found is not None
-    conn = psycopg.connect(str(found[0]), autocommit=True)
-    URLS[id(conn)] = str(found[0])
-    conn.execute("SELECT * FROM iasql_install('aws_account')")
-    add_credentials(conn, relay)  # type: ignore[arg-type]  # anything with an endpoint
-    only_regions(conn)
-    conn.execute("SELECT * FROM iasql_install('aws_cloudwatch')")
-    return conn
-
-
 @pytest.mark.parametrize("fault", ["500", "drop"])
 def test_a_failing_cloud_leaves_the_target_and_its_ledger_as_they_were(
     iasql: RunningServer, moto_accounts: Any, relay: RelayThread, fault: str
 ) -> None:
     staging = environment(iasql, f"stagingfault_{secrets.token_hex(3)}", moto_accounts())
-    prod = behind(iasql, relay)
+    # Prod's AWS endpoint is the relay (anything with an `endpoint` will do).
+    prod = environment(iasql, f"prodfault_{secrets.token_hex(3)}", relay)  # type: ignore[arg-type]
     try:
         staging.execute("SELECT * FROM iasql_begin()")
         staging.execute("INSERT INTO log_group (log_group_name) VALUES ('/orders')")
