@@ -519,6 +519,7 @@ class Engine:
         "iasql_get_promotion_sql",
         columns=(
             ("position", "int"),
+            ("table_name", "text"),
             ("sql", "text"),
             ("check_sql", "text"),
             ("expected_rows", "int"),
@@ -536,6 +537,7 @@ class Engine:
         return [
             {
                 "position": position,
+                "table_name": check.table,
                 "sql": statement,
                 "check_sql": check.sql,
                 "expected_rows": check.expected,

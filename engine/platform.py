@@ -130,7 +130,8 @@ CREATE TABLE IF NOT EXISTS iasql_settings (
 );
 
 -- Records each row change, with the transaction open at write time. TG_ARGV names secret
--- columns, which are left out of the log.
+-- columns, which are left out of the log. A change a trigger or a cascade made has its
+-- trigger depth: promotion replays the statement that caused it, not the change.
 -- It runs as the engine's role for every user's write, so its search path is pinned with
 -- pg_temp last (a user's temp table must not catch the log's rows) and every name in it is
 -- qualified.
@@ -155,6 +156,11 @@ BEGIN
         entry := pg_catalog.jsonb_build_object(
             'original', pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) secrets,
             'change', pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) secrets);
+    END IF;
+    IF pg_catalog.pg_trigger_depth() > 1 THEN
+        -- Made by a trigger or a foreign key's cascade, not by the statement itself.
+        entry := entry OPERATOR(pg_catalog.||)
+            pg_catalog.jsonb_build_object('depth', pg_catalog.pg_trigger_depth());
     END IF;
     INSERT INTO public.iasql_audit_log ("user", table_name, change_type, change, transaction_id)
     VALUES (session_user, TG_TABLE_NAME, TG_OP::public.iasql_change_type, entry, tx);

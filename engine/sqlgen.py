@@ -34,6 +34,7 @@ class Check:
     `expected` (0 before an insert, 1 before an update or delete); `now_sql` shows the
     target's row. `before` and `after` are the values the change changes, for people."""
 
+    table: str
     sql: str
     expected: int
     now_sql: str
@@ -133,9 +134,11 @@ class SqlGenerator:
         after: Image | None
         if change.change_type == "INSERT":
             key, guard, expected = self._where(table, new), "", 0
+            shown_key = key
             before, after = None, self._shown(table, new, emitted)
         elif change.change_type == "DELETE":
             key, guard, expected = self._where(table, original), "", 1
+            shown_key = key
             before, after = self._shown(table, original, emitted), None
         else:
             changed = [c for c in emitted if new.get(c.name) != original.get(c.name)]
@@ -144,10 +147,14 @@ class SqlGenerator:
             key, expected = self._where(table, original), 1
             guard = " AND " + self._where(table, original, [c.name for c in changed])
             before, after = self._shown(table, original, changed), self._shown(table, new, changed)
+            # To show a row changed by hand in a column of its natural key, too.
+            kept = [k for k in table.natural_key if k not in {c.name for c in changed}]
+            shown_key = self._where(table, original, kept) if kept else key
         return Check(
+            table=table.name,
             sql=f"SELECT count(*) FROM {name} WHERE {key}{guard};",
             expected=expected,
-            now_sql=f"SELECT to_jsonb({name}) FROM {name} WHERE {key};",
+            now_sql=f"SELECT to_jsonb({name}) FROM {name} WHERE {shown_key} LIMIT 1;",
             before=before,
             after=after,
         )
@@ -159,7 +166,12 @@ class SqlGenerator:
             value = image.get(column.name)
             ref = column.ref
             parent = self.tables.get(ref.table) if ref is not None else None
-            if value is not None and parent is not None and parent.primary_key == (ref.key,):  # type: ignore[union-attr]
+            if (
+                value is not None
+                and ref is not None
+                and parent is not None
+                and parent.column(ref.key).type == "serial"
+            ):
                 found = self.images.get(parent.name, {}).get((value,), {})
                 value = {k: found.get(k) for k in parent.natural_key if k not in parent.primary_key}
             if value is not None:
@@ -249,6 +261,11 @@ def generate(tables: dict[str, Table], history: list[Change], wanted: set[int]) 
     return [statement for statement, _check in generate_checked(tables, history, wanted)]
 
 
+# Row changes a statement made itself: not those of the triggers or cascades it set off,
+# which the same statement sets off again where it is replayed.
+_WRITTEN = "AND change_type IN ('INSERT', 'UPDATE', 'DELETE') AND NOT change ? 'depth'"
+
+
 async def _history(conn: asyncpg.Connection) -> list[Change]:
     rows = await conn.fetch(
         "SELECT id, table_name, change_type::text, change FROM iasql_audit_log"
@@ -295,8 +312,7 @@ async def checked_sql(db: Database, transaction_id: str | None) -> list[tuple[st
                 hint="SELECT transaction_id FROM iasql_transaction lists them",
             )
         ids = await conn.fetch(
-            'SELECT id FROM iasql_audit_log WHERE transaction_id = $1 AND "user" <> $2'
-            " AND change_type IN ('INSERT', 'UPDATE', 'DELETE')",
+            f'SELECT id FROM iasql_audit_log WHERE transaction_id = $1 AND "user" <> $2 {_WRITTEN}',
             transaction_id,
             db.engine_user,
         )
@@ -306,8 +322,7 @@ async def checked_sql(db: Database, transaction_id: str | None) -> list[tuple[st
 async def sql_since(db: Database, limit_date: Any) -> list[str]:
     async with db.pool.acquire() as conn:
         ids = await conn.fetch(
-            'SELECT id FROM iasql_audit_log WHERE "user" <> $1'
-            " AND change_type IN ('INSERT', 'UPDATE', 'DELETE')"
+            f'SELECT id FROM iasql_audit_log WHERE "user" <> $1 {_WRITTEN}'
             " AND ($2::text IS NULL OR ts >= $2::text::timestamptz)",
             db.engine_user,
             None if limit_date is None else str(limit_date),

@@ -26,6 +26,8 @@ from typing import Any
 import asyncpg
 import pglast
 
+from engine.promotion import Rules, load_rules
+
 COMMITTED = (
     "SELECT transaction_id, closed_at FROM iasql_transaction WHERE outcome = 'committed'"
     " ORDER BY closed_at, transaction_id"
@@ -139,6 +141,8 @@ class Step:
     """One statement of the source, before and after the target's rules."""
 
     source_sql: str
+    table: str = ""
+    rules: Rules | None = None  # the target's, to show the source's values as they become
     check_sql: str | None = None
     expected: int = 0
     now_sql: str | None = None
@@ -147,14 +151,15 @@ class Step:
     sql: str | None = None  # after the rules; None where an exclude rule keeps it out
     rewrites: list[dict[str, Any]] = field(default_factory=list)
 
-    def shown(self, value: Any) -> Any:
-        """A source value as the rules make it in the target (strings inside JSON too)."""
-        mapped = {(r["column"], r["source"]): r["target"] for r in self.rewrites}
+    def shown(self, column: str, value: Any) -> Any:
+        """A source value as the target's rules make it (strings inside JSON too)."""
         if isinstance(value, dict):
-            return {k: self.shown(v) for k, v in value.items()}
+            return {k: self.shown(column, v) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.shown(v) for v in value]
-        return next((t for (_c, s), t in mapped.items() if s == value), value)
+            return [self.shown(column, v) for v in value]
+        if isinstance(value, str) and self.rules is not None:
+            return self.rules.map(self.table, column, value)[0]
+        return value
 
 
 @dataclass
@@ -197,7 +202,7 @@ async def rewrite(target: asyncpg.Connection, steps: list[Step], source: str | N
 
 
 async def load_transaction(
-    source: asyncpg.Connection, target: asyncpg.Connection, row: Any, name: str
+    source: asyncpg.Connection, target: asyncpg.Connection, row: Any, name: str, rules: Rules
 ) -> SourceTransaction:
     try:
         found = await source.fetch(
@@ -208,6 +213,8 @@ async def load_transaction(
     steps = [
         Step(
             source_sql=r["sql"],
+            table=r["table_name"],
+            rules=rules,
             check_sql=r["check_sql"],
             expected=r["expected_rows"],
             now_sql=r["now_sql"],
@@ -231,10 +238,10 @@ class Conflict:
 
     def lines(self) -> list[str]:
         step = self.step
-        key = (step.now_sql or "").partition(" WHERE ")[2].rstrip(";")
-        head = f"  {step.sql}\n  the row ({key}): expected {step.expected}, found {self.found}"
-        before = step.shown(step.before or {})
-        after = step.shown(step.after or {})
+        key = (step.check_sql or "").partition(" WHERE ")[2].rstrip(";")
+        head = f"  {step.sql}\n  rows where {key}: expected {step.expected}, found {self.found}"
+        before = {c: step.shown(c, v) for c, v in (step.before or {}).items()}
+        after = {c: step.shown(c, v) for c, v in (step.after or {}).items()}
         columns = list(dict.fromkeys([*before, *after]))
         cells = [
             [
@@ -401,6 +408,7 @@ class Promotion:
             )
         }
         committed = await source.fetch(COMMITTED)
+        rules = await load_rules(target, name)
         if self.args.transaction is not None:
             committed = [r for r in committed if r["transaction_id"] == self.args.transaction]
             if not committed:
@@ -411,7 +419,7 @@ class Promotion:
         for row in committed:
             if row["transaction_id"] in done:
                 continue
-            loaded = await load_transaction(source, target, row, name)
+            loaded = await load_transaction(source, target, row, name, rules)
             if loaded.steps:  # a transaction of module functions only has nothing to replay
                 found.append(loaded)
         return found
@@ -440,6 +448,8 @@ class Promotion:
     async def commit_each(
         self, target: Target, name: str, pending: list[SourceTransaction]
     ) -> None:
+        if not pending:
+            print(f"nothing to promote from {name}")
         for number, tx in enumerate(pending, 1):
             self._heading(name, number, len(pending), tx)
             if not tx.statements:
