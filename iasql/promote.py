@@ -392,9 +392,9 @@ class Promotion:
             finally:
                 await target_conn.close()
                 await source.close()
-        if self.args.review is not None:
-            self.args.review.write_text("\n".join(self.review) + "\n")
-            print(f"wrote the review to {self.args.review}")
+                if self.args.review is not None:  # a conflict belongs in the review too
+                    self.args.review.write_text("\n".join(self.review) + "\n")
+                    print(f"wrote the review to {self.args.review}")
 
     async def pending(
         self, source: asyncpg.Connection, target: asyncpg.Connection, name: str

@@ -311,3 +311,65 @@ def test_iasql_promote_dry_run_commit_files_and_failure(
     assert committed.returncode == 0, committed.stderr
     names = sorted(g["logGroupName"] for g in logs.describe_log_groups()["logGroups"])
     assert names == ["/edited", "/promoted"]
+
+
+def test_ledger_promotion_force_and_a_failing_statement(
+    staging_and_prod: Any, tmp_path: Path
+) -> None:
+    """Ledger mode: a conflict stops with the review written, --force applies it anyway; a
+    statement that fails in the target leaves prod and its ledger as they were."""
+    staging, prod, prod_moto = staging_and_prod
+    source, target = URLS[id(staging)], URLS[id(prod)]
+    sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=prod_moto.endpoint)
+
+    def delay() -> str:
+        [url] = sqs.list_queues()["QueueUrls"]
+        found = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["DelaySeconds"])
+        return str(found["Attributes"]["DelaySeconds"])
+
+    for statement in (
+        "INSERT INTO queue (name) VALUES ('app')",
+        "UPDATE queue SET delay_seconds = 7 WHERE name = 'app'",
+    ):
+        staging.execute("SELECT * FROM iasql_begin()")
+        staging.execute(statement)
+        staging.execute("SELECT * FROM iasql_commit()")
+    first = staging.execute(
+        "SELECT transaction_id FROM iasql_transaction WHERE outcome = 'committed'"
+        " ORDER BY closed_at LIMIT 1"
+    ).fetchone()
+    assert first is not None
+    once = promote("--from", source, "--to", target, "--transaction", str(first[0]), "--commit")
+    assert once.returncode == 0, once.stderr
+    # By hand in prod, after the first transaction: the second one's check sees it.
+    prod.execute("SELECT * FROM iasql_begin()")
+    prod.execute("UPDATE queue SET delay_seconds = 30 WHERE name = 'app'")
+    prod.execute("SELECT * FROM iasql_commit()")
+
+    review = tmp_path / "review.md"
+    stopped = promote("--from", source, "--to", target, "--commit", "--review", str(review))
+    assert stopped.returncode == 1 and "stopped at a conflict" in stopped.stderr
+    table = [line.split() for line in stopped.stdout.splitlines()]
+    assert ["delay_seconds", "0", "7", "30"] in table, stopped.stdout
+    assert "### Conflict" in review.read_text() and "delay_seconds" in review.read_text()
+    assert delay() == "30"
+
+    forced = promote("--from", source, "--to", target, "--commit", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert delay() == "7"
+    assert rows(prod, "SELECT status FROM iasql_promotions() ORDER BY recorded_at") == [
+        ("applied",),
+        ("forced",),
+    ]
+
+    # A source transaction on a table prod does not have: it fails, nothing changes.
+    staging.execute("SELECT * FROM iasql_install('aws_s3')")
+    staging.execute("SELECT * FROM iasql_begin()")
+    staging.execute("INSERT INTO bucket (name) VALUES ('iasql-promotion-fails')")
+    staging.execute("SELECT * FROM iasql_commit()")
+    failed = promote("--from", source, "--to", target, "--commit")
+    assert failed.returncode == 1
+    assert "statement 1 of 1 failed" in failed.stderr and '"bucket"' in failed.stderr
+    assert rows(prod, "SELECT count(*) FROM iasql_promotions()") == [(2,)]
+    assert rows(prod, "SELECT count(*) FROM iasql_transaction WHERE closed_at IS NULL") == [(0,)]
+    assert "1 pending" in promote("--from", source, "--to", target, "--status").stdout
