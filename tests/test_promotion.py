@@ -22,8 +22,9 @@ from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
 from modules import available_modules
 from modules.spec import Column, Table
-from tests.support.cli import IASQL, cli_env
+from tests.support.cli import iasql
 from tests.support.env import RunningServer, add_credentials, only_regions, rows
+from tests.support.http_relay import RelayThread
 
 MODULES = ("aws_cloudwatch", "aws_sqs", "aws_vpc", "aws_security_group")
 
@@ -259,14 +260,7 @@ def test_values_round_trip_through_generated_sql(
 
 
 def promote(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*IASQL, "promote", *args],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    return iasql("promote", *args, timeout=120)
 
 
 def test_iasql_promote_dry_run_commit_files_and_failure(
@@ -373,3 +367,49 @@ def test_ledger_promotion_force_and_a_failing_statement(
     assert rows(prod, "SELECT count(*) FROM iasql_promotions()") == [(2,)]
     assert rows(prod, "SELECT count(*) FROM iasql_transaction WHERE closed_at IS NULL") == [(0,)]
     assert "1 pending" in promote("--from", source, "--to", target, "--status").stdout
+
+
+@pytest.fixture
+def relay(moto_accounts: Any) -> Iterator[RelayThread]:
+    with RelayThread(moto_accounts().endpoint, 0) as relay:
+        yield relay
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["500", "drop"])
+def test_a_failing_cloud_leaves_the_target_and_its_ledger_as_they_were(
+    iasql: RunningServer, moto_accounts: Any, relay: RelayThread, fault: str
+) -> None:
+    staging = environment(iasql, f"stagingfault_{secrets.token_hex(3)}", moto_accounts())
+    # Prod's AWS endpoint is the relay (anything with an `endpoint` will do).
+    prod = environment(iasql, f"prodfault_{secrets.token_hex(3)}", relay)  # type: ignore[arg-type]
+    try:
+        staging.execute("SELECT * FROM iasql_begin()")
+        staging.execute("INSERT INTO log_group (log_group_name) VALUES ('/orders')")
+        staging.execute("SELECT * FROM iasql_commit()")
+        source, target = URLS[id(staging)], URLS[id(prod)]
+
+        relay.fault = fault
+        failed = promote("--from", source, "--to", target, "--commit")
+        relay.fault = None
+        assert failed.returncode == 1, failed.stdout
+        assert "internal error" not in failed.stderr and "XX000" not in failed.stderr
+        assert failed.stderr.startswith("iasql: "), failed.stderr
+        assert rows(prod, "SELECT count(*) FROM iasql_promotions()") == [(0,)]
+        assert rows(prod, "SELECT count(*) FROM log_group WHERE log_group_name = '/orders'") == [
+            (0,)
+        ]
+        assert rows(prod, "SELECT count(*) FROM iasql_transaction WHERE closed_at IS NULL") == [
+            (0,)
+        ]
+
+        # The cloud is back: the same transaction is promoted, once.
+        again = promote("--from", source, "--to", target, "--commit")
+        assert again.returncode == 0, again.stderr
+        logs = boto3.client("logs", region_name="us-east-1", endpoint_url=relay.endpoint)
+        names = [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]
+        assert names == ["/orders"]
+        assert rows(prod, "SELECT status FROM iasql_promotions()") == [("applied",)]
+    finally:
+        staging.close()
+        prod.close()

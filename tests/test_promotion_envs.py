@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from iasql.sandbox import MotoServer
-from tests.support.cli import IASQL, cli_env
+from tests.support.cli import iasql
 from tests.support.env import RunningServer, add_credentials, only_regions, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
@@ -128,14 +128,7 @@ def transaction(env: Env, *statements: str) -> str:
 
 
 def promote(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*IASQL, "promote", *args],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
+    return iasql("promote", *args, timeout=300)
 
 
 def promoted(source: Env, target: Env, *args: str) -> str:

@@ -37,14 +37,14 @@ def cli_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("IASQL_", "PG"))}
 
 
-def iasql(*args: str) -> subprocess.CompletedProcess[str]:
+def iasql(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*IASQL, *args],
         capture_output=True,
         text=True,
         env=cli_env(),
         stdin=subprocess.DEVNULL,
-        timeout=60,
+        timeout=timeout,
     )
 
 
