@@ -23,7 +23,7 @@ from iasql.sandbox import MotoServer
 from modules import available_modules
 from modules.spec import Column, Table
 from tests.support.cli import iasql
-from tests.support.env import RunningServer, add_credentials, only_regions, rows
+from tests.support.env import RunningServer, add_credentials, one, only_regions, rows
 from tests.support.http_relay import RelayThread
 
 MODULES = ("aws_cloudwatch", "aws_sqs", "aws_vpc", "aws_security_group")
@@ -413,3 +413,37 @@ def test_a_failing_cloud_leaves_the_target_and_its_ledger_as_they_were(
     finally:
         staging.close()
         prod.close()
+
+
+def test_rows_made_by_triggers_are_made_again_by_the_target(staging_and_prod: Any) -> None:
+    """A public NAT gateway's address row comes from a trigger: the promoted SQL writes the
+    gateway alone, and prod's trigger makes the address, once."""
+    staging, prod, prod_moto = staging_and_prod
+    staging.execute("SELECT * FROM iasql_begin()")
+    staging.execute("INSERT INTO vpc (cidr_block) VALUES ('10.44.0.0/16')")
+    staging.execute(
+        "INSERT INTO subnet (availability_zone, vpc_id, cidr_block) SELECT 'us-east-1a', id,"
+        " '10.44.1.0/24' FROM vpc WHERE cidr_block = '10.44.0.0/16'"
+    )
+    staging.execute(
+        "INSERT INTO nat_gateway (connectivity_type, subnet_id, tags) SELECT 'public', id,"
+        " '{\"Name\": \"egress\"}' FROM subnet WHERE cidr_block = '10.44.1.0/24'"
+    )
+    staging.execute("SELECT * FROM iasql_commit()")
+    sql = [s for (s,) in rows(staging, "SELECT sql FROM iasql_get_sql_for_transaction()")]
+    assert [s.split('"')[1] for s in sql] == ["vpc", "subnet", "nat_gateway"]
+
+    done = promote("--from", URLS[id(staging)], "--to", URLS[id(prod)], "--commit")
+    assert done.returncode == 0, done.stderr
+    assert rows(
+        prod,
+        "SELECT count(*), count(e.allocation_id) FROM nat_gateway n"
+        " JOIN elastic_ip e ON e.id = n.elastic_ip_id WHERE n.tags ->> 'Name' = 'egress'",
+    ) == [(1, 1)]
+    assert rows(prod, "SELECT count(*) FROM elastic_ip WHERE tags ->> 'Name' = 'egress'") == [(1,)]
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=prod_moto.endpoint)
+    [gateway] = ec2.describe_nat_gateways()["NatGateways"]
+    assert len(ec2.describe_addresses()["Addresses"]) == 1
+    assert gateway["NatGatewayAddresses"][0]["AllocationId"] == one(
+        prod, "SELECT allocation_id FROM elastic_ip WHERE tags ->> 'Name' = 'egress'"
+    )
