@@ -123,6 +123,7 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.functions: dict[str, FunctionSpec] = {}
+        self.rewriter = promotion.RewriteWorker()  # iasql_promotion_sql's parser, a process
         for method, declared in _BUILTINS:
             self.functions[declared.name] = dataclasses.replace(
                 declared, handler=getattr(self, method)
@@ -276,6 +277,7 @@ class Engine:
             return db
 
     async def close(self) -> None:
+        await self.rewriter.close()
         if self._recovery is not None:
             self._recovery.cancel()
             await asyncio.gather(self._recovery, return_exceptions=True)
@@ -564,17 +566,10 @@ class Engine:
         " VALUES ('10.1.0.0/16');$$, 'staging')",
     )
     async def _promotion_sql(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
-        text = args["statements"] or ""
-        if len(text) > promotion.MAX_SQL_CHARS:
-            raise EngineError(
-                "54000",
-                f"iasql_promotion_sql() takes at most {promotion.MAX_SQL_CHARS} characters",
-                hint="promote one transaction at a time",
-            )
         db = await self.database(ctx.database)
         async with db.pool.acquire() as conn:
             rules = await promotion.load_rules(conn, args["source_environment"])
-        rewritten = await asyncio.to_thread(promotion.rewrite, text, rules)
+        rewritten = await self.rewriter.rewrite(args["statements"] or "", rules)
         return [
             {
                 "position": position,

@@ -157,8 +157,14 @@ BEGIN
             'original', pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) secrets,
             'change', pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) secrets);
     END IF;
-    IF pg_catalog.pg_trigger_depth() > 1 THEN
-        -- Made by a trigger or a foreign key's cascade, not by the statement itself.
+    -- Made by a trigger or a foreign key's cascade, not by the statement itself: marked, so
+    -- that promotion replays the statement alone. Only while every trigger in the database
+    -- is iasql's own (in public): a user's trigger could otherwise write module rows that
+    -- promotion would never replay.
+    IF pg_catalog.pg_trigger_depth() > 1 AND NOT EXISTS (
+            SELECT FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
+            WHERE NOT g.tgisinternal
+              AND c.relnamespace OPERATOR(pg_catalog.<>) 'public'::pg_catalog.regnamespace) THEN
         entry := entry OPERATOR(pg_catalog.||)
             pg_catalog.jsonb_build_object('depth', pg_catalog.pg_trigger_depth());
     END IF;

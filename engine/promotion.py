@@ -13,9 +13,13 @@ The ledger (`iasql_promotion`) records each source transaction the target applie
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import ipaddress
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +31,9 @@ from engine.contract import EngineError, Row
 from engine.ddl import quote_literal
 
 KINDS = ("value", "cidr", "region", "pattern", "exclude")  # in the order they are tried
-MAX_SQL_CHARS = 16 * 2**20  # what iasql_promotion_sql() parses at once
+MAX_SQL_BYTES = 4 * 2**20  # what iasql_promotion_sql() parses at once
+REWRITE_SECONDS = 30.0  # how long the worker may take for it
+WORKER_MEMORY = 2 * 2**30  # the worker's address space
 MAX_STARS = 3  # wildcards in a pattern: more would make matching slow on long names
 
 # Rules as tables: the target's role may write them; their changes land in the audit log.
@@ -51,7 +57,10 @@ CREATE TABLE IF NOT EXISTS iasql_promotion_rule (
                 <= length(match) - length(replace(match, '*', '')))),
     CONSTRAINT "a cidr rule maps a network to one of the same size and family"
         CHECK (kind <> 'cidr' OR (masklen(match::cidr) = masklen(replacement::cidr)
-            AND family(match::cidr) = family(replacement::cidr)))
+            AND family(match::cidr) = family(replacement::cidr))),
+    CONSTRAINT "a cidr rule writes its networks in full, as 10.1.0.0/16"
+        CHECK (kind <> 'cidr' OR (match::cidr::text = match
+            AND replacement::cidr::text = replacement))
 );
 CREATE OR REPLACE TRIGGER iasql_promotion_rule_audit
     AFTER INSERT OR UPDATE OR DELETE ON iasql_promotion_rule
@@ -146,9 +155,13 @@ class Rule:
             found = _glob(self.match, value)
             return None if found is None else _fill(replacement, found)
         if self.kind == "region":
-            # A region, or one of its zones: us-east-1 → eu-west-1, us-east-1b → eu-west-1b.
+            # A region, or one of its zones: us-east-1 → eu-west-1, us-east-1b → eu-west-1b;
+            # or a part of a dotted name: com.amazonaws.us-east-1.s3.
             if value == self.match:
                 return replacement
+            parts = value.split(".")
+            if len(parts) > 1 and self.match in parts:
+                return ".".join(replacement if p == self.match else p for p in parts)
             zone = value.removeprefix(self.match)
             return replacement + zone if zone != value and re.fullmatch("[a-z]", zone) else None
         return self._rebase(value)
@@ -156,8 +169,11 @@ class Rule:
     def _rebase(self, value: str) -> str | None:
         """A block or address inside `match`, at the same offset inside `replacement`."""
         found = _address(value)
-        source = ipaddress.ip_network(self.match)
-        target = ipaddress.ip_network(str(self.replacement))
+        try:
+            source = ipaddress.ip_network(self.match)
+            target = ipaddress.ip_network(str(self.replacement))
+        except ValueError:  # a rule written before its CHECK asked for the full form
+            return None
         if found is None or found.version != source.version or not found.subnet_of(source):  # type: ignore[arg-type]
             return None
         offset = int(found.network_address) - int(source.network_address)
@@ -267,7 +283,10 @@ def _type_name(type_cast: dict[str, Any]) -> str:
 
 
 class _Statement:
-    """Walks one parsed statement and collects the edits the rules make to its constants."""
+    """Walks one parsed statement and collects the edits the rules make to its constants.
+
+    An exclude rule that matches anywhere in it, in a sub-select too, keeps the statement
+    out: a row whose parent is left out could not be made in the target either."""
 
     def __init__(self, raw: bytes, rules: Rules) -> None:
         self.raw = raw
@@ -283,96 +302,108 @@ class _Statement:
             self._exclude_table(table)
             columns = [t["ResTarget"]["name"] for t in body.get("cols", [])]
             select = body.get("selectStmt", {}).get("SelectStmt", {})
-            for values in select.get("valuesLists", []):
-                for column, item in zip(columns, values["List"]["items"], strict=False):
-                    self.value(item, table, column, own=True)
+            rows = [values["List"]["items"] for values in select.get("valuesLists", [])]
+            # INSERT ... SELECT: the select list's items are the values.
+            rows.append([t["ResTarget"].get("val") for t in select.get("targetList", [])])
+            for items in rows:
+                for column, item in zip(columns, items, strict=False):
+                    self.value(item, table, column)
+            self.select_rest(select)
         elif kind in ("UpdateStmt", "DeleteStmt"):
             table = body["relation"]["relname"]
             self._exclude_table(table)
             for target in body.get("targetList", []):
-                self.value(target["ResTarget"]["val"], table, target["ResTarget"]["name"], True)
-            self.expression(body.get("whereClause"), table, own=True)
+                self.value(target["ResTarget"]["val"], table, target["ResTarget"]["name"])
+            self.expression(body.get("whereClause"), table)
         elif kind == "SelectStmt":
-            self.select(body, own=True)
+            self.select(body)
 
     def _exclude_table(self, table: str) -> None:
         self.excluded_by = self.excluded_by or self.rules.excluding(table, None, None)
 
-    def select(self, body: dict[str, Any], own: bool) -> None:
+    def select(self, body: dict[str, Any]) -> None:
         """A sub-select (or a promotion check) on one table: its constants are compared
         with that table's columns."""
+        table = self.select_rest(body)
+        for target in body.get("targetList", []):
+            self.expression(target["ResTarget"].get("val"), table)
+
+    def select_rest(self, body: dict[str, Any]) -> str | None:
+        """A select's FROM and WHERE; its one table, if it has one."""
         tables = [f["RangeVar"]["relname"] for f in body.get("fromClause", []) if "RangeVar" in f]
         table = tables[0] if len(tables) == 1 else None
-        if own and table is not None:
+        if table is not None:
             self._exclude_table(table)
-        for target in body.get("targetList", []):
-            self.expression(target["ResTarget"].get("val"), table, own=False)
-        self.expression(body.get("whereClause"), table, own)
+        self.expression(body.get("whereClause"), table)
+        return table
 
-    def expression(self, node: Any, table: str | None, own: bool) -> None:
-        """Finds `column = constant` (and IS [NOT] DISTINCT FROM) comparisons anywhere."""
+    def expression(self, node: Any, table: str | None) -> None:
+        """Finds `column = constant`, `constant = column`, IS [NOT] DISTINCT FROM and
+        `column IN (...)` comparisons anywhere."""
         if isinstance(node, list):
             for item in node:
-                self.expression(item, table, own)
+                self.expression(item, table)
             return
         if not isinstance(node, dict):
             return
         if len(node) == 1:
             kind, body = _one(node)
             if kind == "SubLink":
-                self.select(body["subselect"]["SelectStmt"], own=False)
+                self.select(body["subselect"]["SelectStmt"])
                 return
-            if kind == "A_Expr":
-                column = _column_of(body.get("lexpr"))
-                if column is not None and table is not None:
-                    self.value(body.get("rexpr"), table, column, own)
-                    return
+            if kind == "A_Expr" and table is not None:
+                for side, other in (("lexpr", "rexpr"), ("rexpr", "lexpr")):
+                    column = _column_of(body.get(side))
+                    if column is not None:
+                        self.value(body.get(other), table, column)
+                        return
         for child in node.values():
-            self.expression(child, table, own)
+            self.expression(child, table)
 
-    def value(self, node: Any, table: str, column: str, own: bool) -> None:
+    def value(self, node: Any, table: str, column: str) -> None:
         """A value written to, or compared with, `table`.`column`."""
         if not isinstance(node, dict) or len(node) != 1:
-            return self.expression(node, table, own)
+            return self.expression(node, table)
         kind, body = _one(node)
         if kind == "A_Const" and "sval" in body:
-            self._constant(body, table, column, own, as_json=False)
+            self._constant(body, table, column, as_json=False)
         elif kind == "TypeCast" and "A_Const" in body.get("arg", {}):
             as_json = _type_name(body) in ("json", "jsonb")
             constant = body["arg"]["A_Const"]
             if "sval" in constant:
-                self._constant(constant, table, column, own, as_json=as_json)
-        elif kind in ("TypeCast", "A_ArrayExpr"):
-            for child in body.get("elements", [body.get("arg")]):
-                self.value(child, table, column, own)
+                self._constant(constant, table, column, as_json=as_json)
+        elif kind in ("TypeCast", "A_ArrayExpr", "List"):
+            for child in body.get("elements", body.get("items", [body.get("arg")])):
+                self.value(child, table, column)
         else:
-            self.expression(node, table, own)
+            self.expression(node, table)
 
     def _constant(
-        self, constant: dict[str, Any], table: str, column: str, own: bool, *, as_json: bool
+        self, constant: dict[str, Any], table: str, column: str, *, as_json: bool
     ) -> None:
         text = constant["sval"]["sval"]
         start = constant.get("location", -1)
         end = _literal_end(self.raw, start) if start >= 0 else None
         if end is None:  # a form iasql does not write ($$...$$): left as it is, unreported
-            if own:
-                self.excluded_by = self.excluded_by or self.rules.excluding(table, column, text)
+            self._exclude(table, column, text)
             return
         if as_json:
             try:
                 document = json.loads(text)
             except ValueError:
                 return
-            mapped = self._json(document, table, column, own)
+            mapped = self._json(document, table, column)
             new_text = json.dumps(mapped, ensure_ascii=False) if mapped != document else text
         else:
-            new_text = self._string(text, table, column, own)
+            new_text = self._string(text, table, column)
         if new_text != text:
             self.edits.append((start, end, quote_literal(new_text)))
 
-    def _string(self, text: str, table: str, column: str, own: bool) -> str:
-        if own:
-            self.excluded_by = self.excluded_by or self.rules.excluding(table, column, text)
+    def _exclude(self, table: str, column: str, text: str) -> None:
+        self.excluded_by = self.excluded_by or self.rules.excluding(table, column, text)
+
+    def _string(self, text: str, table: str, column: str) -> str:
+        self._exclude(table, column, text)
         mapped, rule = self.rules.map(table, column, text)
         if rule is not None and mapped != text:
             self.rewrites.append(
@@ -386,14 +417,14 @@ class _Statement:
             )
         return mapped
 
-    def _json(self, document: Any, table: str, column: str, own: bool) -> Any:
+    def _json(self, document: Any, table: str, column: str) -> Any:
         """Every string inside a JSON value (tags' values, not their keys)."""
         if isinstance(document, str):
-            return self._string(document, table, column, own)
+            return self._string(document, table, column)
         if isinstance(document, list):
-            return [self._json(item, table, column, own) for item in document]
+            return [self._json(item, table, column) for item in document]
         if isinstance(document, dict):
-            return {k: self._json(v, table, column, own) for k, v in document.items()}
+            return {k: self._json(v, table, column) for k, v in document.items()}
         return document
 
 
@@ -498,3 +529,72 @@ async def record(
             user,
         )
     return dict(row)
+
+
+# --- the worker process -------------------------------------------------------------------
+
+
+class RewriteWorker:
+    """Runs rewrite() in a child process (engine.promotion_worker), one request at a time: a
+    large or pathological text then costs that process time and memory, not the server's
+    event loop. A request over the time limit, one that exhausts the child's memory or a
+    cancelled one ends the child; the next request starts another."""
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def rewrite(self, text: str, rules: Rules) -> list[Rewritten]:
+        size = len(text.encode())
+        if size > MAX_SQL_BYTES:
+            raise EngineError(
+                "54000",
+                f"the SQL to promote is {size} bytes; at most {MAX_SQL_BYTES} are parsed at once",
+                hint="promote one transaction at a time",
+            )
+        request = {"text": text, "rules": [dataclasses.asdict(r) for r in rules.rules]}
+        async with self._lock:
+            line = await self._ask(json.dumps(request).encode() + b"\n")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise EngineError(answer["sqlstate"], answer["error"])
+        return [Rewritten(**statement) for statement in answer["statements"]]
+
+    async def _ask(self, request: bytes) -> bytes:
+        process = await self._start()
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(request)
+            await process.stdin.drain()
+            line = await asyncio.wait_for(process.stdout.readline(), REWRITE_SECONDS)
+        except TimeoutError:
+            await self.close()
+            raise EngineError(
+                "57014", f"applying the promotion rules took over {REWRITE_SECONDS:g} s"
+            ) from None
+        except BaseException:  # cancelled, or the child is gone: its next answer is stale
+            await self.close()
+            raise
+        if not line.endswith(b"\n"):  # the child died (out of memory)
+            await self.close()
+            raise EngineError("54000", "the SQL to promote is too large to parse")
+        return line
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        if self._process is None or self._process.returncode is not None:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "engine.promotion_worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=16 * MAX_SQL_BYTES,  # an answer is one line: the statements and more
+            )
+        return self._process
+
+    async def close(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()

@@ -346,8 +346,13 @@ def review_markdown(
         lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in preview]
     else:
         lines.append("No cloud changes.")
-    fence = "```"
-    while any(fence in s for s in statements):
-        fence += "`"
-    lines += ["", "## SQL", "", fence + "sql", *statements, fence, ""]
+    lines += ["", "## SQL", "", *fenced("sql", statements), ""]
     return "\n".join(lines)
+
+
+def fenced(language: str, lines: list[str]) -> list[str]:
+    """A Markdown code block of `lines`, its fence longer than any run of backticks in them."""
+    fence = "```"
+    while any(fence in line for line in lines):
+        fence += "`"
+    return [fence + language, *lines, fence]

@@ -11,7 +11,8 @@ have yet is promoted in order, each as one infrastructure transaction of the tar
    is printed; then it commits with --commit, or rolls back (a dry run).
 
 A statement that fails rolls the target back: nothing is half-applied, the ledger unchanged.
-`--transaction`, `--since` and `--sql-in` promote a given change instead, with no ledger.
+`--transaction` promotes one source transaction the same way; `--since` and `--sql-in`
+promote SQL with the rules applied but with no check and no ledger entry.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncpg
 import pglast
 
 from engine.promotion import Rules, load_rules
+from engine.sqlgen import fenced
 
 COMMITTED = (
     "SELECT transaction_id, closed_at FROM iasql_transaction WHERE outcome = 'committed'"
@@ -69,15 +71,24 @@ async def run_promote(args: argparse.Namespace) -> int:
     if args.sql_in is None and not args.source:
         raise PromotionError("name the source with --from URL (or give --sql-in FILE)")
     ledger_mode = args.sql_in is None and args.since is None and args.sql_out is None
+    if not ledger_mode:
+        given = [f for f in ("status", "force", "skip", "review") if getattr(args, f)]
+        if given:
+            raise PromotionError(
+                f"--{given[0]} works when promoting source transactions (--from and --to"
+                " without --since, --sql-in or --sql-out)"
+            )
     if ledger_mode:
         if not args.target:
             raise PromotionError("name the target with --to URL")
         await Promotion(args).run()
         return 0
+    name = args.source_name
     if args.sql_in is not None:
         statements = split_statements(args.sql_in.read_text())
     else:
-        statements = await source_sql(args.source, args.transaction, args.since)
+        source_name, statements = await source_sql(args.source, args.transaction, args.since)
+        name = name or source_name
     if args.sql_out is not None:
         args.sql_out.write_text("".join(s + "\n" for s in statements))
         print(f"wrote {len(statements)} statements to {args.sql_out}")
@@ -86,7 +97,7 @@ async def run_promote(args: argparse.Namespace) -> int:
         raise PromotionError("name the target with --to URL (or write the SQL with --sql-out)")
     target = await _connect(args.target, "target")
     try:
-        steps = await rewrite(target, [Step(s) for s in statements], args.source_name)
+        steps = await apply_rules(target, [Step(s) for s in statements], name)
         await Target(target).apply_plain(steps, commit=args.commit)
     finally:
         await target.close()
@@ -117,9 +128,11 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-async def source_sql(url: str, transaction: str | None, since: str | None) -> list[str]:
+async def source_sql(url: str, transaction: str | None, since: str | None) -> tuple[str, list[str]]:
+    """The source's name (its database's) and its SQL."""
     conn = await _connect(url, "source")
     try:
+        name = str(await conn.fetchval("SELECT current_database()"))
         if since is not None:
             rows = await conn.fetch("SELECT sql FROM iasql_get_sql_since($1)", since)
         else:
@@ -130,7 +143,7 @@ async def source_sql(url: str, transaction: str | None, since: str | None) -> li
         raise PromotionError(f"reading the source's SQL failed: {_first_line(exc)}") from exc
     finally:
         await conn.close()
-    return [r["sql"] for r in rows]
+    return name, [r["sql"] for r in rows]
 
 
 # --- one statement, one source transaction -----------------------------------------------
@@ -173,7 +186,9 @@ class SourceTransaction:
         return [s for s in self.steps if s.sql is not None]
 
 
-async def rewrite(target: asyncpg.Connection, steps: list[Step], source: str | None) -> list[Step]:
+async def apply_rules(
+    target: asyncpg.Connection, steps: list[Step], source: str | None
+) -> list[Step]:
     """The steps with the target's rules applied to their statements and checks."""
     texts = [s.source_sql for s in steps]
     checked = all(s.check_sql is not None for s in steps)
@@ -194,9 +209,11 @@ async def rewrite(target: asyncpg.Connection, steps: list[Step], source: str | N
         raise PromotionError("the target split the SQL into other statements than the source")
     for number, step in enumerate(steps):
         group = rows[number * width : (number + 1) * width]
-        step.sql = group[0]["sql"]
         step.rewrites = [r for row in group for r in json.loads(row["rewrites"])]
-        if checked:
+        # Left out when an exclude rule matches the statement or its check (the row before).
+        kept = all(row["sql"] is not None for row in group)
+        step.sql = group[0]["sql"] if kept else None
+        if checked and kept:
             step.check_sql, step.now_sql = group[1]["sql"], group[2]["sql"]
     return steps
 
@@ -223,7 +240,7 @@ async def load_transaction(
         )
         for r in found
     ]
-    steps = await rewrite(target, steps, name)
+    steps = await apply_rules(target, steps, name)
     return SourceTransaction(row["transaction_id"], row["closed_at"], steps)
 
 
@@ -252,7 +269,7 @@ class Conflict:
             ]
             for c in columns
         ]
-        return [head, *table(["column", "source before", "source after", "target now"], cells)]
+        return [head, *text_table(["column", "source before", "source after", "target now"], cells)]
 
 
 def _text(value: Any) -> str:
@@ -261,7 +278,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def table(headers: list[str], cells: list[list[str]]) -> list[str]:
+def text_table(headers: list[str], cells: list[list[str]]) -> list[str]:
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
     return [
         "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
@@ -302,17 +319,22 @@ class Target:
                 self.conn.add_log_listener(_print_notice)
             self.open = False
 
-    async def run(self, steps: list[Step], *, checks: bool) -> None:
-        """Runs the statements (each after its check) in the open transaction. A failing
-        statement rolls it back; a failing check raises ConflictFound."""
+    async def run(self, steps: list[Step], *, force: bool = False) -> list[Conflict]:
+        """Runs the statements, each after its check, in the open transaction. A failing
+        statement rolls it back; a failing check raises ConflictFound, or with `force` is
+        returned, and the statement runs anyway."""
         runnable = [s for s in steps if s.sql is not None]
+        conflicts = []
         for number, step in enumerate(runnable, 1):
             try:
-                if checks and step.check_sql is not None:
+                if step.check_sql is not None:
                     found = await self.conn.fetchval(step.check_sql)
                     if found != step.expected:
                         row = await self.conn.fetchval(str(step.now_sql))
-                        raise ConflictFound(Conflict(step, found, json.loads(row) if row else None))
+                        conflict = Conflict(step, found, json.loads(row) if row else None)
+                        if not force:
+                            raise ConflictFound(conflict)
+                        conflicts.append(conflict)
                 await self.conn.execute(step.sql)
             except asyncpg.PostgresError as exc:
                 await self.rollback()
@@ -320,6 +342,7 @@ class Target:
                     f"statement {number} of {len(runnable)} failed in the target; it was"
                     f" rolled back, nothing was applied\n  {step.sql}\n  {_first_line(exc)}"
                 ) from exc
+        return conflicts
 
     async def preview(self) -> list[Any]:
         return list(
@@ -333,10 +356,17 @@ class Target:
         try:
             done = await self.conn.fetch("SELECT * FROM iasql_commit($1)", message)
         except asyncpg.PostgresError as exc:
-            self.open = False
+            # A commit the cloud failed midway is undone and closed by the engine; one that
+            # failed before (planning) leaves the transaction open, to be rolled back here.
+            self.open = bool(
+                await self.conn.fetchval(
+                    "SELECT count(*) FROM iasql_transaction WHERE closed_at IS NULL"
+                )
+            )
+            await self.rollback()
             raise PromotionError(
-                f"the target's commit failed: {_first_line(exc)}; its rows were restored and"
-                " the ledger is unchanged"
+                f"the target's commit failed: {_first_line(exc)}; the target was rolled back"
+                " and its ledger is unchanged"
             ) from exc
         self.open = False
         return list(done)
@@ -345,7 +375,7 @@ class Target:
         """Promotes SQL that has no checks and no ledger entry (--sql-in, --since)."""
         await self.begin()
         try:
-            await self.run(steps, checks=False)
+            await self.run(steps)
             print_rewrites(steps)
             print_preview(await self.preview())
             if commit:
@@ -363,7 +393,8 @@ class Promotion:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.review: list[str] = []
+        self.review: list[str] = []  # per transaction (a dry run that skips starts it over)
+        self.conflicts: list[str] = []  # every conflict reported, for the review
 
     async def run(self) -> None:
         source = await _connect(self.args.source, "source")
@@ -393,7 +424,7 @@ class Promotion:
                 await target_conn.close()
                 await source.close()
                 if self.args.review is not None:  # a conflict belongs in the review too
-                    self.args.review.write_text("\n".join(self.review) + "\n")
+                    self.args.review.write_text("\n".join([*self.conflicts, *self.review]) + "\n")
                     print(f"wrote the review to {self.args.review}")
 
     async def pending(
@@ -458,14 +489,18 @@ class Promotion:
                 continue
             await target.begin()
             try:
-                await target.run(tx.steps, checks=not self.args.force)
+                forced = await target.run(tx.steps, force=self.args.force)
             except ConflictFound as found:
                 await self.stop_unless_skipping(target, found)
                 await self.record(target.conn, name, tx, "skipped")
                 continue
-            await self.record(target.conn, name, tx, "forced" if self.args.force else "applied")
+            for conflict in forced:
+                self.report(conflict, "applied anyway (--force)")
+            await self.record(target.conn, name, tx, "forced" if forced else "applied")
             print_rewrites(tx.steps)
-            print_preview(await target.preview())
+            preview = await target.preview()
+            print_preview(preview)
+            self.review += review_section(tx, preview)
             done = await target.commit(f"promoted {name} transaction {tx.transaction_id}")
             print(f"committed {len(done)} cloud operations in the target")
 
@@ -497,22 +532,29 @@ class Promotion:
                 self.review += ["Skipped.", ""]
                 continue
             try:
-                await target.run(tx.steps, checks=not self.args.force)
+                forced = await target.run(tx.steps, force=self.args.force)
             except ConflictFound as found:
                 found.transaction_id = tx.transaction_id
                 raise
+            for conflict in forced:
+                self.report(conflict, "would be applied anyway (--force)")
             print_rewrites(tx.steps)
             preview = await target.preview()
+            if number > 1:
+                print("the target's preview, with the transactions above:")
             print_preview(preview)
-            self.review += review_section(tx, preview)
+            self.review += review_section(tx, preview, cumulative=number > 1)
+
+    def report(self, conflict: Conflict, outcome: str) -> None:
+        lines = [f"conflict, {outcome}: the target's row is not as the source's was before:"]
+        lines += conflict.lines()
+        print("\n".join(lines))
+        self.conflicts += ["## Conflict", "", *fenced("text", lines), ""]
 
     async def stop_unless_skipping(self, target: Target, found: ConflictFound) -> None:
         """Rolls the target back and reports the conflict; stops there unless --skip."""
         await target.rollback()
-        lines = ["conflict: the target's row is not as the source's was before the change:"]
-        lines += found.conflict.lines()
-        print("\n".join(lines))
-        self.review += ["### Conflict", "", "```text", *lines, "```", ""]
+        self.report(found.conflict, "skipped (--skip)" if self.args.skip else "stopped")
         if not self.args.skip:
             raise PromotionError(
                 "stopped at a conflict; nothing of this source transaction was applied"
@@ -535,7 +577,7 @@ def print_rewrites(steps: list[Step]) -> None:
     ]
     cells = [c for i, c in enumerate(cells) if c not in cells[:i]]
     if cells:
-        print("\n".join(table(["table", "column", "source value", "target value"], cells)))
+        print("\n".join(text_table(["table", "column", "source value", "target value"], cells)))
     for step in steps:
         if step.sql is None:
             print(f"  left out by an exclude rule: {step.source_sql}")
@@ -544,7 +586,7 @@ def print_rewrites(steps: list[Step]) -> None:
 def print_preview(rows: list[Any]) -> None:
     headers = ["action", "table_name", "id", "description"]
     cells = [[str(r[h]) if r[h] is not None else "" for h in headers] for r in rows]
-    print("\n".join(table(headers, cells)))
+    print("\n".join(text_table(headers, cells)))
     print(f"({len(rows)} cloud operations)")
 
 
@@ -552,9 +594,11 @@ def _cell(value: Any) -> str:
     return _text(value).replace("|", "\\|").replace("\n", " ")
 
 
-def review_section(tx: SourceTransaction, preview: list[Any]) -> list[str]:
+def review_section(
+    tx: SourceTransaction, preview: list[Any], *, cumulative: bool = False
+) -> list[str]:
     """Markdown for one promoted transaction: the values the rules changed, the SQL after
-    them, and the target's preview (all pending transactions so far)."""
+    them, and the target's preview (in a dry run, with the transactions before it)."""
     lines = []
     rewrites = [r for s in tx.steps for r in s.rewrites]
     if rewrites:
@@ -565,7 +609,9 @@ def review_section(tx: SourceTransaction, preview: list[Any]) -> list[str]:
             if row not in seen:
                 seen.append(row)
         lines += [*seen, ""]
-    lines += ["```sql", *[s.sql for s in tx.statements if s.sql], "```", ""]
+    lines += [*fenced("sql", [s.sql for s in tx.statements if s.sql]), ""]
+    if cumulative:
+        lines += ["The target's preview, with the transactions above:", ""]
     lines += ["| action | table_name | id | description |", "|---|---|---|---|"]
     lines += [
         "| " + " | ".join(_cell(r[h]) for h in ("action", "table_name", "id", "description")) + " |"

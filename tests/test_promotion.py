@@ -345,7 +345,7 @@ def test_ledger_promotion_force_and_a_failing_statement(
     assert stopped.returncode == 1 and "stopped at a conflict" in stopped.stderr
     table = [line.split() for line in stopped.stdout.splitlines()]
     assert ["delay_seconds", "0", "7", "30"] in table, stopped.stdout
-    assert "### Conflict" in review.read_text() and "delay_seconds" in review.read_text()
+    assert "## Conflict" in review.read_text() and "delay_seconds" in review.read_text()
     assert delay() == "30"
 
     forced = promote("--from", source, "--to", target, "--commit", "--force")

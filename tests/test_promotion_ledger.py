@@ -36,6 +36,7 @@ def target(envdb: psycopg.Connection, moto_accounts: object) -> Iterator[psycopg
         ("(NULL, NULL, 'pattern', 'a-*', 'b-*-*')", "23514", "no more than it"),
         ("(NULL, NULL, 'cidr', '10.1.0.0/16', '10.2.0.0/24')", "23514", "same size"),
         ("(NULL, NULL, 'cidr', '10.1.0.1/16', '10.2.0.0/16')", "22P02", "cidr"),
+        ("(NULL, NULL, 'cidr', '10.1/16', '10.2.0.0/16')", "23514", "in full"),
     ],
 )
 def test_a_bad_rule_is_refused_when_written(
@@ -177,12 +178,48 @@ def test_the_ledger_counts_committed_promotions_only(target: psycopg.Connection)
 def test_promotion_sql_refuses_a_text_too_big_to_parse_at_once(
     envdb: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The limit (16 MiB) is above what the test server lets a message carry (1 MiB): lowered
+    # The limit (4 MiB) is above what the test server lets a message carry (1 MiB): lowered
     # here, in the server's own process.
-    monkeypatch.setattr(promotion, "MAX_SQL_CHARS", 1000)
+    monkeypatch.setattr(promotion, "MAX_SQL_BYTES", 1000)
     with pytest.raises(psycopg.Error) as caught:
-        envdb.execute("SELECT * FROM iasql_promotion_sql(%s)", ("-" * 1001,))
-    assert caught.value.sqlstate == "54000" and "at most 1000 characters" in str(caught.value)
+        envdb.execute("SELECT * FROM iasql_promotion_sql(%s)", ("é" * 501,))
+    assert caught.value.sqlstate == "54000" and "1002 bytes; at most 1000" in str(caught.value)
     # The session goes on.
     counted = envdb.execute("SELECT count(*) FROM iasql_promotion_sql(%s)", ("SELECT 1;" * 100,))
     assert counted.fetchall() == [(100,)]
+
+
+def test_promotion_sql_parses_away_from_the_server(
+    envdb: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parse runs in a child process: a text nested too deeply is a clear error, one that
+    takes too long ends the child, and sessions meanwhile are answered."""
+    nested = "DELETE FROM t WHERE " + "NOT " * 5000 + "(a = 'x');"
+    with pytest.raises(psycopg.Error) as caught:
+        envdb.execute("SELECT * FROM iasql_promotion_sql(%s)", (nested,))
+    assert caught.value.sqlstate in ("54001", "42601"), caught.value
+    monkeypatch.setattr(promotion, "REWRITE_SECONDS", 0.0)
+    with pytest.raises(psycopg.Error) as caught:
+        envdb.execute("SELECT * FROM iasql_promotion_sql('SELECT 1;')")
+    assert caught.value.sqlstate == "57014" and "took over 0 s" in str(caught.value)
+    monkeypatch.setattr(promotion, "REWRITE_SECONDS", 30.0)
+    counted = envdb.execute("SELECT count(*) FROM iasql_promotion_sql('SELECT 1; SELECT 2;')")
+    assert counted.fetchall() == [(2,)]
+
+
+def test_rows_a_users_own_trigger_writes_are_replayed(target: psycopg.Connection) -> None:
+    """Promotion leaves out rows that iasql's own triggers and cascades write (the replayed
+    statement writes them again), never rows a user's trigger writes."""
+    target.execute("CREATE TABLE app.feed (cidr text)")
+    target.execute(
+        "CREATE FUNCTION app.feed_vpc() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " INSERT INTO public.vpc (cidr_block) VALUES (NEW.cidr); RETURN NEW; END $$"
+    )
+    target.execute(
+        "CREATE TRIGGER feed AFTER INSERT ON app.feed FOR EACH ROW EXECUTE FUNCTION app.feed_vpc()"
+    )
+    target.execute("SELECT * FROM iasql_begin()")
+    target.execute("INSERT INTO app.feed VALUES ('10.8.0.0/16')")
+    sql = [s for (s,) in rows(target, "SELECT sql FROM iasql_get_sql_for_transaction()")]
+    assert len(sql) == 1 and sql[0].startswith('INSERT INTO "vpc"') and "'10.8.0.0/16'" in sql[0]
+    target.execute("SELECT * FROM iasql_rollback()")

@@ -514,7 +514,7 @@ def test_exclude_rules_keep_statements_out() -> None:
     results = rewrite(text, rules)
     assert [(r.sql is None, r.excluded_by) for r in results] == [
         (True, 7),
-        (False, None),  # a value inside a sub-select excludes nothing
+        (True, 7),  # its parent is left out, so is it: it could not be made
         (True, 7),
         (True, 7),
         (True, 7),
@@ -522,12 +522,8 @@ def test_exclude_rules_keep_statements_out() -> None:
         (True, 9),
         (False, None),
         (False, None),  # rule 9 is for log_group only
-        (False, None),  # flow_log only in a sub-select
+        (True, 8),  # flow_log in a sub-select: the value comes from a row left out
     ]
-    assert results[1].sql == (
-        """INSERT INTO "subnet" ("vpc_id", "cidr_block") VALUES ((SELECT "id" FROM "vpc" WHERE"""
-        """ "cidr_block" = '10.2.0.0/16'), '10.9.1.0/24');"""
-    )
     assert results[0].source_sql == """INSERT INTO "vpc" ("cidr_block") VALUES ('10.1.0.0/16');"""
 
 
@@ -749,3 +745,21 @@ def test_json_constants_map_every_leaf(document: Any, match: str, replacement: s
     assert json.loads(constants(result.sql)[0]) == expected
     if expected == document:
         assert result.sql == text
+
+
+def test_in_lists_reversed_comparisons_and_insert_select_are_mapped() -> None:
+    rules = Rules(
+        [Rule(1, "pattern", "staging-*", "prod-*"), Rule(2, "region", "us-east-1", "eu-west-1")]
+    )
+    text = (
+        """SELECT count(*) FROM "queue" WHERE "name" IN ('staging-a', 'other');\n"""
+        """DELETE FROM "queue" WHERE 'staging-b' = "name";\n"""
+        """INSERT INTO "queue" ("name", "region") SELECT 'staging-c', 'us-east-1';\n"""
+        """INSERT INTO "endpoint_gateway" ("service") VALUES ('com.amazonaws.us-east-1.s3');"""
+    )
+    assert [r.sql for r in rewrite(text, rules)] == [
+        """SELECT count(*) FROM "queue" WHERE "name" IN ('prod-a', 'other');""",
+        """DELETE FROM "queue" WHERE 'prod-b' = "name";""",
+        """INSERT INTO "queue" ("name", "region") SELECT 'prod-c', 'eu-west-1';""",
+        """INSERT INTO "endpoint_gateway" ("service") VALUES ('com.amazonaws.eu-west-1.s3');""",
+    ]
