@@ -251,13 +251,28 @@ def _literal_end(raw: bytes, start: int) -> int | None:
         if doubled or (escapes and char == b"\\"):  # '' or \x: an escaped character
             at += 2
         elif char == b"'":
-            gap = len(raw[at + 1 :]) - len(raw[at + 1 :].lstrip())
-            if b"\n" not in raw[at + 1 : at + 1 + gap] or raw[at + 1 + gap : at + 2 + gap] != b"'":
+            rest = raw[at + 1 :]
+            gap = len(rest) - len(rest.lstrip())
+            if rest[gap : gap + 2] in (b"--", b"/*") and _continued_after_comment(rest):
+                return None  # pieces with comments between: left as written
+            if b"\n" not in rest[:gap] or rest[gap : gap + 1] != b"'":
                 return at + 1
             at += gap + 2  # the constant goes on after the line break
         else:
             at += 1
     return None
+
+
+def _continued_after_comment(rest: bytes) -> bool:
+    """Whether a string constant goes on after comments ('a' -- note <newline> 'b')."""
+    while True:
+        rest = rest.lstrip()
+        if rest.startswith(b"--"):
+            rest = rest.partition(b"\n")[2]
+        elif rest.startswith(b"/*"):
+            rest = rest.partition(b"*/")[2]
+        else:
+            return rest.startswith(b"'")
 
 
 def _one(node: dict[str, Any]) -> tuple[str, Any]:
@@ -440,6 +455,12 @@ def _statements(text: str) -> Iterator[tuple[dict[str, Any], int, int]]:
         yield item["stmt"], start, start + item.get("stmt_len", size - start)
 
 
+def _terminated(statement: str) -> str:
+    """The statement with its semicolon, on a line of its own after a trailing comment."""
+    statement = statement.strip()
+    return statement + ("\n;" if "--" in statement.rpartition("\n")[2] else ";")
+
+
 def rewrite(text: str, rules: Rules) -> list[Rewritten]:
     """Each statement of `text` with the rules applied, in order."""
     raw = text.encode()
@@ -452,8 +473,8 @@ def rewrite(text: str, rules: Rules) -> list[Rewritten]:
             pieces += [raw[at:edit_start], literal.encode()]
             at = edit_end
         pieces.append(raw[at:end])
-        source = raw[start:end].decode().strip() + ";"
-        sql = b"".join(pieces).decode().strip() + ";"
+        source = _terminated(raw[start:end].decode())
+        sql = _terminated(b"".join(pieces).decode())
         excluded = walk.excluded_by
         result.append(
             Rewritten(

@@ -763,3 +763,17 @@ def test_in_lists_reversed_comparisons_and_insert_select_are_mapped() -> None:
         """INSERT INTO "queue" ("name", "region") SELECT 'prod-c', 'eu-west-1';""",
         """INSERT INTO "endpoint_gateway" ("service") VALUES ('com.amazonaws.eu-west-1.s3');""",
     ]
+
+
+def test_a_constant_continued_after_a_comment_is_left_as_written() -> None:
+    rules = Rules([Rule(1, "pattern", "staging-*", "prod-*")])
+    text = "INSERT INTO \"queue\" (\"name\") VALUES ('staging-'\n-- note\n'x');"
+    [result] = rewrite(text, rules)
+    assert result.sql == text and result.rewrites == []
+    spaced = 'INSERT INTO "queue" ("name") VALUES (\'staging-a\' /* c */);'
+    assert rewrite(spaced, rules)[0].sql == spaced.replace("staging-a", "prod-a")
+
+
+def test_a_last_statement_ending_in_a_comment_keeps_its_semicolon_out_of_it() -> None:
+    [result] = rewrite('DELETE FROM "queue" WHERE "name" = \'a\' -- why', Rules([]))
+    assert result.sql == 'DELETE FROM "queue" WHERE "name" = \'a\' -- why\n;'
