@@ -94,6 +94,7 @@ def test_install_imports_buckets_and_their_settings(
         ("aws_s3", "bucket", 2),
         ("aws_s3", "public_access_block", 1),
         ("aws_s3", "bucket_website", 1),
+        ("aws_s3", "bucket_object", 0),
     ]
 
     assert rows(envdb, "SELECT name, policy, tags, region FROM bucket ORDER BY name") == [
@@ -112,7 +113,7 @@ def test_install_imports_buckets_and_their_settings(
         envdb,
         "SELECT conrelid::regclass::text, confdeltype FROM pg_constraint"
         " WHERE confrelid = 'bucket'::regclass ORDER BY 1",
-    ) == [("bucket_website", "c"), ("public_access_block", "c")]
+    ) == [("bucket_object", "a"), ("bucket_website", "c"), ("public_access_block", "c")]
 
 
 # 2. The mappers against moto, each step checked with boto3 too.

@@ -1,4 +1,4 @@
-"""aws_s3: S3 buckets, their public access blocks and website configurations."""
+"""aws_s3: S3 buckets, their public access blocks, website configurations and objects."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from modules import VERSION
 from modules._aws.attributes import AttributeMap
 from modules._aws.policy import canonical_policy, policy_text
 from modules._aws.region import region_column
+from modules.aws_s3.objects import BUCKET_OBJECT, S3_UPLOAD_OBJECT, WRITES_TEARDOWN
 from modules.errors import error_code, ignoring
 from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
 
@@ -336,6 +337,8 @@ MODULE = ModuleSpec(
     name="aws_s3",
     version=VERSION,
     dependencies=("aws_account",),
-    description="S3 buckets, their public access blocks and website configurations",
-    tables=(BUCKET, PUBLIC_ACCESS_BLOCK, BUCKET_WEBSITE),
+    description="S3 buckets, their public access blocks, website configurations and objects",
+    tables=(BUCKET, PUBLIC_ACCESS_BLOCK, BUCKET_WEBSITE, BUCKET_OBJECT),
+    functions=(S3_UPLOAD_OBJECT,),
+    teardown_sql=(WRITES_TEARDOWN,),
 )
