@@ -36,7 +36,7 @@ def test_install_resolves_dependencies_and_imports_existing_resources(
     add_credentials(envdb, moto)
 
     installed = rows(envdb, "SELECT * FROM iasql_install('aws_cloudwatch')")
-    assert installed == [("aws_cloudwatch", "log_group", 2)]
+    assert installed == [("aws_cloudwatch", "log_group", 2), ("aws_cloudwatch", "metric_alarm", 0)]
     assert rows(envdb, "SELECT default_aws_region()") == [("us-east-1",)]
     assert rows(envdb, "SELECT log_group_name, region FROM log_group ORDER BY 1") == [
         ("/app/east", "us-east-1"),
@@ -111,13 +111,17 @@ def test_uninstall_refuses_while_needed_then_drops(
         envdb.execute("SELECT * FROM iasql_uninstall('aws_account')")
     assert "aws_cloudwatch needs aws_account" in str(error.value)
     dropped = rows(envdb, "SELECT * FROM iasql_uninstall('aws_cloudwatch')")
-    assert dropped == [("aws_cloudwatch", "log_group", 1)]
+    assert sorted(dropped) == [
+        ("aws_cloudwatch", "log_group", 1),
+        ("aws_cloudwatch", "metric_alarm", 0),
+    ]
     assert rows(envdb, "SELECT to_regclass('log_group')") == [(None,)]
     # The cloud is untouched, and a new install imports the group again.
     names = logs_client(moto, "us-east-1").describe_log_groups()["logGroups"]  # type: ignore[attr-defined]
     assert [g["logGroupName"] for g in names] == ["/kept"]
     assert rows(envdb, "SELECT * FROM iasql_install('aws_cloudwatch')") == [
-        ("aws_cloudwatch", "log_group", 1)
+        ("aws_cloudwatch", "log_group", 1),
+        ("aws_cloudwatch", "metric_alarm", 0),
     ]
 
 
@@ -135,7 +139,10 @@ def test_uninstalling_a_module_that_is_not_installed_skips_it(
     envdb.execute("SELECT * FROM iasql_install('aws_cloudwatch')")
     notices.clear()
     dropped = rows(envdb, "SELECT * FROM iasql_uninstall('aws_sqs', 'aws_cloudwatch', 'aws_s3')")
-    assert dropped == [("aws_cloudwatch", "log_group", 0)]
+    assert sorted(dropped) == [
+        ("aws_cloudwatch", "log_group", 0),
+        ("aws_cloudwatch", "metric_alarm", 0),
+    ]
     assert notices[0] == "modules aws_sqs, aws_s3 are not installed: skipped"
     assert rows(envdb, "SELECT module_name FROM iasql_modules_installed()") == [
         ("aws_account",),

@@ -1,4 +1,4 @@
-"""aws_cloudwatch: CloudWatch Logs log groups."""
+"""aws_cloudwatch: CloudWatch Logs log groups and CloudWatch metric alarms."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 
 from modules import VERSION
 from modules._aws.region import region_column
+from modules.aws_cloudwatch.alarm import METRIC_ALARM
 from modules.concurrency import gather_bounded
 from modules.spec import Cloud, Column, ModuleSpec, Record, Table
 
@@ -103,6 +104,6 @@ MODULE = ModuleSpec(
     name="aws_cloudwatch",
     version=VERSION,
     dependencies=("aws_account",),
-    description="CloudWatch Logs log groups",
-    tables=(LOG_GROUP,),
+    description="CloudWatch Logs log groups and metric alarms",
+    tables=(LOG_GROUP, METRIC_ALARM),
 )
