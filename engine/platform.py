@@ -141,6 +141,7 @@ DECLARE
     tx text;
     secrets text[] := coalesce(TG_ARGV, ARRAY[]::text[]);  -- NULL when no column is secret
     entry jsonb;
+    written jsonb;
 BEGIN
     SELECT t.transaction_id INTO tx FROM public.iasql_transaction t WHERE t.closed_at IS NULL;
     IF TG_OP = 'INSERT' THEN
@@ -156,6 +157,17 @@ BEGIN
         entry := pg_catalog.jsonb_build_object(
             'original', pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) secrets,
             'change', pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) secrets);
+    END IF;
+    -- JSON objects as written: jsonb sorts their keys, and an order may mean something (a
+    -- DynamoDB key schema lists its partition key first).
+    IF TG_OP <> 'DELETE' THEN
+        SELECT pg_catalog.jsonb_object_agg(e.key, e.value::text) INTO written
+        FROM pg_catalog.json_each(pg_catalog.to_json(NEW)) e
+        WHERE pg_catalog.json_typeof(e.value) = 'object' AND e.key <> ALL (secrets);
+        IF written IS NOT NULL THEN
+            entry := entry OPERATOR(pg_catalog.||)
+                pg_catalog.jsonb_build_object('json_text', written);
+        END IF;
     END IF;
     -- Made by a trigger or a foreign key's cascade, not by the statement itself: marked, so
     -- that promotion replays the statement alone. Only while every trigger in the database

@@ -101,12 +101,13 @@ class SqlGenerator:
         if table is None or not replayable(table):
             return None
         name = quote_ident(table.name)
+        written = change.change.get("json_text") or {}
         if change.change_type == "INSERT":
             new = change.change["change"]
             values = {c.name: new.get(c.name) for c in emitted_columns(table)}
             values = {k: v for k, v in values.items() if v is not None}
             columns = ", ".join(quote_ident(k) for k in values)
-            exprs = ", ".join(self._value(table.column(k), v) for k, v in values.items())
+            exprs = ", ".join(self._new(table.column(k), v, written) for k, v in values.items())
             return f"INSERT INTO {name} ({columns}) VALUES ({exprs});"
         original = change.change["original"]
         where = self._where(table, original)
@@ -117,7 +118,7 @@ class SqlGenerator:
         if not changed:
             return None
         sets = ", ".join(
-            f"{quote_ident(c.name)} = {self._value(c, new.get(c.name))}" for c in changed
+            f"{quote_ident(c.name)} = {self._new(c, new.get(c.name), written)}" for c in changed
         )
         return f"UPDATE {name} SET {sets} WHERE {where};"
 
@@ -177,6 +178,13 @@ class SqlGenerator:
             if value is not None:
                 shown[column.name] = value
         return shown
+
+    def _new(self, column: Column, value: Any, written: dict[str, str]) -> str:
+        """A value a change writes: a json object as the user wrote it (key order kept)."""
+        text = written.get(column.name)
+        if column.type.lower() == "json" and isinstance(value, dict) and text is not None:
+            return f"{quote_literal(text)}::json"
+        return self._value(column, value)
 
     def _value(self, column: Column, value: Any) -> str:
         ref = column.ref
