@@ -6,15 +6,23 @@ and promoted into a prod account with `iasql promote`, every cloud effect read w
    rule naming the other group) and an IAM role; one iasql_commit(), no retry pass.
 2. A second: two instances behind a load balancer (naming its subnets by cloud id, as in
    IaSQL), a target group and an HTTPS listener on a certificate imported by RPC.
-3. Each transaction replayed in prod by `iasql promote --commit`, with no edit.
-4. One transaction deleting all of it, in reverse dependency order.
+3. The application tier, in one transaction: a Route 53 record aliased to the load balancer,
+   a CloudFront distribution in front of an S3 bucket on the certificate, an SNS topic, an SQS
+   queue, a DynamoDB table, a secret, a Lambda function with a role and the VPC's subnets, an
+   HTTP API and an AppSync API; then the queue's subscription to the topic (the topic's ARN
+   exists once the first commit made it).
+4. Each transaction replayed in prod by `iasql promote --commit`, with no edit.
+5. One transaction deleting all of it, in reverse dependency order.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import secrets
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +39,40 @@ pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
 REGION = "us-east-1"
 MODULES = ("aws_vpc", "aws_security_group", "aws_iam", "aws_acm", "aws_elb", "aws_ec2")
+APP_MODULES = (
+    "aws_route53",
+    "aws_cloudfront",
+    "aws_s3",
+    "aws_sns",
+    "aws_sqs",
+    "aws_dynamo",
+    "aws_secrets_manager",
+    "aws_lambda",
+    "aws_api_gateway",
+    "aws_appsync",
+)
+# CloudFront's managed CachingOptimized policy.
+CACHE_POLICY = "658327ea-f89d-4fab-a63d-7e88639e58f6"
+ORIGIN = {
+    "Id": "assets",
+    "DomainName": "shop-assets.s3.amazonaws.com",
+    "S3OriginConfig": {"OriginAccessIdentity": ""},
+}
+BEHAVIOR = {
+    "TargetOriginId": "assets",
+    "ViewerProtocolPolicy": "redirect-to-https",
+    "CachePolicyId": CACHE_POLICY,
+}
+LAMBDA_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "lambda.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
 AMI = "resolve:ssm:/aws/service/ami-amazon-linux-latest/amzn2-ami-hvm-x86_64-gp2"
 EC2_TRUST = {
     "Version": "2012-10-17",
@@ -107,7 +149,67 @@ INSERT INTO registered_instance (instance, target_group_id, port)
     WHERE i.tags ->> 'Name' LIKE 'shop-%' AND t.target_group_name = 'shop-web';
 """
 
+
+def function_zip() -> str:
+    """A Lambda deployment package: one handler, base64 as `zip_b64` holds it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("index.py", "def handler(event, context):\n    return {'ok': True}\n")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+APP = f"""
+INSERT INTO hosted_zone (domain_name) VALUES ('shop.example.com');
+INSERT INTO alias_target (load_balancer_id)
+    SELECT id FROM load_balancer WHERE load_balancer_name = 'shop';
+INSERT INTO resource_record_set (name, record_type, parent_hosted_zone_id, alias_target_id)
+    SELECT 'www.shop.example.com', 'A', z.id, a.id FROM hosted_zone z, alias_target a
+    WHERE z.domain_name = 'shop.example.com';
+INSERT INTO bucket (name) VALUES ('shop-assets');
+INSERT INTO distribution (caller_reference, comment, default_cache_behavior, origins,
+        alternate_domain_names, custom_ssl_certificate_id)
+    SELECT 'shop-cdn', 'shop assets', '{json.dumps(BEHAVIOR)}', '{json.dumps([ORIGIN])}',
+        ARRAY['cdn.shop.example.com'], id
+    FROM certificate WHERE domain_name = 'shop.example.com';
+INSERT INTO topic (name) VALUES ('shop-orders');
+INSERT INTO queue (name) VALUES ('shop-orders');
+INSERT INTO dynamo_table (table_name, table_class, throughput, primary_key)
+    VALUES ('shop-orders', 'STANDARD', '"PAY_PER_REQUEST"', '{{"orderId": "S", "at": "N"}}');
+INSERT INTO secret (name, description, value) VALUES ('shop-db', 'the database', 'staging-pw');
+INSERT INTO iam_role (role_name, assume_role_policy_document)
+    VALUES ('shop-fn', '{json.dumps(LAMBDA_TRUST)}');
+INSERT INTO lambda_function (name, zip_b64, handler, runtime, role_name, subnets, memory_size)
+    SELECT 'shop-fn', '{function_zip()}', 'index.handler', 'python3.9', 'shop-fn',
+        ARRAY(SELECT subnet_id FROM subnet WHERE cidr_block IN ('10.60.1.0/24', '10.60.2.0/24')),
+        256;
+INSERT INTO lambda_function_security_groups (lambda_function_id, security_group_id)
+    SELECT f.id, g.id FROM lambda_function f, security_group g
+    WHERE f.name = 'shop-fn' AND g.group_name = 'shop-app';
+INSERT INTO api (name, protocol_type) VALUES ('shop-api', 'HTTP');
+INSERT INTO graphql_api (name, authentication_type) VALUES ('shop-graph', 'API_KEY');
+"""
+SUBSCRIBE = """
+INSERT INTO subscription (endpoint, protocol, topic)
+    SELECT q.arn, 'sqs', t.arn FROM queue q, topic t
+    WHERE q.name = 'shop-orders' AND t.name = 'shop-orders';
+"""
+
 TEARDOWN = """
+DELETE FROM subscription;
+DELETE FROM topic WHERE name = 'shop-orders';
+DELETE FROM queue WHERE name = 'shop-orders';
+DELETE FROM graphql_api WHERE name = 'shop-graph';
+DELETE FROM api WHERE name = 'shop-api';
+DELETE FROM lambda_function_security_groups;
+DELETE FROM lambda_function WHERE name = 'shop-fn';
+DELETE FROM iam_role WHERE role_name = 'shop-fn';
+DELETE FROM secret WHERE name = 'shop-db';
+DELETE FROM dynamo_table WHERE table_name = 'shop-orders';
+DELETE FROM distribution WHERE caller_reference = 'shop-cdn';
+DELETE FROM bucket WHERE name = 'shop-assets';
+DELETE FROM resource_record_set WHERE name = 'www.shop.example.com.';
+DELETE FROM alias_target;
+DELETE FROM hosted_zone WHERE domain_name IN ('shop.example.com', 'shop.example.com.');
 DELETE FROM registered_instance;
 DELETE FROM listener;
 DELETE FROM load_balancer WHERE load_balancer_name = 'shop';
@@ -140,7 +242,8 @@ class Account:
         self.conn.execute("SELECT * FROM iasql_install('aws_account')")
         add_credentials(self.conn, moto)
         only_regions(self.conn, REGION)
-        self.conn.execute(f"SELECT * FROM iasql_install({', '.join(map(repr, MODULES))})")
+        modules = (*MODULES, *APP_MODULES)
+        self.conn.execute(f"SELECT * FROM iasql_install({', '.join(map(repr, modules))})")
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=REGION, endpoint_url=self.moto.endpoint)
@@ -292,6 +395,49 @@ def check_compute(account: Account, certificate: str) -> None:
     assert targets == {(i["InstanceId"], 80) for i in instances}
 
 
+def check_app(account: Account, certificate: str) -> None:
+    """The application tier as this account's cloud has it, wired to its own resources."""
+    shop = account.shop()
+    elb = account.client("elbv2")
+    [balancer] = elb.describe_load_balancers(Names=["shop"])["LoadBalancers"]
+    route53 = account.client("route53")
+    [zone] = [
+        z for z in route53.list_hosted_zones()["HostedZones"] if z["Name"] == "shop.example.com."
+    ]
+    records = route53.list_resource_record_sets(HostedZoneId=zone["Id"])["ResourceRecordSets"]
+    [www] = [r for r in records if r["Name"] == "www.shop.example.com."]
+    assert balancer["DNSName"].lower() in www["AliasTarget"]["DNSName"].lower()
+    [cdn] = account.client("cloudfront").list_distributions()["DistributionList"]["Items"]
+    assert cdn["Aliases"]["Items"] == ["cdn.shop.example.com"]
+    assert cdn["ViewerCertificate"]["ACMCertificateArn"] == certificate
+    assert cdn["Origins"]["Items"][0]["DomainName"] == "shop-assets.s3.amazonaws.com"
+    account.client("s3").head_bucket(Bucket="shop-assets")
+    sns, sqs = account.client("sns"), account.client("sqs")
+    [topic] = [
+        t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(":shop-orders")
+    ]
+    queue_url = sqs.get_queue_url(QueueName="shop-orders")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    [subscription] = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert (subscription["Protocol"], subscription["Endpoint"]) == ("sqs", queue_arn)
+    table = account.client("dynamodb").describe_table(TableName="shop-orders")["Table"]
+    assert [k["AttributeName"] for k in table["KeySchema"]] == ["orderId", "at"]
+    assert account.client("secretsmanager").describe_secret(SecretId="shop-db")["Description"] == (
+        "the database"
+    )
+    function = account.client("lambda").get_function(FunctionName="shop-fn")["Configuration"]
+    assert set(function["VpcConfig"]["SubnetIds"]) == {
+        s["SubnetId"] for s in shop["subnets"].values()
+    }
+    assert function["VpcConfig"]["SecurityGroupIds"] == [shop["groups"]["shop-app"]["GroupId"]]
+    assert function["Role"].endswith(":role/shop-fn") and function["MemorySize"] == 256
+    assert [a["Name"] for a in account.client("apigatewayv2").get_apis()["Items"]] == ["shop-api"]
+    graphs = account.client("appsync").list_graphql_apis()["graphqlApis"]
+    assert [g["name"] for g in graphs] == ["shop-graph"]
+
+
 def test_stack_in_staging_promoted_to_prod_then_deleted(accounts: Any) -> None:
     staging, prod = accounts
     # Unrelated rows in prod first, so that no serial id lines up with staging's.
@@ -324,7 +470,34 @@ def test_stack_in_staging_promoted_to_prod_then_deleted(accounts: Any) -> None:
     ]
     check_compute(staging, staging_certificate)
 
-    # 3. Both transactions replayed in prod, oldest first, with no edit. Prod's certificate
+    # 3. The application tier, then the subscription that needs the topic's ARN.
+    staging.conn.execute("SELECT * FROM iasql_begin()")
+    staging.conn.execute(APP)
+    applied = commit(staging)
+    assert sorted({t for _a, t in applied}) == [
+        "alias_target",
+        "api",
+        "bucket",
+        "distribution",
+        "dynamo_table",
+        "graphql_api",
+        "hosted_zone",
+        "iam_role",
+        "lambda_function",
+        "lambda_function_security_groups",
+        "queue",
+        "resource_record_set",
+        "secret",
+        "topic",
+    ]
+    staging.conn.execute("SELECT * FROM iasql_begin()")
+    staging.conn.execute(SUBSCRIBE)
+    commit(staging)
+    check_app(staging, staging_certificate)
+    secret = staging.client("secretsmanager").get_secret_value(SecretId="shop-db")
+    assert secret["SecretString"] == "staging-pw"
+
+    # 4. The transactions replayed in prod, oldest first, with no edit. Prod's certificate
     # is its own (an RPC's effect is not replayed: it is imported there too).
     transactions = [
         t
@@ -332,20 +505,25 @@ def test_stack_in_staging_promoted_to_prod_then_deleted(accounts: Any) -> None:
             staging.conn,
             "SELECT transaction_id FROM iasql_transaction WHERE outcome = 'committed'"
             " AND EXISTS (SELECT 1 FROM iasql_audit_log a WHERE a.transaction_id ="
-            " iasql_transaction.transaction_id AND a.table_name IN ('vpc', 'instance'))"
+            " iasql_transaction.transaction_id"
+            " AND a.table_name IN ('vpc', 'instance', 'hosted_zone', 'subscription'))"
             " ORDER BY opened_at",
         )
     ]
-    assert len(transactions) == 2
+    assert len(transactions) == 4
     prod_certificate = prod.import_certificate()
     for transaction in transactions:
         promote(staging, prod, transaction)
     check_network(prod)
     check_compute(prod, prod_certificate)
+    check_app(prod, prod_certificate)
+    # A secret's value never leaves staging: prod's secret is made empty, for prod to fill.
+    with pytest.raises(prod.client("secretsmanager").exceptions.ResourceNotFoundException):
+        prod.client("secretsmanager").get_secret_value(SecretId="shop-db")
     assert prod.shop()["vpc"]["VpcId"] != staging.shop()["vpc"]["VpcId"]
     assert rows(prod.conn, "SELECT * FROM iasql_preview()") == []
 
-    # 4. Everything deleted in one transaction; the commit orders the deletes.
+    # 5. Everything deleted in one transaction; the commit orders the deletes.
     staging.conn.execute("SELECT * FROM iasql_begin()")
     staging.conn.execute(TEARDOWN)
     commit(staging)
@@ -361,4 +539,13 @@ def test_stack_in_staging_promoted_to_prod_then_deleted(accounts: Any) -> None:
     assert running == []
     with pytest.raises(staging.client("iam").exceptions.NoSuchEntityException):
         staging.client("iam").get_role(RoleName="shop-app")
+    assert staging.client("lambda").list_functions()["Functions"] == []
+    assert staging.client("sns").list_topics()["Topics"] == []
+    assert staging.client("dynamodb").list_tables()["TableNames"] == []
+    assert staging.client("apigatewayv2").get_apis()["Items"] == []
+    assert (
+        staging.client("cloudfront").list_distributions()["DistributionList"].get("Items", []) == []
+    )
+    zones = staging.client("route53").list_hosted_zones()["HostedZones"]
+    assert [z["Name"] for z in zones] == []
     assert rows(staging.conn, "SELECT * FROM iasql_drift()") == []
