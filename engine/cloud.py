@@ -5,6 +5,7 @@ cloud_failure(), which turns a failed AWS call into the error a client sees."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -36,12 +37,20 @@ class Credentials:
         )
 
 
+@functools.cache
+def _shared_session() -> Any:
+    """One botocore session for every account: each client gets its own credentials, and the
+    session's loader parses each service's model once (tens of MB for EC2), not once per
+    environment database."""
+    return get_session()
+
+
 class AwsCloud:
     """Implements modules.spec.Cloud."""
 
     def __init__(self, credentials: Credentials, max_connections: int = 64) -> None:
         self.credentials = credentials
-        self._session = get_session()
+        self._session = _shared_session()
         # An unreachable, refusing, 500-answering or connection-dropping endpoint fails a call
         # in about 10 s (3 attempts of a 3 s connect, with backoff under 1 + 2 s); a slow one
         # has 60 s. A 3 s connect outlasts a loopback SYN retry at 1 s and a busy event loop;

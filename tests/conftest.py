@@ -126,14 +126,19 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def env_url(iasql: RunningServer) -> str:
+def env_url(iasql: RunningServer) -> Iterator[str]:
     """A fresh environment database and its own login role, made with iasql_connect() on the
-    admin database as a user would; the URL reaches it through the proxy."""
+    admin database as a user would; the URL reaches it through the proxy. Dropped after the
+    test with iasql_disconnect(), which also frees the server's pool and AWS clients for it."""
     alias = f"env_{secrets.token_hex(4)}"
     with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
         url = admin.execute("SELECT url FROM iasql_connect(%s)", (alias,)).fetchone()
     assert url is not None
-    return str(url[0])
+    yield str(url[0])
+    with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
+        found = admin.execute("SELECT alias FROM iasql_db_list() WHERE alias = %s", (alias,))
+        if found.fetchone() is not None:  # a test may have dropped it itself
+            admin.execute("SELECT * FROM iasql_disconnect(%s)", (alias,))
 
 
 @pytest.fixture
