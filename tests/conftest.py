@@ -10,7 +10,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -89,30 +89,72 @@ def iasql_tls(iasql: RunningServer) -> Iterator[TlsServer]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def moto_accounts() -> Iterator[Callable[[], MotoServer]]:
-    """Starts moto servers on demand; each one is a separate AWS account. With
-    IASQL_TEST_MOTO_LOGS=<folder>, each server's output (moto's tracebacks) goes there."""
-    started: list[MotoServer] = []
-    logs = os.environ.get("IASQL_TEST_MOTO_LOGS")
+class MotoAccounts:
+    """Starts moto servers on demand; each one is a separate AWS account. A server lives as
+    long as the fixture that asked for it: one a test (or its function-scoped fixtures)
+    started stops after that test, one a module-scoped fixture started after that module,
+    the session's after the session (`stop_since`). Each holds some 250 MB: kept to the end,
+    a whole suite's would not fit in memory. With IASQL_TEST_MOTO_LOGS=<folder>, each server's
+    output (moto's tracebacks) goes there."""
 
-    def start() -> MotoServer:
-        server = MotoServer(log_path=Path(logs, f"moto-{len(started)}.log") if logs else None)
+    def __init__(self) -> None:
+        self.started: list[MotoServer] = []
+        self.stopping: list[MotoServer] = []
+        self.kept: list[MotoServer] = []  # the session's: stopped at its end only
+        self.logs = os.environ.get("IASQL_TEST_MOTO_LOGS")
+        self.count = 0
+
+    def __call__(self) -> MotoServer:
+        log = Path(self.logs, f"moto-{self.count}.log") if self.logs else None
+        self.count += 1
+        server = MotoServer(log_path=log)
         server.start()
-        started.append(server)
+        self.started.append(server)
         return server
 
-    yield start
-    for server in started:  # all at once: each takes a moment to exit
-        if server.process is not None:
-            server.process.terminate()
-    for server in started:
-        server.stop()
+    def stop_since(self, first: int) -> None:
+        """Stops the servers started since the first `first` ones (not the session's), without
+        waiting for them to exit."""
+        going = [s for s in self.started[first:] if s not in self.kept]
+        for server in going:
+            if server.process is not None:
+                server.process.terminate()
+        self.stopping += going
+        self.started = [s for s in self.started if s not in going]
+
+    def stop_all(self) -> None:
+        self.kept.clear()
+        self.stop_since(0)
+        for server in self.stopping:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
-def moto(moto_accounts: Callable[[], MotoServer]) -> MotoServer:
-    return moto_accounts()
+def moto_accounts() -> Iterator[MotoAccounts]:
+    accounts = MotoAccounts()
+    yield accounts
+    accounts.stop_all()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_moto_accounts(moto_accounts: MotoAccounts) -> Iterator[None]:
+    first = len(moto_accounts.started)
+    yield
+    moto_accounts.stop_since(first)
+
+
+@pytest.fixture(autouse=True)
+def _test_moto_accounts(moto_accounts: MotoAccounts) -> Iterator[None]:
+    first = len(moto_accounts.started)
+    yield
+    moto_accounts.stop_since(first)
+
+
+@pytest.fixture(scope="session")
+def moto(moto_accounts: MotoAccounts) -> MotoServer:
+    server = moto_accounts()
+    moto_accounts.kept.append(server)
+    return server
 
 
 @pytest.fixture(autouse=True)

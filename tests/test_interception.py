@@ -228,7 +228,15 @@ def test_a_statement_not_calling_us_is_untouched_even_if_it_mentions_iasql(
 
 # Stand-ins for the arguments a NULL test leaves alone, by parameter type: a new type fails
 # the test (KeyError) rather than being skipped.
-STAND_INS = {"text": "'x'", "boolean": "false", "json": "'{}'", "timestamptz": "'2020-01-01'"}
+STAND_INS = {
+    "text": "'x'",
+    "varchar": "'x'",
+    "boolean": "false",
+    "json": "'{}'",
+    "timestamptz": "'2020-01-01'",
+    "int": "1",
+    "integer": "1",
+}
 
 
 def test_null_arguments_get_a_clear_error(iasql: RunningServer, envdb: psycopg.Connection) -> None:
