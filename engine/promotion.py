@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from pglast.parser import ParseError, parse_sql_json
+from pglast.parser import ParseError, parse_sql_json, scan
 
 from engine.contract import EngineError, Row
 from engine.ddl import quote_literal
@@ -458,7 +458,9 @@ def _statements(text: str) -> Iterator[tuple[dict[str, Any], int, int]]:
 def _terminated(statement: str) -> str:
     """The statement with its semicolon, on a line of its own after a trailing comment."""
     statement = statement.strip()
-    return statement + ("\n;" if "--" in statement.rpartition("\n")[2] else ";")
+    tokens = scan(statement) if statement else []
+    ends_in_comment = bool(tokens) and tokens[-1].name == "SQL_COMMENT"
+    return statement + ("\n;" if ends_in_comment else ";")
 
 
 def rewrite(text: str, rules: Rules) -> list[Rewritten]:

@@ -777,3 +777,8 @@ def test_a_constant_continued_after_a_comment_is_left_as_written() -> None:
 def test_a_last_statement_ending_in_a_comment_keeps_its_semicolon_out_of_it() -> None:
     [result] = rewrite('DELETE FROM "queue" WHERE "name" = \'a\' -- why', Rules([]))
     assert result.sql == 'DELETE FROM "queue" WHERE "name" = \'a\' -- why\n;'
+
+
+def test_two_dashes_inside_a_constant_are_no_comment() -> None:
+    text = """INSERT INTO "t" ("c") VALUES ('{"--": null}'::jsonb);"""
+    assert rewrite(text, Rules([]))[0].sql == text
