@@ -53,9 +53,7 @@ class MotoServer:
     ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
-        # With a journal: iasql's wrapper around moto, whose state survives restarts, one
-        # account per 12-digit access key id, and which exits when this process dies.
-        self.journal = journal
+        self.journal = journal  # where the state is kept across restarts; None: in memory
         self.state_file = state_file  # where its port and pid are written when it starts
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -68,12 +66,15 @@ class MotoServer:
         if timeout is None:  # replaying a long journal takes a while
             timeout = 30 if self.journal is None else 600
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        # iasql's wrapper around moto: with the add-ons that fill moto's gaps
+        # (iasql.moto_addons), exiting when this process dies, and with a journal, keeping
+        # its state across restarts, one account per 12-digit access key id.
+        command = [
+            *(sys.executable, "-m", "iasql.sandbox_server", "--port", str(self.port)),
+            *("--parent", str(os.getpid())),
+        ]
         if self.journal is not None:
-            command = [
-                *(sys.executable, "-m", "iasql.sandbox_server", "--port", str(self.port)),
-                *("--journal", str(self.journal), "--parent", str(os.getpid())),
-            ]
+            command += ["--journal", str(self.journal)]
         self.process = subprocess.Popen(
             command,
             stdout=log,

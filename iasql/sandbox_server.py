@@ -483,9 +483,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     from werkzeug.serving import run_simple
 
+    from iasql import moto_addons
+
     install_moto_patches()
     os.environ.setdefault("MOTO_PORT", str(args.port))
-    app = JournaledApp(DomainDispatcherApplication(create_backend_app), journal)
+    moto_app = moto_addons.install(DomainDispatcherApplication(create_backend_app))
+    app = JournaledApp(moto_app, journal)
     if journal is not None:
         app.replay()
     run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
