@@ -74,5 +74,10 @@ def make_certificate(domain: str) -> tuple[str, str]:
 
 def only_one_region(conn: psycopg.Connection) -> None:
     """Reads only us-east-1 from now on: every read of every table otherwise visits each
-    region. (The first install with credentials fills aws_regions.)"""
-    conn.execute("UPDATE aws_regions SET is_enabled = (region = %s)", (REGION,))
+    region. aws_regions is filled by the first install or sync once credentials are there:
+    called before that, this syncs first (else the UPDATE would meet no row, and the next
+    install would enable every region)."""
+    if conn.execute("SELECT count(*) FROM aws_regions").fetchone() == (0,):
+        conn.execute("SELECT * FROM iasql_sync()")
+    updated = conn.execute("UPDATE aws_regions SET is_enabled = (region = %s)", (REGION,))
+    assert updated.rowcount > 1, "aws_regions holds no regions: are the credentials there?"
