@@ -110,12 +110,15 @@ async def store(
     hidden, tokens = kept.hidden_keys(table, refs)
     columns = _stored_columns(table)
     matched: set[int] = set()
+    gone = [r for r in _vanished(table, by_key, records) if primary_key(table, r) not in kept_rows]
     for record in records:
         if not refs.knows_parents(table, record):
             continue  # its parent is not in the database (e.g. in a region not enabled)
         values = {c.name: refs.to_key(c, record.get(c.name)) for c in columns if c.name in record}
         key = cloud_key(table, record)
         match = by_key.get(key) if key is not None else None
+        if match is None and key not in hidden:
+            match = _same_unique(table, gone, values, matched)
         if match is None:
             if key not in hidden and str(record.get(TOKEN)) not in tokens:
                 await _insert(conn, table, values)
@@ -131,6 +134,30 @@ async def store(
         if changed:
             await update_row(conn, table, primary_key(table, match), changed)
     return [r for r in rows if id(r) not in matched and primary_key(table, r) not in kept_rows]
+
+
+def _vanished(
+    table: Table, by_key: dict[tuple[Any, ...], Record], records: list[Record]
+) -> list[Record]:
+    """The rows of cloud resources that no record names any more."""
+    found = {cloud_key(table, r) for r in records}
+    return [row for key, row in by_key.items() if key not in found]
+
+
+def _same_unique(
+    table: Table, gone: list[Record], values: Record, matched: set[int]
+) -> Record | None:
+    """A row of a vanished resource that holds the record's values of one of the table's
+    other unique keys (its name): the resource was replaced in the cloud under the same name
+    (a new ARN), and the row, with its id that other rows reference, stands for the new one.
+    Inserting instead would break that unique key until the old row is deleted."""
+    for unique in table.unique:
+        if unique == table.cloud_id or not all(c in values for c in unique):
+            continue
+        for row in gone:
+            if id(row) not in matched and all(row.get(c) == values[c] for c in unique):
+                return row
+    return None
 
 
 async def _insert(conn: asyncpg.Connection, table: Table, values: Record) -> None:

@@ -774,3 +774,29 @@ def test_elb_through_sql(elb_env: Any) -> None:
     failed_commit(conn, aws)
     iasql_scripts(conn, aws)
     delete_everything(conn, aws)
+
+
+def test_a_target_group_replaced_outside_iasql_keeps_its_row(elb_env: Any) -> None:
+    """A resource deleted and made again under the same name outside iasql (a new ARN) is the
+    same row after a sync: same id, the new ARN and settings. Inserting a row for it failed
+    on the table's unique name until the old row was gone."""
+    conn, aws = elb_env
+
+    def make(port: int) -> str:
+        made = aws.elb.create_target_group(
+            Name="lone-tg", Protocol="HTTP", Port=port, VpcId=aws.vpc, TargetType="ip"
+        )
+        return str(made["TargetGroups"][0]["TargetGroupArn"])
+
+    first = make(80)
+    conn.execute("SELECT * FROM iasql_sync()")
+    [(row_id,)] = rows(conn, "SELECT id FROM target_group WHERE target_group_name = 'lone-tg'")
+    aws.elb.delete_target_group(TargetGroupArn=first)
+    second = make(8080)
+    assert second != first
+    conn.execute("SELECT * FROM iasql_sync()")
+    assert rows(
+        conn,
+        "SELECT id, target_group_arn, port FROM target_group WHERE target_group_name = 'lone-tg'",
+    ) == [(row_id, second, 8080)]
+    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
