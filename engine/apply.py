@@ -67,7 +67,9 @@ class Step:
 
 class StepFailed(Exception):
     def __init__(self, step: Step, error: BaseException) -> None:
-        super().__init__(f"{step.kind} {step.label()}: {error}")
+        # On one line: a client shows the first line of a message (botocore's parameter
+        # errors put what is wrong on the next ones).
+        super().__init__(" ".join(f"{step.kind} {step.label()}: {error}".split()))
         self.step = step
         self.error = error
 

@@ -194,8 +194,9 @@ def _failure(error: BaseException) -> EngineError | None:
             " something other than AWS answers there",
         )
     if isinstance(error, boto.BotoCoreError):
+        # All of it: a ParamValidationError says what is wrong only after its first line.
         operation = _operation(error)
-        return EngineError("58000", f"AWS {operation or 'call'} failed: {_first_line(str(error))}")
+        return EngineError("58000", f"AWS {operation or 'call'} failed: {one_line(str(error))}")
     return None
 
 
@@ -258,6 +259,12 @@ def _operation(error: BaseException) -> str | None:
                 return name
         tb = tb.tb_next
     return None
+
+
+def one_line(text: str) -> str:
+    """`text` on one line (its lines joined), cut at MESSAGE_LIMIT characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
 
 
 def _first_line(text: str) -> str:

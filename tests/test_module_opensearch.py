@@ -315,6 +315,19 @@ def test_opensearch_life_cycle(os_env: tuple[psycopg.Connection, Aws]) -> None:
     message = failed.value.diag.message_primary or ""
     assert "ValidationException" in message and "\n" not in message, message
     assert rows(conn, "SELECT count(*) FROM domain WHERE domain_name = 'Bad_Name'") == [(0,)]
+    # One botocore refuses before sending (a name too short): its message spans lines, and
+    # what is wrong is on the second; the client's one line holds it.
+    conn.execute("SELECT * FROM iasql_begin()")
+    conn.execute(
+        "INSERT INTO domain (domain_name, version, availability_zone_count, instance_type,"
+        " instance_count, access_policy) VALUES ('ab', 'OpenSearch_2.5', 1,"
+        " 'r6g.large.search', 1, '{}')"
+    )
+    with pytest.raises(psycopg.Error) as failed:
+        conn.execute("SELECT * FROM iasql_commit()")
+    assert failed.value.sqlstate == "58000"
+    message = failed.value.diag.message_primary or ""
+    assert "Invalid length for parameter DomainName" in message and "\n" not in message, message
 
     # Delete.
     conn.execute("SELECT * FROM iasql_begin()")
