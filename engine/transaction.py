@@ -129,14 +129,18 @@ def _children(tables: list[Table], of: set[str]) -> set[str]:
 
 def _reread_after(tables: list[Table], of: set[str]) -> set[str]:
     """What a sync of `of` re-reads too: the tables referencing them, and the tables whose
-    resources theirs bring along in the cloud (Table.synced_with), again and again."""
+    resources theirs bring along in the cloud (Table.synced_with, Table.brings_along), again
+    and again."""
+    installed = {t.name for t in tables}
     names = set(of)
-    while (
-        more := (_children(tables, names) | {t.name for t in tables if names & set(t.synced_with)})
-        - names
-    ):
+    while more := (_children(tables, names) | _brought_along(tables, names)) & installed - names:
         names |= more
     return names
+
+
+def _brought_along(tables: list[Table], of: set[str]) -> set[str]:
+    synced = {t.name for t in tables if of & set(t.synced_with)}
+    return synced | {b for t in tables if t.name in of for b in t.brings_along}
 
 
 async def plan_changes(db: Database, conn: asyncpg.Connection, changes: list[audit.Change]) -> Plan:

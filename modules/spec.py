@@ -165,6 +165,10 @@ class Table:
     # Tables whose resources, when a commit makes them, bring resources of this table along
     # in the cloud (an instance brings its root volume): the commit re-reads this one too.
     synced_with: tuple[str, ...] = ()
+    # The other way round: tables whose resources this table's make in the cloud (one
+    # ecs_simplified row makes a load balancer, a service...): a commit of this table
+    # re-reads those that are installed.
+    brings_along: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.primary_key == ("id",) and all(c.name != "id" for c in self.columns):

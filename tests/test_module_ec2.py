@@ -15,6 +15,7 @@ import pytest
 
 from iasql.sandbox import MotoServer
 from modules.aws_ec2.key_pair import key_pair_import, key_pair_request
+from tests.support.aws import only_one_region
 from tests.support.env import (
     RunningServer,
     add_credentials,
@@ -87,21 +88,16 @@ def made(aws: MotoServer) -> Made:
 
 @pytest.fixture(scope="module")
 def envdb(iasql: RunningServer, aws: MotoServer, made: Made) -> Iterator[psycopg.Connection]:
-    """One environment for the whole file (installing aws_ec2 and its dependencies reads
-    every region of moto, which takes most of a minute): the import test runs first and
-    removes what it imported; every later test cleans up after itself."""
+    """One environment for the whole file, which reads only us-east-1: the import test runs
+    first and removes what it imported; every later test cleans up after itself."""
     with psycopg.connect(iasql.dsn(database="iasql"), autocommit=True) as admin:
         [(url,)] = admin.execute("SELECT url FROM iasql_connect('ec2_tests')").fetchall()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT * FROM iasql_install('aws_account')")
         add_credentials(conn, aws)
+        only_one_region(conn)
         conn.execute("SELECT * FROM iasql_install('aws_ec2', 'aws_ec2_metadata')")
         yield conn
-
-
-def one_region(conn: psycopg.Connection) -> None:
-    """Later commits read only us-east-1 (is_enabled is this database's own setting)."""
-    conn.execute("UPDATE aws_regions SET is_enabled = (region = 'us-east-1')")
 
 
 def public_key() -> str:
@@ -206,7 +202,6 @@ def test_install_imports_what_boto3_made(
     assert one(envdb, "SELECT cpu_cores FROM instance_metadata") == 1
 
     # Deleting what was imported: the instance with its root volume, the loose volume, the key.
-    one_region(envdb)
     envdb.execute("SELECT * FROM iasql_begin()")
     envdb.execute("DELETE FROM instance")
     envdb.execute("DELETE FROM general_purpose_volume")

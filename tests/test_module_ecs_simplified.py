@@ -197,8 +197,7 @@ def test_ecs_simplified_life_cycle(ecs_env: Any, iasql: RunningServer) -> None:
     assert rows(conn, "SELECT desired_count FROM ecs_simplified") == [(2,)]
     assert aws.service()["desiredCount"] == 2  # type: ignore[index]
 
-    # The other modules' tables show the app's resources once read again.
-    conn.execute("SELECT * FROM iasql_sync()")
+    # The other modules' tables show the app's resources: the commits re-read them.
     assert one(
         conn, f"SELECT count(*) FROM security_group WHERE group_name = '{APP}-security-group'"
     )

@@ -25,6 +25,7 @@ from modules.aws_iam import (
     trusts_ec2,
 )
 from modules.spec import CloudError
+from tests.support.aws import only_one_region
 from tests.support.env import RunningServer, add_credentials, in_cloud, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
@@ -66,6 +67,7 @@ def customer_policy(iam: Any, name: str) -> str:
 def install(conn: psycopg.Connection, moto: MotoServer) -> None:
     conn.execute("SELECT * FROM iasql_install('aws_account')")
     add_credentials(conn, moto)
+    only_one_region(conn)
     conn.execute("SELECT * FROM iasql_install('aws_iam')")
 
 

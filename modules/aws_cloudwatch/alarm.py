@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from modules._aws.attributes import AttributeMap
+from modules._aws.checks import one_of
 from modules._aws.region import region_column
 from modules.concurrency import gather_bounded
 from modules.spec import Cloud, Column, Record, Table
@@ -196,11 +197,6 @@ class MetricAlarmMapper:
                 await cloudwatch.delete_alarms(AlarmNames=[current["alarm_name"]])
 
 
-def _one_of(column: str, values: tuple[str, ...]) -> str:
-    listed = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-    return f"{column} IN ({listed})"
-
-
 METRIC_ALARM = Table(
     name="metric_alarm",
     columns=(
@@ -212,14 +208,14 @@ METRIC_ALARM = Table(
         Column(
             "comparison_operator",
             "varchar",
-            check=_one_of("comparison_operator", COMPARISON_OPERATORS),
+            check=one_of("comparison_operator", COMPARISON_OPERATORS),
         ),
         Column("datapoints_to_alarm", "integer"),
         Column("dimensions", "json", normalize=canonical_set),
         Column(
             "evaluate_low_sample_count_percentile",
             "varchar",
-            check=_one_of("evaluate_low_sample_count_percentile", LOW_SAMPLE_COUNT_PERCENTILES),
+            check=one_of("evaluate_low_sample_count_percentile", LOW_SAMPLE_COUNT_PERCENTILES),
         ),
         Column("evaluation_periods", "integer"),
         Column("extended_statistic", "varchar"),
@@ -229,13 +225,13 @@ METRIC_ALARM = Table(
         Column("namespace", "varchar"),
         Column("ok_actions", "json", normalize=canonical_set),
         Column("period", "integer"),
-        Column("statistic", "varchar", check=_one_of("statistic", STATISTICS)),
+        Column("statistic", "varchar", check=one_of("statistic", STATISTICS)),
         Column("threshold", "double precision"),
         Column("threshold_metric_id", "varchar"),
         Column(
-            "treat_missing_data", "varchar", check=_one_of("treat_missing_data", TREAT_MISSING_DATA)
+            "treat_missing_data", "varchar", check=one_of("treat_missing_data", TREAT_MISSING_DATA)
         ),
-        Column("unit", "varchar", check=_one_of("unit", UNITS)),
+        Column("unit", "varchar", check=one_of("unit", UNITS)),
         region_column(),
     ),
     mapper=MetricAlarmMapper(),

@@ -18,7 +18,9 @@ from aiobotocore.waiter import create_waiter_with_client
 from botocore.waiter import WaiterModel
 
 from modules import VERSION
+from modules._aws.checks import one_of
 from modules._aws.region import region_column
+from modules.aws_iam import role_arn, role_name_of
 from modules.errors import ignoring
 from modules.spec import (
     ArgumentError,
@@ -58,17 +60,8 @@ DEFAULT_IMAGE = "aws/codebuild/standard:6.0"
 _BATCH = 100  # BatchGetProjects and BatchGetBuilds take at most 100 names
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
 def _chunks(items: list[str]) -> list[list[str]]:
     return [items[i : i + _BATCH] for i in range(0, len(items), _BATCH)]
-
-
-def role_name_of(arn: str) -> str:
-    """arn:aws:iam::123456789012:role/service-role/NAME -> NAME."""
-    return arn.rsplit("/", 1)[-1]
 
 
 def _empty_is_none(value: Any) -> Any:
@@ -163,9 +156,7 @@ async def _role_arn(cloud: Cloud, record: Record) -> str:
             f"codebuild project {record['project_name']} needs a service role: set"
             " service_role_name to the name of an IAM role CodeBuild can assume"
         )
-    async with cloud.client("iam", None) as iam:
-        answer = await iam.get_role(RoleName=role)
-    return str(answer["Role"]["Arn"])
+    return await role_arn(cloud, role)
 
 
 def _settings(record: Record, role_arn: str) -> dict[str, Any]:
@@ -270,17 +261,17 @@ CODEBUILD_PROJECT = Table(
             "varchar",
             nullable=False,
             default=f"'{COMPUTE_TYPES[0]}'",
-            check=_in("compute_type", COMPUTE_TYPES),
+            check=one_of("compute_type", COMPUTE_TYPES),
         ),
         Column(
             "environment_type",
             "varchar",
             nullable=False,
             default="'LINUX_CONTAINER'",
-            check=_in("environment_type", ENVIRONMENT_TYPES),
+            check=one_of("environment_type", ENVIRONMENT_TYPES),
         ),
         Column("source_version", "varchar", normalize=_empty_is_none),
-        Column("source_type", "varchar", nullable=False, check=_in("source_type", SOURCE_TYPES)),
+        Column("source_type", "varchar", nullable=False, check=one_of("source_type", SOURCE_TYPES)),
         Column("environment_variables", "text", normalize=normalize_environment_variables),
         Column("privileged_mode", "boolean", nullable=False, default="true"),
         region_column(),
@@ -428,7 +419,7 @@ CODEBUILD_BUILD_LIST = Table(
             "build_status",
             "varchar",
             nullable=False,
-            check=_in("build_status", BUILD_STATUSES),
+            check=one_of("build_status", BUILD_STATUSES),
             cloud_assigned=True,
         ),
         Column("end_time", "timestamp", cloud_assigned=True),
@@ -493,7 +484,7 @@ SOURCE_CREDENTIALS_LIST = Table(
             "source_type",
             "varchar",
             nullable=False,
-            check=_in("source_type", CREDENTIAL_SOURCE_TYPES),
+            check=one_of("source_type", CREDENTIAL_SOURCE_TYPES),
             cloud_assigned=True,
         ),
         Column("auth_type", "varchar", nullable=False, cloud_assigned=True),

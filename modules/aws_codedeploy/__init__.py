@@ -21,8 +21,10 @@ from typing import Any
 from botocore.exceptions import ClientError, WaiterError
 
 from modules import VERSION
+from modules._aws.checks import one_of
 from modules._aws.region import region_column
 from modules._aws.tags import tag_list, token_tag, with_token
+from modules.aws_iam import role_arn, role_name_of
 from modules.concurrency import gather_bounded
 from modules.errors import error_code, ignoring
 from modules.spec import (
@@ -78,10 +80,6 @@ _HOW_TO_MAKE_ONE = f"a CodeDeploy deployment cannot be made by INSERT: start one
 _DEPLOY_WAIT = {"Delay": 5, "MaxAttempts": 240}
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
@@ -111,11 +109,6 @@ def normalize_tag_filters(value: Any) -> Any:
         for f in value
     ]
     return sorted(filters, key=lambda f: json.dumps(f, sort_keys=True))
-
-
-def role_name_of(arn: str) -> str:
-    """arn:aws:iam::123456789012:role/some/path/NAME -> NAME."""
-    return arn.rsplit("/", 1)[-1]
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -289,7 +282,7 @@ CODEDEPLOY_APPLICATION = Table(
             "varchar",
             nullable=False,
             default="'Server'",
-            check=_in("compute_platform", COMPUTE_PLATFORMS),
+            check=one_of("compute_platform", COMPUTE_PLATFORMS),
             replaces=True,
         ),
         region_column(),
@@ -310,9 +303,7 @@ async def _role_arn(cloud: Cloud, role_name: str | None, group: str) -> str:
         raise CloudError(
             f"deployment group {group} needs a service role: set role_name to an iam_role"
         )
-    async with cloud.client("iam", None) as iam:
-        answer = await iam.get_role(RoleName=role_name)
-    return str(answer["Role"]["Arn"])
+    return await role_arn(cloud, role_name)
 
 
 def _style(record: Record, platform: str) -> dict[str, Any]:
@@ -415,7 +406,7 @@ CODEDEPLOY_DEPLOYMENT_GROUP = Table(
             "varchar",
             nullable=False,
             default="'CodeDeployDefault.OneAtATime'",
-            check=_in("deployment_config_name", DEPLOYMENT_CONFIGS),
+            check=one_of("deployment_config_name", DEPLOYMENT_CONFIGS),
         ),
         Column("deployment_style", "json", normalize=normalize_style),
         Column("ec2_tag_filters", "json", normalize=normalize_tag_filters),
@@ -534,7 +525,7 @@ CODEDEPLOY_DEPLOYMENT = Table(
             "status",
             "varchar",
             cloud_assigned=True,
-            check=_in("status", DEPLOYMENT_STATUSES),
+            check=one_of("status", DEPLOYMENT_STATUSES),
         ),
         Column("location", "json", cloud_assigned=True),
         region_column(),

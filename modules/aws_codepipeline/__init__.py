@@ -13,6 +13,7 @@ from typing import Any
 
 from modules import VERSION
 from modules._aws.region import region_column
+from modules.aws_iam import role_arn, role_name_of
 from modules.concurrency import gather_bounded
 from modules.errors import ignoring
 from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table
@@ -73,11 +74,6 @@ def normalize_stages(value: Any) -> Any:
     return out
 
 
-def role_name_of(arn: str) -> str:
-    """arn:aws:iam::123456789012:role/some/path/NAME -> NAME."""
-    return arn.rsplit("/", 1)[-1]
-
-
 def _record(pipeline: dict[str, Any], region: str) -> Record:
     role = pipeline.get("roleArn")
     return {
@@ -103,9 +99,7 @@ async def _role_arn(cloud: Cloud, record: Record) -> str:
     role_name = record.get("service_role_name")
     if not role_name:
         raise CloudError(f"pipeline {record['name']} needs a service role: set service_role_name")
-    async with cloud.client("iam", None) as iam:
-        answer = await iam.get_role(RoleName=role_name)
-    return str(answer["Role"]["Arn"])
+    return await role_arn(cloud, role_name)
 
 
 async def _declaration(cloud: Cloud, record: Record) -> dict[str, Any]:

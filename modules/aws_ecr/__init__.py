@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from modules import VERSION
+from modules._aws.arns import region_of
+from modules._aws.checks import one_of
 from modules._aws.policy import canonical_policy, load_policy, policy_text
 from modules._aws.region import region_column
 from modules.concurrency import gather_bounded
@@ -28,17 +30,9 @@ MUTABILITIES = ("MUTABLE", "IMMUTABLE")
 _NOT_FOUND = "RepositoryNotFoundException"
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
 def repository_name_of(arn: str) -> str:
     """`arn:aws:ecr:<region>:<account>:repository/<name>` -> name (names may hold slashes)."""
     return arn.split(":repository/", 1)[1]
-
-
-def region_of(arn: str) -> str:
-    return arn.split(":")[3]
 
 
 # --- repository --------------------------------------------------------------------------------
@@ -68,6 +62,13 @@ async def _describe_repository(ecr: Any, name: str) -> Record | None:
     return None
 
 
+async def _described(ecr: Any, wanted: list[Record]) -> list[Record]:
+    """The wanted repositories (by repository_name) that exist, as DescribeRepositories
+    answers them (ECR's and ECR Public's alike)."""
+    found = await gather_bounded(_describe_repository(ecr, w["repository_name"]) for w in wanted)
+    return [r for r in found if r is not None]
+
+
 class RepositoryMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         async with cloud.client("ecr", region) as ecr:
@@ -77,10 +78,7 @@ class RepositoryMapper:
         self, cloud: Cloud, region: str | None, wanted: list[Record]
     ) -> list[Record]:
         async with cloud.client("ecr", region) as ecr:
-            found = await gather_bounded(
-                _describe_repository(ecr, w["repository_name"]) for w in wanted
-            )
-        return [_repository(r) for r in found if r is not None]
+            return [_repository(r) for r in await _described(ecr, wanted)]
 
     async def create(self, cloud: Cloud, record: Record) -> Record:
         name = record["repository_name"]
@@ -140,7 +138,7 @@ REPOSITORY = Table(
             "varchar",
             nullable=False,
             default="'MUTABLE'",
-            check=_in("image_tag_mutability", MUTABILITIES),
+            check=one_of("image_tag_mutability", MUTABILITIES),
         ),
         Column("scan_on_push", "boolean", nullable=False, default="false"),
         region_column(),
@@ -178,10 +176,7 @@ class PublicRepositoryMapper:
         self, cloud: Cloud, region: str | None, wanted: list[Record]
     ) -> list[Record]:
         async with cloud.client("ecr-public", PUBLIC_REGION) as ecr:
-            found = await gather_bounded(
-                _describe_repository(ecr, w["repository_name"]) for w in wanted
-            )
-        return [_public_repository(r) for r in found if r is not None]
+            return [_public_repository(r) for r in await _described(ecr, wanted)]
 
     async def create(self, cloud: Cloud, record: Record) -> Record:
         name = record["repository_name"]

@@ -15,6 +15,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from modules import VERSION
+from modules._aws.arns import region_of
+from modules._aws.checks import one_of
 from modules._aws.region import region_column
 from modules._aws.tags import token_tag, with_token
 from modules.aws_ecs_fargate.containers import (
@@ -27,6 +29,7 @@ from modules.aws_ecs_fargate.containers import (
     public_repository_name,
     split_image,
 )
+from modules.aws_iam import role_arn, role_name_of
 from modules.concurrency import KeyedLocks, gather_bounded
 from modules.errors import ignoring
 from modules.spec import (
@@ -46,6 +49,7 @@ from modules.spec import (
 __all__ = [
     "CLUSTER",
     "CONTAINER_DEFINITION",
+    "CPU_MEMORY",
     "MODULE",
     "SERVICE",
     "SERVICE_SECURITY_GROUPS",
@@ -55,6 +59,7 @@ __all__ = [
     "ServiceMapper",
     "ServiceSecurityGroupsMapper",
     "TaskDefinitionMapper",
+    "cpu_and_memory",
     "cpu_memory_of",
     "deploy_service",
     "normalize_containers",
@@ -77,20 +82,6 @@ CPU_MEMORY = (
 _SERVICES_PER_DESCRIBE = 10  # DescribeServices takes at most 10 services
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
-def region_of(arn: str) -> str:
-    """arn:aws:ecs:REGION:account:... -> REGION."""
-    return arn.split(":")[3]
-
-
-def role_name_of(arn: str) -> str:
-    """arn:aws:iam::123456789012:role/some/path/NAME -> NAME."""
-    return arn.rsplit("/", 1)[-1]
-
-
 def _number(value: float) -> str:
     return f"{value:g}"
 
@@ -100,12 +91,18 @@ def cpu_memory_of(cpu: Any, memory: Any) -> str:
     return f"vCPU{_number(int(cpu or 256) / 1024)}-{_number(int(memory or 512) / 1024)}GB"
 
 
+def cpu_and_memory(cpu_memory: str) -> tuple[str, str]:
+    """'vCPU2-8GB' -> ('2048', '8192'): the task's CPU units and MiB."""
+    cpu, memory = cpu_memory.removeprefix("vCPU").removesuffix("GB").split("-")
+    return str(round(float(cpu) * 1024)), str(round(float(memory) * 1024))
+
+
 def _cpu_memory_arguments(value: str | None) -> dict[str, str]:
     """register_task_definition's cpu and memory for a cpu_memory value."""
     if not value:
         return {}
-    cpu, memory = value.removeprefix("vCPU").removesuffix("GB").split("-")
-    return {"cpu": str(round(float(cpu) * 1024)), "memory": str(round(float(memory) * 1024))}
+    cpu, memory = cpu_and_memory(value)
+    return {"cpu": cpu, "memory": memory}
 
 
 def _ecs_tags(token: str | None) -> dict[str, Any]:
@@ -344,9 +341,7 @@ async def _public_repositories(cloud: Cloud, images: list[str]) -> dict[str, str
 async def _role_arn(cloud: Cloud, name: str | None) -> str | None:
     if not name:
         return None
-    async with cloud.client("iam", None) as iam:
-        answer = await iam.get_role(RoleName=name)
-    return str(answer["Role"]["Arn"])
+    return await role_arn(cloud, name)
 
 
 async def _repository_uri(cloud: Cloud, name: str, region: str) -> str:
@@ -463,9 +458,9 @@ TASK_DEFINITION = Table(
         Column("family", "varchar", nullable=False),
         Column("revision", "integer", cloud_assigned=True),
         Column(
-            "status", "varchar", check=_in("status", ("ACTIVE", "INACTIVE")), cloud_assigned=True
+            "status", "varchar", check=one_of("status", ("ACTIVE", "INACTIVE")), cloud_assigned=True
         ),
-        Column("cpu_memory", "varchar", check=_in("cpu_memory", CPU_MEMORY)),
+        Column("cpu_memory", "varchar", check=one_of("cpu_memory", CPU_MEMORY)),
         region_column(),
         Column("task_role_name", "varchar", ref=Ref("iam_role", key="role_name")),
         Column("execution_role_name", "varchar", ref=Ref("iam_role", key="role_name")),
@@ -567,7 +562,7 @@ CONTAINER_DEFINITION = Table(
         Column("memory_reservation", "integer"),
         Column("host_port", "integer"),
         Column("container_port", "integer"),
-        Column("protocol", "varchar", check=_in("protocol", ("tcp", "udp"))),
+        Column("protocol", "varchar", check=one_of("protocol", ("tcp", "udp"))),
         Column("env_variables", "text", normalize=normalize_env),
         region_column(),
         foreign_key(
@@ -772,7 +767,7 @@ SERVICE = Table(
             "varchar",
             nullable=False,
             default="'DISABLED'",
-            check=_in("assign_public_ip", ("DISABLED", "ENABLED")),
+            check=one_of("assign_public_ip", ("DISABLED", "ENABLED")),
         ),
         region_column(),
         foreign_key("cluster_id", "cluster", "cluster_arn", nullable=True),

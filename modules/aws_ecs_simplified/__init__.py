@@ -13,6 +13,7 @@ own those resources; reading finds every complete set that follows the naming.
 from __future__ import annotations
 
 from modules import VERSION
+from modules._aws.checks import one_of
 from modules._aws.region import region_column
 from modules.aws_ecs_simplified.app import (
     CPU_MEMORY,
@@ -21,7 +22,7 @@ from modules.aws_ecs_simplified.app import (
 )
 from modules.spec import Column, ModuleSpec, Table
 
-_CPU_MEM_CHECK = "cpu_mem IN (" + ", ".join(f"'{v}'" for v in CPU_MEMORY) + ")"
+_CPU_MEM_CHECK = one_of("cpu_mem", CPU_MEMORY)
 
 ECS_SIMPLIFIED = Table(
     name="ecs_simplified",
@@ -49,6 +50,23 @@ ECS_SIMPLIFIED = Table(
     natural_key=("app_name",),
     cloud_id=("app_name", "region"),
     unique=(),
+    # What one row makes in the cloud, through the other modules: a commit re-reads them.
+    brings_along=(
+        "repository",
+        "log_group",
+        "iam_role",
+        "security_group",
+        "security_group_rule",
+        "target_group",
+        "load_balancer",
+        "load_balancer_security_groups",
+        "listener",
+        "cluster",
+        "task_definition",
+        "container_definition",
+        "service",
+        "service_security_groups",
+    ),
     extra_ddl=(
         "ALTER TABLE ecs_simplified ADD CONSTRAINT valid_image_fields"
         " CHECK (image_tag IS NULL OR image_digest IS NULL)",

@@ -14,32 +14,26 @@ from botocore.waiter import WaiterModel
 
 from modules.aws_cloudwatch import LogGroupMapper
 from modules.aws_ecr import RepositoryMapper
-from modules.aws_ecs_fargate import ClusterMapper, ServiceMapper, TaskDefinitionMapper
+from modules.aws_ecs_fargate import (
+    CPU_MEMORY,
+    ClusterMapper,
+    ServiceMapper,
+    TaskDefinitionMapper,
+    cpu_and_memory,
+    cpu_memory_of,
+)
+from modules.aws_ecs_fargate.containers import split_image
 from modules.aws_elb import (
     ListenerMapper,
     LoadBalancerMapper,
     LoadBalancerSecurityGroupsMapper,
     TargetGroupMapper,
 )
-from modules.aws_iam import RoleMapper
+from modules.aws_iam import RoleMapper, role_arn
 from modules.aws_security_group import SecurityGroupMapper, SecurityGroupRuleMapper
 from modules.concurrency import gather_bounded
 from modules.errors import ignoring
 from modules.spec import Cloud, CloudError, Record
-
-# The combinations Fargate takes, as IaSQL names them ("vCPU<cpu>-<memory>GB").
-CPU_MEMORY = (
-    "vCPU0.25-0.5GB",
-    "vCPU0.25-1GB",
-    "vCPU0.25-2GB",
-    "vCPU0.5-1GB",
-    "vCPU0.5-2GB",
-    "vCPU0.5-3GB",
-    "vCPU0.5-4GB",
-    *(f"vCPU1-{m}GB" for m in range(2, 9)),
-    *(f"vCPU2-{m}GB" for m in range(4, 17)),
-    *(f"vCPU4-{m}GB" for m in range(8, 31)),
-)
 
 # The task execution role's trust policy and its one managed policy, as IaSQL makes them.
 _TASKS_TRUST = {
@@ -136,16 +130,11 @@ _APP_NAME_MAX = 18
 # --- values ---------------------------------------------------------------------------------
 
 
-def cpu_and_memory(cpu_mem: str) -> tuple[str, str]:
-    """'vCPU2-8GB' -> ('2048', '8192'): the task's CPU units and MiB."""
-    cpu, memory = cpu_mem.removeprefix("vCPU").removesuffix("GB").split("-")
-    return str(round(float(cpu) * 1024)), str(round(float(memory) * 1024))
-
-
 def cpu_mem_of(cpu: Any, memory: Any) -> str | None:
-    """A task's CPU units and MiB as IaSQL's name of the pair; None for a pair it has none for."""
+    """A task's CPU units and MiB as IaSQL's name of the pair (one of the combinations Fargate
+    takes, CPU_MEMORY); None for a pair it has none for."""
     try:
-        name = f"vCPU{int(cpu or 256) / 1024:g}-{int(memory or 512) / 1024:g}GB"
+        name = cpu_memory_of(cpu, memory)
     except ValueError:
         return None
     return name if name in CPU_MEMORY else None
@@ -187,17 +176,6 @@ def image_of(uri: str, tag: str | None, digest: str | None) -> str:
     if digest:
         return f"{uri}@{digest}"
     return f"{uri}:{tag}" if tag else uri
-
-
-def split_image(image: str) -> tuple[str, str | None, str | None]:
-    """An image reference as (repository URI, tag, digest)."""
-    if "@" in image:
-        uri, digest = image.split("@", 1)
-        return uri, None, digest
-    slash, colon = image.rfind("/"), image.rfind(":")
-    if colon > slash:  # a colon before the last slash is a registry's port
-        return image[:colon], image[colon + 1 :], None
-    return image, None, None
 
 
 def _repository_name(uri: str | None) -> str | None:
@@ -537,9 +515,8 @@ async def _load_balancing(
 
 async def _role(cloud: Cloud, n: Names, undo: _Undo) -> str:
     """The task execution role (made if missing): its ARN."""
-    async with cloud.client("iam", None) as iam:
-        with ignoring("NoSuchEntity"):
-            return str((await iam.get_role(RoleName=n.role))["Role"]["Arn"])
+    with ignoring("NoSuchEntity"):
+        return await role_arn(cloud, n.role)
     made = await RoleMapper().create(
         cloud,
         {

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from modules import VERSION
+from modules._aws.arns import region_of
 from modules._aws.attributes import AttributeMap
 from modules._aws.region import region_column
 from modules._aws.tags import tag_list, token_tag, with_token
@@ -26,11 +27,6 @@ from modules.spec import (
 
 _PROTOCOLS = "('GENEVE', 'HTTP', 'HTTPS', 'TCP', 'TCP_UDP', 'TLS', 'UDP')"
 _TAGS_PER_CALL = 20  # DescribeTags takes at most 20 ARNs
-
-
-def region_of(arn: str) -> str:
-    """arn:aws:elasticloadbalancing:REGION:account:... -> REGION."""
-    return arn.split(":")[3]
 
 
 def _token_tags(record: Record) -> dict[str, Any]:

@@ -128,6 +128,19 @@ async def _undo_create(undo: Callable[[], Awaitable[None]]) -> None:
 # --- iam_role -------------------------------------------------------------------------------
 
 
+def role_name_of(arn: str) -> str:
+    """A role's name from its ARN: arn:aws:iam::123456789012:role/some/path/NAME -> NAME.
+    For the modules whose rows name a role where AWS holds its ARN."""
+    return arn.rsplit("/", 1)[-1]
+
+
+async def role_arn(cloud: Cloud, role_name: str) -> str:
+    """The ARN of the role named `role_name` (GetRole), for an API that takes a role's ARN."""
+    async with cloud.client("iam", None) as iam:
+        answer = await iam.get_role(RoleName=role_name)
+    return str(answer["Role"]["Arn"])
+
+
 def _role_record(role: dict[str, Any], policies: list[str] | None) -> Record:
     return {
         "arn": role["Arn"],

@@ -10,8 +10,11 @@ import json
 from typing import Any
 
 from modules import VERSION
+from modules._aws.arns import region_of
+from modules._aws.checks import one_of
 from modules._aws.region import region_column
 from modules._aws.tags import normalize_tags, tags_column
+from modules.aws_iam import role_arn, role_name_of
 from modules.concurrency import KeyedLocks, gather_bounded
 from modules.errors import ignoring
 from modules.spec import (
@@ -68,10 +71,6 @@ ARCHITECTURES = ("arm64", "x86_64")
 DIGEST_PREFIX = "sha256:"
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
 def _zip_bytes(value: str) -> bytes | None:
     """The package a zip_b64 value holds; None for a digest or a value that is no base64."""
     if value.startswith(DIGEST_PREFIX):
@@ -116,11 +115,6 @@ def normalize_subnets(value: Any) -> list[str] | None:
 def _empty_is_none(value: Any) -> Any:
     """AWS reports a function without a description as ""."""
     return None if value == "" else value
-
-
-def role_name_of(arn: str) -> str:
-    """arn:aws:iam::123456789012:role/some/path/NAME -> NAME."""
-    return arn.rsplit("/", 1)[-1]
 
 
 def _function_record(answer: dict[str, Any], region: str) -> Record | None:
@@ -202,11 +196,6 @@ async def _vpc_config(
     return {"SubnetIds": subnets, "SecurityGroupIds": groups}
 
 
-def region_of(arn: str) -> str:
-    """arn:aws:lambda:REGION:account:function:NAME -> REGION."""
-    return arn.split(":")[3]
-
-
 def name_of(arn: str) -> str:
     """arn:aws:lambda:REGION:account:function:NAME -> NAME."""
     return arn.split(":")[6]
@@ -236,9 +225,7 @@ async def _get(aws: Any, name: str) -> dict[str, Any] | None:
 async def _role_arn(cloud: Cloud, role_name: str | None, function: str) -> str:
     if not role_name:
         raise CloudError(f"lambda function {function} needs a role: set role_name")
-    async with cloud.client("iam", None) as iam:
-        answer = await iam.get_role(RoleName=role_name)
-    return str(answer["Role"]["Arn"])
+    return await role_arn(cloud, role_name)
 
 
 def _package(record: Record) -> bytes:
@@ -366,13 +353,13 @@ LAMBDA_FUNCTION = Table(
         # The base64 zip package; an imported function's row holds the digest of its code.
         Column("zip_b64", "varchar", normalize=code_digest),
         Column("handler", "varchar"),
-        Column("runtime", "varchar", check=_in("runtime", RUNTIMES)),
+        Column("runtime", "varchar", check=one_of("runtime", RUNTIMES)),
         Column(
             "package_type",
             "varchar",
             nullable=False,
             default="'Zip'",
-            check=_in("package_type", PACKAGE_TYPES),
+            check=one_of("package_type", PACKAGE_TYPES),
             replaces=True,
         ),
         Column(
@@ -380,7 +367,7 @@ LAMBDA_FUNCTION = Table(
             "varchar",
             nullable=False,
             default="'x86_64'",
-            check=_in("architecture", ARCHITECTURES),
+            check=one_of("architecture", ARCHITECTURES),
             replaces=True,
         ),
         Column("memory_size", "integer", nullable=False, default="'128'"),

@@ -284,14 +284,21 @@ async def _tags(aws: Any, arn: str) -> list[dict[str, str]]:
     return []
 
 
+async def _tagged_clusters(
+    cloud: Cloud, region: str | None
+) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
+    """The region's clusters, each with its tags; none where MemoryDB is not offered."""
+    if region not in SUPPORTED_REGIONS:
+        return []
+    async with cloud.client("memorydb", region) as aws:
+        clusters = await _clusters(aws)
+        tags = await gather_bounded(_tags(aws, c["ARN"]) for c in clusters)
+    return list(zip(clusters, tags, strict=True))
+
+
 class MemoryDBClusterMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
-        if region not in SUPPORTED_REGIONS:
-            return []
-        async with cloud.client("memorydb", region) as aws:
-            clusters = await _clusters(aws)
-            tags = await gather_bounded(_tags(aws, c["ARN"]) for c in clusters)
-        return [_cluster_record(c, t) for c, t in zip(clusters, tags, strict=True)]
+        return [_cluster_record(c, t) for c, t in await _tagged_clusters(cloud, region)]
 
     async def _read_one(self, aws: Any, name: str) -> Record:
         [cluster] = (await aws.describe_clusters(ClusterName=name))["Clusters"]
@@ -419,14 +426,9 @@ async def _vpc_default_group(cloud: Cloud, aws: Any, region: str, cluster: dict[
 
 class MemoryDBClusterSecurityGroupsMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
-        if region not in SUPPORTED_REGIONS:
-            return []
-        async with cloud.client("memorydb", region) as aws:
-            clusters = await _clusters(aws)
-            tags = await gather_bounded(_tags(aws, c["ARN"]) for c in clusters)
         return [
             {"memory_db_cluster_id": c["ARN"], "security_group_id": group}
-            for c, t in zip(clusters, tags, strict=True)
+            for c, t in await _tagged_clusters(cloud, region)
             for group in visible_groups(c, tag_dict(t))
         ]
 

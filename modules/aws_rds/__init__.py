@@ -38,6 +38,8 @@ from typing import Any
 from botocore.exceptions import WaiterError
 
 from modules import VERSION
+from modules._aws.arns import region_of
+from modules._aws.checks import one_of
 from modules._aws.region import region_column
 from modules._aws.tags import (
     normalize_tags,
@@ -130,10 +132,6 @@ async def _wait(rds: Any, waiter: str, **params: Any) -> None:
         await rds.get_waiter(waiter).wait(**params, WaiterConfig=_WAIT)
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
 def arn_like(arn: str, kind: str, name: str) -> str:
     """Another RDS resource's ARN in the same account and region as `arn`:
     arn:aws:rds:REGION:ACCOUNT:db:X -> arn:aws:rds:REGION:ACCOUNT:KIND:NAME."""
@@ -143,10 +141,6 @@ def arn_like(arn: str, kind: str, name: str) -> str:
 def name_of(arn: str) -> str:
     """arn:aws:rds:REGION:ACCOUNT:KIND:NAME -> NAME."""
     return arn.split(":", 6)[-1]
-
-
-def region_of(arn: str) -> str:
-    return arn.split(":")[3]
 
 
 def user_tags(value: Any) -> dict[str, str]:
@@ -491,7 +485,7 @@ PARAMETER_GROUP = Table(
             "family",
             "varchar",
             nullable=False,
-            check=_in("family", PARAMETER_GROUP_FAMILIES),
+            check=one_of("family", PARAMETER_GROUP_FAMILIES),
             replaces=True,
         ),
         # AWS cannot change a parameter group's description.
@@ -662,7 +656,11 @@ DB_CLUSTER = Table(
         Column("db_cluster_instance_class", "varchar", nullable=False),
         Column("deletion_protection", "boolean", default="false"),
         Column(
-            "engine", "varchar", nullable=False, check=_in("engine", CLUSTER_ENGINES), replaces=True
+            "engine",
+            "varchar",
+            nullable=False,
+            check=one_of("engine", CLUSTER_ENGINES),
+            replaces=True,
         ),
         Column("engine_version", "varchar"),
         Column("master_user_password", "varchar", secret=True),

@@ -22,7 +22,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from modules import VERSION
-from modules.aws_elb import region_of
+from modules._aws.arns import region_of
 from modules.concurrency import gather_bounded
 from modules.errors import error_code, ignoring
 from modules.spec import TOKEN, Cloud, CloudError, Column, ModuleSpec, Record, Table, foreign_key
