@@ -118,6 +118,10 @@ def build_steps(plan: Plan) -> list[Step]:
         if step.kind in (DELETE, UPDATE) and op.current is not None:
             for column in step.table.cloud_references:
                 _after_naming_rows(step, column, op.current.get(column.name), deletes)
+        if step.kind in (CREATE, UPDATE):
+            for other in steps:
+                if other.kind == CREATE and other.table.name in step.table.create_after:
+                    step.needs(other)
     return steps
 
 

@@ -169,6 +169,9 @@ class Table:
     # ecs_simplified row makes a load balancer, a service...): a commit of this table
     # re-reads those that are installed.
     brings_along: tuple[str, ...] = ()
+    # Tables whose creates in the same commit come before this table's creates and updates,
+    # for a need no foreign key shows (an ECS service needs its target group's listener).
+    create_after: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.primary_key == ("id",) and all(c.name != "id" for c in self.columns):

@@ -99,6 +99,7 @@ class Aws:
         )["Subnets"]
         by_zone = sorted(subnets, key=lambda s: s["AvailabilityZone"])
         self.subnet = by_zone[0]["SubnetId"]
+        self.subnets = [s["SubnetId"] for s in by_zone[:2]]  # a load balancer needs two zones
         self.vpc = by_zone[0]["VpcId"]
         self.group = self.ec2.create_security_group(
             GroupName="web-sg", Description="web", VpcId=self.vpc
@@ -178,6 +179,13 @@ INSERT INTO container_definition (name, repository_id, tag, essential, container
     WHERE r.repository_name = 'app' AND t.family = 'web';
 INSERT INTO container_definition (name, image, tag, memory_reservation, task_definition_id)
     SELECT 'sidecar', 'busybox', 'latest', 64, id FROM task_definition WHERE family = 'web';
+INSERT INTO load_balancer (load_balancer_name, scheme, load_balancer_type, ip_address_type,
+        subnets, vpc)
+    SELECT 'web-lb', 'internal', 'application', 'ipv4', %(subnets)s, id FROM vpc
+    WHERE vpc_id = %(vpc)s;
+INSERT INTO listener (load_balancer_id, target_group_id, port, protocol)
+    SELECT b.id, t.id, 80, 'HTTP' FROM load_balancer b, target_group t
+    WHERE b.load_balancer_name = 'web-lb' AND t.target_group_name = 'web-tg';
 INSERT INTO service (name, desired_count, subnets, assign_public_ip, cluster_id,
         task_definition_id, target_group_id)
     SELECT 'web-svc', 1, ARRAY[(SELECT subnet_id FROM subnet WHERE subnet_id = %(subnet)s)],
@@ -212,7 +220,8 @@ def check_import(conn: psycopg.Connection, aws: Aws) -> None:
 def create(conn: psycopg.Connection, aws: Aws) -> str:
     conn.execute("SELECT * FROM iasql_begin()")
     for statement in CREATE_SQL.strip().split(";\n"):
-        conn.execute(statement, {"subnet": aws.subnet} if "%(subnet)s" in statement else None)
+        values = {"subnet": aws.subnet, "subnets": aws.subnets, "vpc": aws.vpc}
+        conn.execute(statement, values if "%(" in statement else None)
     planned = preview(conn)
     assert [a for a, _ in planned["cluster"]] == ["create"]
     assert [a for a, _ in planned["task_definition"]] == ["create"]
@@ -284,17 +293,55 @@ def update(conn: psycopg.Connection, aws: Aws, old_service: str) -> None:
         " ON t.id = c.task_definition_id WHERE t.family = 'web'",
     ) == [(2,)]
 
-    # A new name replaces the service (scaled to 0, deleted, made again with its groups).
+    # A new name replaces the service (scaled to 0, deleted, made again with its groups),
+    # here behind a new target group whose load balancer and listener the same commit makes:
+    # the service waits for the listener (Table.create_after; the sandbox, as AWS, refuses a
+    # service whose target group no load balancer uses).
     conn.execute("SELECT * FROM iasql_begin()")
-    conn.execute("UPDATE service SET name = 'web-svc-2' WHERE name = 'web-svc'")
+    conn.execute(
+        "INSERT INTO target_group (target_group_name, target_type, protocol, port, vpc)"
+        " SELECT 'web-tg-2', 'ip', 'HTTP', 80, id FROM vpc WHERE vpc_id = %s",
+        (aws.vpc,),
+    )
+    conn.execute(
+        "INSERT INTO load_balancer (load_balancer_name, scheme, load_balancer_type,"
+        " ip_address_type, subnets, vpc) SELECT 'web-lb-2', 'internal', 'application', 'ipv4',"
+        " %s, id FROM vpc WHERE vpc_id = %s",
+        (aws.subnets, aws.vpc),
+    )
+    conn.execute(
+        "INSERT INTO listener (load_balancer_id, target_group_id, port, protocol)"
+        " SELECT b.id, t.id, 80, 'HTTP' FROM load_balancer b, target_group t"
+        " WHERE b.load_balancer_name = 'web-lb-2' AND t.target_group_name = 'web-tg-2'"
+    )
+    conn.execute(
+        "UPDATE service SET name = 'web-svc-2', target_group_id ="
+        " (SELECT id FROM target_group WHERE target_group_name = 'web-tg-2')"
+        " WHERE name = 'web-svc'"
+    )
+    # A new service behind it too: its create needs nothing else new, so without the wait it
+    # would be the first call of the commit after the target group's.
+    conn.execute(
+        "INSERT INTO service (name, desired_count, subnets, cluster_id, task_definition_id,"
+        " target_group_id) SELECT 'side-svc', 1, ARRAY[%s], c.id, t.id, g.id"
+        " FROM cluster c, task_definition t, target_group g WHERE c.cluster_name = 'app-cluster'"
+        " AND t.family = 'web' AND g.target_group_name = 'web-tg-2'",
+        (aws.subnet,),
+    )
     planned = preview(conn)
-    [(action, changes)] = planned["service"]
+    [(action, changes)] = [(a, c) for a, c in planned["service"] if a != "create"]
     assert action == "replace" and changes["name"]["forces_replace"] is True
     commit(conn)
+    side = aws.service("app-cluster", "side-svc")
+    assert side is not None and side["loadBalancers"][0]["containerPort"] == 80
     no_drift(conn)
     assert aws.service("app-cluster", "web-svc") is None
     renamed = aws.service("app-cluster", "web-svc-2")
     assert renamed is not None and renamed["desiredCount"] == 2
+    [(new_group,)] = rows(
+        conn, "SELECT target_group_arn FROM target_group WHERE target_group_name = 'web-tg-2'"
+    )
+    assert [b["targetGroupArn"] for b in renamed["loadBalancers"]] == [new_group]
     assert renamed["networkConfiguration"]["awsvpcConfiguration"]["securityGroups"] == [aws.group]
     assert rows(conn, "SELECT count(*) FROM service_security_groups") == [(1,)]
 
@@ -333,11 +380,11 @@ def rpc_rollback_and_fault(conn: psycopg.Connection, aws: Aws) -> None:
 def delete(conn: psycopg.Connection, aws: Aws) -> None:
     [(arn,)] = rows(conn, "SELECT task_definition_arn FROM task_definition WHERE family = 'web'")
     conn.execute("SELECT * FROM iasql_begin()")
-    conn.execute("DELETE FROM service WHERE name = 'web-svc-2'")
+    conn.execute("DELETE FROM service WHERE name IN ('web-svc-2', 'side-svc')")
     conn.execute("DELETE FROM task_definition WHERE family = 'web'")
     conn.execute("DELETE FROM cluster WHERE cluster_name = 'app-cluster'")
     planned = preview(conn)
-    assert [a for a, _ in planned["service"]] == ["delete"]
+    assert [a for a, _ in planned["service"]] == ["delete", "delete"]
     assert [a for a, _ in planned["task_definition"]] == ["delete"]
     commit(conn)
     no_drift(conn)

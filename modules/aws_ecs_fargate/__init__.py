@@ -784,6 +784,9 @@ SERVICE = Table(
     natural_key=("name", "region"),
     cloud_id=("arn",),
     unique=(("arn",), ("name", "region")),
+    # AWS refuses a service whose target group no load balancer uses yet: a listener made in
+    # the same commit goes first.
+    create_after=("listener",),
 )
 
 # --- service_security_groups ---------------------------------------------------------------
