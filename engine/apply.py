@@ -26,7 +26,7 @@ from botocore.parsers import ResponseParserError
 from engine.plan import CREATE, DELETE, REPLACE, UPDATE, Operation, Plan
 from engine.records import Pending, cloud_key, primary_key, row_as_record, update_row
 from engine.sync import read_cloud
-from modules.spec import TOKEN, Cloud, CloudError, Column, Mapper, Record, Table
+from modules.spec import CREATED_WITH, TOKEN, Cloud, CloudError, Column, Mapper, Record, Table
 
 log = logging.getLogger("iasql.apply")
 
@@ -44,6 +44,7 @@ class Step:
     result: Record | None = None  # the cloud's record after a create or update
     token: str = ""
     journal: int = 0  # its iasql_commit_journal id, once started
+    made_with: list[Step] = field(default_factory=list)  # see Table.created_with
 
     @property
     def table(self) -> Table:
@@ -122,7 +123,37 @@ def build_steps(plan: Plan) -> list[Step]:
             for other in steps:
                 if other.kind == CREATE and other.table.name in step.table.create_after:
                     step.needs(other)
+    _give_created_with(steps)
     return steps
+
+
+def _give_created_with(steps: list[Step]) -> None:
+    """A create of a table with `created_with` gets the creates of those rows that reference
+    its row, and waits for what they wait for (except itself)."""
+    needed_by: dict[int, list[Step]] = {}
+    for step in steps:
+        for dependent in step.dependents:
+            needed_by.setdefault(id(dependent), []).append(step)
+    for step in steps:
+        wanted = step.table.created_with
+        if step.kind != CREATE or not wanted or step.operation.row is None:
+            continue
+        for child in steps:
+            if child.kind == CREATE and child.table.name in wanted and _refers(child, step):
+                step.made_with.append(child)
+                for need in needed_by.get(id(child), []):
+                    step.needs(need)
+
+
+def _refers(child: Step, parent: Step) -> bool:
+    row, parent_row = child.operation.row, parent.operation.row
+    assert row is not None and parent_row is not None
+    return any(
+        c.ref is not None
+        and c.ref.table == parent.table.name
+        and row.get(c.name) == parent_row.get(c.ref.key)
+        for c in child.table.references
+    )
 
 
 def _after_naming_rows(
@@ -241,7 +272,7 @@ class Applier:
             desired[TOKEN] = step.token
             if step.kind == CREATE:
                 journal = await self._journal_start(step, None, desired)
-                result = await step.mapper.create(self.cloud, desired)
+                result = await step.mapper.create(self.cloud, self._with_rows(step, desired))
             else:
                 assert op.current is not None
                 journal = await self._journal_start(step, op.current, desired)
@@ -249,6 +280,16 @@ class Applier:
             # What the mapper did not echo back (e.g. the region) is as requested.
             step.result = {**desired, **result}
             await self._finish(step, journal, step.result)
+
+    def _with_rows(self, step: Step, desired: Record) -> Record:
+        if not step.made_with:
+            return desired
+        made_with: dict[str, list[Record]] = {}
+        for child in step.made_with:
+            assert child.operation.row is not None
+            record = row_as_record(child.table, child.operation.row, self.plan.refs)
+            made_with.setdefault(child.table.name, []).append(record)
+        return {**desired, CREATED_WITH: made_with}
 
     async def _journal_start(self, step: Step, before: Record | None, after: Record | None) -> int:
         step.journal = int(

@@ -25,6 +25,9 @@ Record = dict[str, Any]
 # the user (a bucket, a queue) may ignore it: the name finds them.
 TOKEN = "iasql_token"
 TOKEN_TAG = "iasql:token"
+# Where the record given to a create holds the rows of Table.created_with made in the same
+# commit: {table name: [their records]}.
+CREATED_WITH = "iasql_created_with"
 
 
 class CloudError(Exception):
@@ -172,6 +175,10 @@ class Table:
     # Tables whose creates in the same commit come before this table's creates and updates,
     # for a need no foreign key shows (an ECS service needs its target group's listener).
     create_after: tuple[str, ...] = ()
+    # Tables of rows referencing this one that the resource takes only when it is made (an
+    # OpenSearch domain's VPC subnets): a create gets those made in the same commit in
+    # record[CREATED_WITH], after what they need.
+    created_with: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.primary_key == ("id",) and all(c.name != "id" for c in self.columns):

@@ -228,8 +228,8 @@ INSERT INTO ecs_simplified (app_name, app_port, cpu_mem, image_tag, desired_coun
 """
 
 # The instance with a password goes alone, with the password as a parameter. The search
-# domain's subnets and groups are join rows, added after the domain is made: moto lets a new
-# public domain move into a VPC, AWS does not (README, "What moto does not model").
+# domain's subnets and groups are join rows made in the same commit: the domain is created in
+# the VPC with them (Table.created_with), as AWS requires.
 DATA = f"""
 INSERT INTO parameter_group (name, family, description, parameters)
     VALUES ('platform-pg', 'postgres14', 'platform',

@@ -19,6 +19,7 @@ The README's "What moto does not model" list says, per module, which gaps are fi
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable, Iterable
 from types import ModuleType
@@ -44,3 +45,10 @@ def install(app: WsgiApp) -> WsgiApp:
         if wrap is not None:
             app = wrap(app)
     return app
+
+
+def argument(function: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    """The value the call `function(*args, **kwargs)` passes for its parameter `name` (moto's
+    responses pass some by position, some by name)."""
+    bound = inspect.signature(function).bind_partial(*args, **kwargs)
+    return bound.arguments.get(name)

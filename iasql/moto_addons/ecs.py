@@ -4,8 +4,9 @@ that creates a service before its target group's listener."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
+
+from iasql.moto_addons import argument
 
 
 def install() -> None:
@@ -14,10 +15,9 @@ def install() -> None:
     from moto.elbv2.models import elbv2_backends
 
     create_service = EC2ContainerServiceBackend.create_service
-    signature = inspect.signature(create_service)
 
     def checked_create_service(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> Any:
-        balancers = signature.bind(self, *args, **kwargs).arguments.get("load_balancers")
+        balancers = argument(create_service, "load_balancers", self, *args, **kwargs)
         groups = elbv2_backends[self.account_id][self.region_name].target_groups
         for balancer in balancers or []:
             arn = balancer.get("targetGroupArn")

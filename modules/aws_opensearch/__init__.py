@@ -13,11 +13,12 @@ returns it: the password is a `secret` column (left out of the audit log, the co
 and generated SQL, never read from the cloud), and the user name and user ARN are sent at
 create and never compared with the cloud (the row keeps what was written).
 
-The subnets and security groups are rows of domain_subnets and domain_security_groups, which
-a commit makes after their domain: the domain is created without VPC options, and each row
-adds its subnet or group with UpdateDomainConfig (VPCOptions). AWS cannot move a public
-domain into a VPC, so there the first join row of a new domain fails with AWS's own error;
-rows of a domain already in a VPC (an imported one) change it in place. moto accepts both.
+The subnets and security groups are rows of domain_subnets and domain_security_groups. AWS
+puts a domain in a VPC only when it makes it (it cannot move a public domain into one), so a
+new domain is created with the rows of both tables made in the same commit
+(Table.created_with); their own creates then find their item there. Later rows add or
+remove their subnet or group with UpdateDomainConfig (VPCOptions), which works for a domain
+already in a VPC and fails with AWS's own error for a public one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,17 @@ from modules._aws.policy import canonical_policy, load_policy, policy_text
 from modules._aws.region import region_column
 from modules.concurrency import KeyedLocks
 from modules.errors import ignoring
-from modules.spec import Cloud, CloudError, Column, ModuleSpec, Record, Ref, Table, foreign_key
+from modules.spec import (
+    CREATED_WITH,
+    Cloud,
+    CloudError,
+    Column,
+    ModuleSpec,
+    Record,
+    Ref,
+    Table,
+    foreign_key,
+)
 
 # AWS accepts a version named after its engine: `OpenSearch_2.5`, `Elasticsearch_7.10`
 # (IaSQL's check).
@@ -247,6 +258,14 @@ async def _domains(cloud: Cloud, region: str) -> list[Record]:
 _vpc_lock: KeyedLocks[str] = KeyedLocks()
 
 
+def _vpc_options(made_with: dict[str, list[Record]]) -> dict[str, list[str]]:
+    """The VPCOptions of a new domain: its subnet and group rows made in the same commit."""
+    subnets = [r["subnet_id"] for r in made_with.get("domain_subnets", [])]
+    groups = [r["security_group_id"] for r in made_with.get("domain_security_groups", [])]
+    options = {"SubnetIds": subnets, "SecurityGroupIds": groups}
+    return {key: items for key, items in options.items() if items}
+
+
 class DomainMapper:
     async def read(self, cloud: Cloud, region: str | None) -> list[Record]:
         assert region is not None
@@ -276,6 +295,9 @@ class DomainMapper:
             request["DomainEndpointOptions"] = _endpoint_options(record)
         if record.get("enable_fine_grained_access_control"):
             request["AdvancedSecurityOptions"] = _security_options(record)
+        vpc = _vpc_options(record.get(CREATED_WITH) or {})
+        if vpc:  # AWS puts a domain in a VPC only when it makes it
+            request["VPCOptions"] = vpc
         async with cloud.client("opensearch", region) as aws:
             if await _describe(aws, name) is None:  # else a retried create: it is there
                 await aws.create_domain(**request)
@@ -380,6 +402,7 @@ DOMAIN = Table(
     mapper=DomainMapper(),
     natural_key=("domain_name", "region"),
     cloud_id=("domain_name", "region"),
+    created_with=("domain_subnets", "domain_security_groups"),
 )
 
 # --- domain_subnets and domain_security_groups --------------------------------------------
