@@ -27,8 +27,11 @@ lint: $(VENV)/.installed
 clients:
 	bash scripts/ensure-clients.sh
 
+# The suite's tests mostly wait (on moto, on timeouts of faults they inject): three workers,
+# each with its own Postgres cluster and iasql server, one test file per worker at a time.
+TEST_WORKERS ?= 3
 test: deps clients lint
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Re-resolves requirements.lock from pyproject.toml (newest allowed versions), in a temporary venv.
 lock:
