@@ -159,6 +159,9 @@ PIPELINE_DECLARATION = Table(
     mapper=PipelineDeclarationMapper(),
     natural_key=("name", "region"),
     cloud_id=("name", "region"),
+    # The stages name these by text, and AWS starts a pipeline's first run as soon as it is
+    # made: those the same commit makes go first.
+    create_after=("codebuild_project", "codedeploy_application", "codedeploy_deployment_group"),
 )
 
 MODULE = ModuleSpec(
