@@ -119,12 +119,29 @@ def build_steps(plan: Plan) -> list[Step]:
         if step.kind in (DELETE, UPDATE) and op.current is not None:
             for column in step.table.cloud_references:
                 _after_naming_rows(step, column, op.current.get(column.name), deletes)
+    # The orders tables declare come after every reference's, which they never outrank.
+    for step in steps:
         if step.kind in (CREATE, UPDATE):
             for other in steps:
                 if other.kind == CREATE and other.table.name in step.table.create_after:
-                    step.needs(other)
+                    _wait_unless_cycle(step, other)
     _give_created_with(steps)
     return steps
+
+
+def _wait_unless_cycle(step: Step, other: Step) -> None:
+    """`step` waits for `other`, unless `other` already waits for `step` (through any chain):
+    an order a table declares (create_after, created_with) never outranks a reference."""
+    seen: set[int] = set()
+    stack = [step]
+    while stack:
+        current = stack.pop()
+        if current is other:
+            return
+        if id(current) not in seen:
+            seen.add(id(current))
+            stack.extend(current.dependents)
+    step.needs(other)
 
 
 def _give_created_with(steps: list[Step]) -> None:
@@ -142,7 +159,7 @@ def _give_created_with(steps: list[Step]) -> None:
             if child.kind == CREATE and child.table.name in wanted and _refers(child, step):
                 step.made_with.append(child)
                 for need in needed_by.get(id(child), []):
-                    step.needs(need)
+                    _wait_unless_cycle(step, need)
 
 
 def _refers(child: Step, parent: Step) -> bool:
@@ -151,6 +168,7 @@ def _refers(child: Step, parent: Step) -> bool:
     return any(
         c.ref is not None
         and c.ref.table == parent.table.name
+        and row.get(c.name) is not None
         and row.get(c.name) == parent_row.get(c.ref.key)
         for c in child.table.references
     )
@@ -278,6 +296,7 @@ class Applier:
                 journal = await self._journal_start(step, op.current, desired)
                 result = await step.mapper.update(self.cloud, desired, op.current)
             # What the mapper did not echo back (e.g. the region) is as requested.
+            result.pop(CREATED_WITH, None)  # the children's records: not this row's
             step.result = {**desired, **result}
             await self._finish(step, journal, step.result)
 
@@ -288,6 +307,11 @@ class Applier:
         for child in step.made_with:
             assert child.operation.row is not None
             record = row_as_record(child.table, child.operation.row, self.plan.refs)
+            parent_refs = {
+                c.name for c in child.table.references if c.ref and c.ref.table == step.table.name
+            }
+            if any(isinstance(v, Pending) for n, v in record.items() if n not in parent_refs):
+                continue  # what it names is not made: its own create reports that
             made_with.setdefault(child.table.name, []).append(record)
         return {**desired, CREATED_WITH: made_with}
 

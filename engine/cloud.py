@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -143,6 +144,8 @@ def _unreachable_hint() -> str:
 
 
 MESSAGE_LIMIT = 300  # characters of the cloud's own message kept in ours
+# botocore's parameter errors quote the value: "Invalid length for parameter X, value: 2, ..."
+_QUOTED_VALUE = re.compile(r", value: .*?(?=, (?:valid|type)\b|$)", re.MULTILINE)
 
 
 def cloud_failure(exc: BaseException) -> EngineError | None:
@@ -194,9 +197,11 @@ def _failure(error: BaseException) -> EngineError | None:
             " something other than AWS answers there",
         )
     if isinstance(error, boto.BotoCoreError):
-        # All of it: a ParamValidationError says what is wrong only after its first line.
+        # All of it: a ParamValidationError says what is wrong only after its first line;
+        # but not the values it quotes, which may be secrets.
         operation = _operation(error)
-        return EngineError("58000", f"AWS {operation or 'call'} failed: {one_line(str(error))}")
+        text = one_line(_QUOTED_VALUE.sub("", str(error)))
+        return EngineError("58000", f"AWS {operation or 'call'} failed: {text}")
     return None
 
 

@@ -117,7 +117,7 @@ async def store(
         values = {c.name: refs.to_key(c, record.get(c.name)) for c in columns if c.name in record}
         key = cloud_key(table, record)
         match = by_key.get(key) if key is not None else None
-        if match is None and key not in hidden:
+        if match is None and key not in hidden and str(record.get(TOKEN)) not in tokens:
             match = _same_unique(table, gone, values, matched)
         if match is None:
             if key not in hidden and str(record.get(TOKEN)) not in tokens:
@@ -152,7 +152,8 @@ def _same_unique(
     (a new ARN), and the row, with its id that other rows reference, stands for the new one.
     Inserting instead would break that unique key until the old row is deleted."""
     for unique in table.unique:
-        if unique == table.cloud_id or not all(c in values for c in unique):
+        # NULLs never clash in a unique constraint, so they name nothing here either.
+        if unique == table.cloud_id or not all(values.get(c) is not None for c in unique):
             continue
         for row in gone:
             if id(row) not in matched and all(row.get(c) == values[c] for c in unique):

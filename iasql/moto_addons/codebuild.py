@@ -10,7 +10,8 @@
   builds when their project is deleted).
 
 Source credentials are kept per account and region, one per server type, as AWS keeps them.
-The token itself is never kept, only its type."""
+The store keeps only a credential's type, never its token (a sandbox run with a journal
+does keep every write request it answered, this one included, in its journal file)."""
 
 from __future__ import annotations
 

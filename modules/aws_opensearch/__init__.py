@@ -75,7 +75,21 @@ _WAITERS = WaiterModel(
                         "expected": False,
                     }
                 ],
-            }
+            },
+            # AWS takes minutes to delete a domain, which stays listed (Deleted) meanwhile: a
+            # replace that keeps the name can make the new one only after that.
+            "DomainGone": {
+                "operation": "DescribeDomain",
+                "delay": 10,
+                "maxAttempts": 180,
+                "acceptors": [
+                    {
+                        "state": "success",
+                        "matcher": "error",
+                        "expected": "ResourceNotFoundException",
+                    }
+                ],
+            },
         },
     }
 )
@@ -83,6 +97,11 @@ _WAITERS = WaiterModel(
 
 async def _wait_ready(aws: Any, name: str) -> None:
     waiter = create_waiter_with_client("DomainReady", _WAITERS, aws)
+    await waiter.wait(DomainName=name)
+
+
+async def _wait_gone(aws: Any, name: str) -> None:
+    waiter = create_waiter_with_client("DomainGone", _WAITERS, aws)
     await waiter.wait(DomainName=name)
 
 
@@ -354,6 +373,7 @@ class DomainMapper:
         async with cloud.client("opensearch", current["region"]) as aws:
             with ignoring("ResourceNotFoundException"):
                 await aws.delete_domain(DomainName=current["domain_name"])
+            await _wait_gone(aws, current["domain_name"])
 
 
 def _access_policies(record: Record) -> str:
