@@ -155,10 +155,16 @@ def diff_table(
         if key is not None and refs.knows_parents(table, record):
             by_key[key] = record
     unchanged: list[tuple[Record, Record]] = []
+    paired: list[tuple[Record, Record, tuple[Any, ...] | None, Record | None]] = []
     for row in rows:
         desired = row_as_record(table, row, refs)
         key = cloud_key(table, desired)
-        current = by_key.pop(key, None) if key is not None else None
+        paired.append((row, desired, key, by_key.pop(key, None) if key is not None else None))
+    for row, desired, key, current in paired:
+        if current is None and key is not None:
+            # Replaced in the cloud under the same name (a new ARN): the same row, as a sync
+            # keeps it (engine.sync._same_unique), not a create beside it and a delete.
+            current = _same_unique_record(table, desired, by_key)
         if current is None:
             changes = _all_values(table, desired, created=True)
             plan.operations.append(Operation(table, CREATE, row, None, desired, changes))
@@ -185,6 +191,25 @@ def diff_table(
         else:
             plan.operations.append(operation)
     return unchanged
+
+
+def _same_unique_record(
+    table: Table, desired: Record, by_key: dict[tuple[Any, ...], Record]
+) -> Record | None:
+    """The unmatched cloud record holding `desired`'s values of one of the table's other
+    unique keys (taken out of `by_key`), or None. Only where the cloud names the resource
+    (an ARN) and the other key is the user's (a name): where the user's own columns are the
+    cloud id, a row that meets no resource was renamed by its user, which is a new resource."""
+    if not all(table.column(c).cloud_assigned for c in table.cloud_id):
+        return None
+    for unique in table.unique:
+        users = not any(table.column(c).cloud_assigned for c in unique)
+        if not users or any(desired.get(c) is None for c in unique):
+            continue
+        for key, record in by_key.items():
+            if all(record.get(c) == desired[c] for c in unique):
+                return by_key.pop(key)
+    return None
 
 
 def _cascade_replaces(plan: Plan, unchanged: dict[str, list[tuple[Record, Record]]]) -> None:

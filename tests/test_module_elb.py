@@ -794,6 +794,11 @@ def test_a_target_group_replaced_outside_iasql_keeps_its_row(elb_env: Any) -> No
     aws.elb.delete_target_group(TargetGroupArn=first)
     second = make(8080)
     assert second != first
+    # Before the sync, drift pairs them the same way: one change of the row, not a create of
+    # the old resource beside a delete of the new one.
+    assert rows(conn, "SELECT table_name, action FROM iasql_drift()") == [
+        ("target_group", "update")
+    ]
     conn.execute("SELECT * FROM iasql_sync()")
     assert rows(
         conn,
