@@ -20,7 +20,7 @@ from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
 from modules.aws_codebuild import normalize_environment_variables, role_name_of
 from tests.support.aws import REGION, only_one_region
-from tests.support.env import add_credentials, commit, rows
+from tests.support.env import add_credentials, commit, no_drift, preview, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -105,19 +105,6 @@ def cb_env(envdb: psycopg.Connection, cb_moto: MotoServer) -> tuple[psycopg.Conn
     only_one_region(envdb)
     envdb.execute("SELECT * FROM iasql_install('aws_codebuild')")
     return envdb, aws
-
-
-def preview(conn: psycopg.Connection) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    planned: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for table, action, changes in rows(
-        conn, "SELECT table_name, action, changes FROM iasql_preview() ORDER BY action"
-    ):
-        planned.setdefault(table, []).append((action, changes))
-    return planned
-
-
-def no_drift(conn: psycopg.Connection) -> None:
-    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
 
 PROJECT_COLUMNS = (

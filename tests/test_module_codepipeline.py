@@ -16,7 +16,7 @@ import pytest
 from iasql.sandbox import MotoServer
 from modules.aws_codepipeline import MASKED, normalize_artifact_store, normalize_stages
 from tests.support.aws import REGION, only_one_region
-from tests.support.env import add_credentials, commit, rows
+from tests.support.env import add_credentials, commit, no_drift, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -159,10 +159,6 @@ def preview(conn: psycopg.Connection) -> list[tuple[str, str, dict[str, Any]]]:
         "SELECT action, description, changes FROM iasql_preview()"
         " WHERE table_name = 'pipeline_declaration' ORDER BY description, action",
     )
-
-
-def no_drift(conn: psycopg.Connection) -> None:
-    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
 
 def test_codepipeline_life_cycle(cp_env: tuple[psycopg.Connection, Aws]) -> None:

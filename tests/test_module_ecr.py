@@ -18,7 +18,7 @@ import pytest
 from iasql.sandbox import MotoServer
 from modules.aws_ecr import MODULE, region_of, repository_name_of
 from tests.support.aws import REGION, only_one_region
-from tests.support.env import add_credentials, commit, rows
+from tests.support.env import add_credentials, commit, no_drift, preview, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -98,19 +98,6 @@ def ecr_env(envdb: psycopg.Connection, moto_accounts: Any) -> tuple[psycopg.Conn
     only_one_region(envdb)
     envdb.execute("SELECT * FROM iasql_install('aws_ecr')")
     return envdb, aws
-
-
-def preview(conn: psycopg.Connection) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    planned: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for table, action, changes in rows(
-        conn, "SELECT table_name, action, changes FROM iasql_preview() ORDER BY action"
-    ):
-        planned.setdefault(table, []).append((action, changes))
-    return planned
-
-
-def no_drift(conn: psycopg.Connection) -> None:
-    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
 
 def test_ecr(ecr_env: tuple[psycopg.Connection, Aws]) -> None:

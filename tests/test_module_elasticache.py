@@ -15,7 +15,7 @@ import pytest
 
 from iasql.sandbox import MotoServer
 from tests.support.aws import REGION
-from tests.support.env import add_credentials, commit, only_regions, rows
+from tests.support.env import add_credentials, commit, no_drift, only_regions, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -32,10 +32,6 @@ def clusters(aws: Any) -> dict[str, tuple[str, str, int, str]]:
         c["CacheClusterId"]: (c["CacheNodeType"], c["Engine"], c["NumCacheNodes"], c["ARN"])
         for c in aws.describe_cache_clusters()["CacheClusters"]
     }
-
-
-def no_drift(conn: psycopg.Connection) -> None:
-    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
 
 def test_cache_cluster_life_cycle(envdb: psycopg.Connection, elasticache_moto: MotoServer) -> None:

@@ -34,7 +34,7 @@ from modules.aws_lambda import (
 )
 from modules.spec import ArgumentError
 from tests.support.aws import REGION, only_one_region
-from tests.support.env import RunningServer, add_credentials, commit, rows
+from tests.support.env import RunningServer, add_credentials, commit, no_drift, preview, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -228,19 +228,6 @@ def lambda_env(envdb: psycopg.Connection, lambda_moto: MotoServer) -> tuple[Any,
     only_one_region(envdb)
     envdb.execute("SELECT * FROM iasql_install('aws_lambda')")
     return envdb, aws
-
-
-def preview(conn: psycopg.Connection) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    planned: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for table, action, changes in rows(
-        conn, "SELECT table_name, action, changes FROM iasql_preview() ORDER BY action"
-    ):
-        planned.setdefault(table, []).append((action, changes))
-    return planned
-
-
-def no_drift(conn: psycopg.Connection) -> None:
-    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
 
 def replay_elsewhere(iasql: RunningServer, moto: MotoServer, replay: list[str], code: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from iasql.sandbox import MotoServer
 from tests.support.aws import REGION
-from tests.support.env import add_credentials, commit, only_regions, rows
+from tests.support.env import add_credentials, commit, no_drift, only_regions, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -88,10 +88,6 @@ def plan(conn: psycopg.Connection) -> list[tuple[str, str, dict[str, Any]]]:
             conn, "SELECT action, table_name, changes FROM iasql_preview() ORDER BY 2, 1"
         )
     ]
-
-
-def no_drift(conn: psycopg.Connection) -> None:
-    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
 
 def test_memory_db_life_cycle(envdb: psycopg.Connection, memory_db_moto: MotoServer) -> None:

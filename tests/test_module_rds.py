@@ -29,7 +29,7 @@ from modules.aws_rds import (
     visible_groups,
 )
 from tests.support.aws import REGION, only_one_region
-from tests.support.env import add_credentials, commit, rows
+from tests.support.env import add_credentials, commit, no_drift, preview, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -140,19 +140,6 @@ def rds_env(envdb: psycopg.Connection, rds_moto: MotoServer) -> tuple[psycopg.Co
     only_one_region(envdb)
     envdb.execute("SELECT * FROM iasql_install('aws_rds')")
     return envdb, aws
-
-
-def preview(conn: psycopg.Connection) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    planned: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for table, action, changes in rows(
-        conn, "SELECT table_name, action, changes FROM iasql_preview() ORDER BY action"
-    ):
-        planned.setdefault(table, []).append((action, changes))
-    return planned
-
-
-def no_drift(conn: psycopg.Connection) -> None:
-    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
 
 def no_passwords(conn: psycopg.Connection, *sources: str) -> None:

@@ -23,7 +23,7 @@ from modules.aws_route53 import (
 )
 from modules.spec import CloudError
 from tests.support.aws import REGION, only_one_region
-from tests.support.env import add_credentials, commit, rows
+from tests.support.env import add_credentials, commit, no_drift, rows
 
 pytestmark = pytest.mark.slow  # not in the fast edit-test loop (-m "not slow")
 
@@ -153,10 +153,6 @@ def preview(conn: psycopg.Connection) -> dict[str, list[tuple[str, str, dict[str
     ):
         planned.setdefault(table, []).append((action, description, changes))
     return planned
-
-
-def no_drift(conn: psycopg.Connection) -> None:
-    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
 
 
 def record_rows(conn: psycopg.Connection, zone: str) -> list[tuple[Any, ...]]:

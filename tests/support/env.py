@@ -74,6 +74,20 @@ def rows(conn: psycopg.Connection, sql: str) -> list[tuple]:
     return conn.execute(sql).fetchall()
 
 
+def preview(conn: psycopg.Connection) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """iasql_preview()'s (action, changes) per table, actions in order."""
+    planned: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for table, action, changes in rows(
+        conn, "SELECT table_name, action, changes FROM iasql_preview() ORDER BY action"
+    ):
+        planned.setdefault(table, []).append((action, changes))
+    return planned
+
+
+def no_drift(conn: psycopg.Connection) -> None:
+    assert rows(conn, "SELECT count(*) FROM iasql_drift()") == [(0,)]
+
+
 def one(conn: psycopg.Connection, sql: str) -> Any:
     """The single value the query returns."""
     [(value,)] = rows(conn, sql)
