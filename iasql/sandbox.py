@@ -82,6 +82,10 @@ class MotoServer:
             env={
                 "MOTO_ACM_VALIDATION_WAIT": "1",
                 "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",  # arn:aws:iam::aws:policy/...
+                # Every service answers in every region the sandbox lists (moto's own lists
+                # per service lag: CodeBuild and CodePipeline lacked ca-west-1, mx-central-1
+                # and ap-east-2, and an import of every region failed with HTTP 500).
+                "MOTO_ALLOW_NONEXISTENT_REGION": "true",
                 "PATH": "/usr/bin:/bin",
             },
         )

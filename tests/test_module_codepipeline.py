@@ -289,3 +289,20 @@ def test_codepipeline_life_cycle(cp_env: tuple[psycopg.Connection, Aws]) -> None
     commit(conn)
     assert aws.names() == []
     no_drift(conn)
+
+
+def test_install_reads_every_region_the_sandbox_lists(
+    envdb: psycopg.Connection, moto_accounts: Callable[[], MotoServer]
+) -> None:
+    """With every region enabled (as `iasql serve --local-cloud` leaves them), install reads
+    them all: moto's own region lists for CodePipeline and CodeBuild lack some the sandbox
+    lists, which answered HTTP 500 until the sandbox let every service answer everywhere."""
+    moto = moto_accounts()
+    envdb.execute("SELECT * FROM iasql_install('aws_account')")
+    add_credentials(envdb, moto)
+    envdb.execute("SELECT * FROM iasql_install('aws_codepipeline', 'aws_codebuild')")
+    enabled = rows(envdb, "SELECT count(*) FROM aws_regions WHERE is_enabled")
+    assert enabled[0][0] > 30
+    for region in ("ca-west-1", "mx-central-1", "ap-east-2"):
+        assert (region, True) in rows(envdb, "SELECT region, is_enabled FROM aws_regions")
+    assert rows(envdb, "SELECT count(*) FROM pipeline_declaration") == [(0,)]
