@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from engine import admin, install, platform, promotion, sqlgen, transaction
+from engine import admin, install, platform, promotion, sqlgen, transaction, upgrade
 from engine.cloud import cloud_failure
 from engine.contract import CallContext, EngineError, FunctionSpec, Param, Row
 from engine.database import Database
@@ -30,6 +31,22 @@ PROBE_TIMEOUT = 5.0
 # What an unreachable, restarting or refusing backing Postgres raises (TimeoutError is an
 # OSError; CannotConnectNowError, "the database system is starting up", a PostgresError).
 BACKEND_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+# What runs on a database whose modules are not on this server's schema versions (see
+# engine/upgrade.py): nothing else reads or writes module tables there.
+RUN_WHEN_NOT_UPGRADED = {
+    # SQL from the audit log is written in this server's schemas: the log is translated.
+    "iasql_get_sql_for_transaction",
+    "iasql_get_sql_since",
+    "iasql_get_promotion_sql",
+    "iasql_version",
+    "iasql_modules_list",
+    "iasql_modules_installed",
+    "iasql_help",
+    "iasql_get_errors",
+    "iasql_upgrade",
+    "iasql_promotions",
+}
 
 # IaSQL's old names. (`iasql_sync` was one too; here it is the drift import, as the README's
 # "Infrastructure transactions" section says.)
@@ -141,6 +158,8 @@ class Engine:
         self._recovery: asyncio.Future[None] | None = None
         # Commits running in this process, by database.
         self._committing: collections.Counter[str] = collections.Counter()
+        # Databases whose modules are not on this server's schema versions: why not.
+        self._not_upgraded: dict[str, EngineError] = {}
 
     async def start(self) -> None:
         """Checks the backing Postgres and prepares the admin database."""
@@ -158,7 +177,43 @@ class Engine:
             )
         async with self._admin_lock:
             await admin.prepare_registry(await self._admin_connection())
+        await self._upgrade_all(dry_run=False)
         self._recovery = asyncio.ensure_future(self._watch_backend())
+
+    async def _upgrade_all(self, *, dry_run: bool) -> list[Row]:
+        """Upgrades every environment database, one after the other; one that fails stays as
+        it was and the others carry on. (A commit cut short by a crash is undone after the
+        upgrade, which rewrote its journal in the new schema's terms.)"""
+        async with self._admin_lock:
+            aliases = [r["alias"] for r in await (await self._admin_connection()).fetch(
+                "SELECT alias FROM iasql_database ORDER BY alias"
+            )]  # fmt: skip
+        rows: list[Row] = []
+        for alias in aliases:
+            try:
+                db = await self.database(alias)
+                if alias not in self._not_upgraded:
+                    continue
+                ctx = CallContext(alias, db.engine_user, notify=lambda text: log.info("%s", text))
+                rows += await self._upgrade(db, ctx, dry_run=dry_run)
+            except Exception as exc:  # one broken database must not stop the others
+                log.warning("could not upgrade %s: %s", alias, _one_line(exc))
+                rows.append({"database": alias, "status": "failed", "detail": _one_line(exc)})
+        return rows
+
+    async def _upgrade(self, db: Database, ctx: CallContext, *, dry_run: bool) -> list[Row]:
+        try:
+            return await upgrade.upgrade_database(db, ctx, dry_run=dry_run)
+        finally:
+            await self._check_upgraded(db)
+
+    async def _check_upgraded(self, db: Database) -> None:
+        async with db.pool.acquire() as conn:
+            error = upgrade.problem(await upgrade.pending_upgrades(conn), db.name)
+        if error is None:
+            self._not_upgraded.pop(db.name, None)
+        else:
+            self._not_upgraded[db.name] = error
 
     async def _watch_backend(self) -> None:
         """For the server's life: recovers interrupted commits now, then watches the backing
@@ -273,6 +328,7 @@ class Engine:
                     list(self.functions.values()),
                     self.config.local_cloud_endpoint,
                 )
+                await self._check_upgraded(db)
                 self._databases[name] = db
             return db
 
@@ -315,6 +371,13 @@ class Engine:
                 ' SQLAlchemy isolation_level="AUTOCOMMIT"; JDBC setAutoCommit(true);'
                 " asyncpg outside conn.transaction(); psql outside BEGIN",
             )
+        if (
+            spec.name not in RUN_WHEN_NOT_UPGRADED
+            and not spec.admin_only
+            and ctx.database != admin.ADMIN_DATABASE
+            and ctx.database in self._not_upgraded
+        ):
+            raise self._not_upgraded[ctx.database]
         try:
             return await spec.handler(ctx, arguments)
         except EngineError:
@@ -359,7 +422,12 @@ class Engine:
 
     @builtin(
         "iasql_modules_list",
-        columns=(("module_name", "text"), ("module_version", "text"), ("dependencies", "json")),
+        columns=(
+            ("module_name", "text"),
+            ("module_version", "text"),
+            ("dependencies", "json"),
+            ("schema_version", "integer"),
+        ),
         description="every available module",
     )
     async def _modules_list(self, _ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
@@ -368,14 +436,20 @@ class Engine:
                 "module_name": m.name,
                 "module_version": m.version,
                 "dependencies": list(m.dependencies),
+                "schema_version": m.schema_version,
             }
             for m in platform.module_catalogue().values()
         ]
 
     @builtin(
         "iasql_modules_installed",
-        columns=(("module_name", "text"), ("module_version", "text"), ("dependencies", "text[]")),
-        description="the modules installed in this database",
+        columns=(
+            ("module_name", "text"),
+            ("module_version", "text"),
+            ("dependencies", "text[]"),
+            ("schema_version", "integer"),
+        ),
+        description="the modules installed in this database, with their tables' schema version",
     )
     async def _modules_installed(self, ctx: CallContext, _args: dict[str, Any]) -> list[Row]:
         return await install.modules_installed(await self.database(ctx.database))
@@ -402,6 +476,27 @@ class Engine:
     async def _uninstall(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
         db = await self.database(ctx.database)
         return await install.uninstall(db, ctx, args["module_names"])
+
+    @builtin(
+        "iasql_upgrade",
+        columns=upgrade.COLUMNS,
+        params=(Param("dry_run", "boolean", default=False),),
+        description="migrates this database's module tables to this server's schema versions"
+        " (on the admin database: every environment database); a dry run lists the SQL",
+        outside_transaction_block=True,
+        sample="SELECT * FROM iasql_upgrade(dry_run => true)",
+    )
+    async def _upgrade_call(self, ctx: CallContext, args: dict[str, Any]) -> list[Row]:
+        dry_run = bool(args["dry_run"])
+        if ctx.database == admin.ADMIN_DATABASE:
+            return await self._upgrade_all(dry_run=dry_run)
+        rows = await self._upgrade(await self.database(ctx.database), ctx, dry_run=dry_run)
+        failed = [r for r in rows if r["status"] == "failed"]
+        if failed:
+            raise EngineError(
+                "55000", str(failed[0]["detail"]), hint="the database is left as it was"
+            )
+        return rows
 
     @builtin(
         "iasql_begin",
@@ -559,9 +654,14 @@ class Engine:
             ("rewrites", "jsonb"),
             ("excluded_by", "int"),
         ),
-        params=(Param("statements", "text"), Param("source_environment", "text", default=None)),
+        params=(
+            Param("statements", "text"),
+            Param("source_environment", "text", default=None),
+            Param("source_schema", "jsonb", default=None),
+        ),
         description="another environment's SQL with this database's promotion rules applied"
-        " (sql is NULL where an exclude rule keeps a statement out)",
+        " (sql is NULL where an exclude rule keeps a statement out); source_schema, the"
+        " source server's {module: schema version}, translates SQL of older module schemas",
         sample="SELECT sql FROM iasql_promotion_sql($$INSERT INTO vpc (cidr_block)"
         " VALUES ('10.1.0.0/16');$$, 'staging')",
     )
@@ -569,7 +669,10 @@ class Engine:
         db = await self.database(ctx.database)
         async with db.pool.acquire() as conn:
             rules = await promotion.load_rules(conn, args["source_environment"])
-        rewritten = await self.rewriter.rewrite(args["statements"] or "", rules)
+            steps = upgrade.steps_from(
+                _schema_versions(args["source_schema"]), (await db.installed(conn)).values()
+            )
+        rewritten = await self.rewriter.rewrite(args["statements"] or "", rules, steps)
         return [
             {
                 "position": position,
@@ -742,6 +845,21 @@ async def _finish_unless_cancelled(ctx: CallContext, work: asyncio.Future[list[R
         if task is not None:
             task.uncancel()
         return await work
+
+
+def _schema_versions(value: Any) -> dict[str, int]:
+    """iasql_promotion_sql's source_schema: {module: schema version}."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise EngineError(
+            "22023",
+            "source_schema must be a JSON object of module schema versions",
+            hint="""'{"aws_sqs": 1}'""",
+        )
+    return value
 
 
 def _one_line(exc: BaseException) -> str:

@@ -39,7 +39,7 @@ def quote_literal(value: object) -> str:
     return "'" + text + "'"
 
 
-def _column_sql(column: Column) -> str:
+def column_sql(column: Column) -> str:
     parts = [quote_ident(column.name), column.type]
     if not column.nullable:
         parts.append("NOT NULL")
@@ -54,21 +54,25 @@ def _keys(columns: tuple[str, ...]) -> str:
     return ", ".join(quote_ident(c) for c in columns)
 
 
+def foreign_key_sql(column: Column) -> str:
+    """The table constraint of a column with a `ref`."""
+    assert column.ref is not None
+    return (
+        f"FOREIGN KEY ({quote_ident(column.name)}) REFERENCES"
+        f" {quote_ident(column.ref.table)} ({quote_ident(column.ref.key)})"
+        f" ON DELETE {column.ref.on_delete} DEFERRABLE INITIALLY IMMEDIATE"
+    )
+
+
 def create_table(table: Table) -> list[str]:
     """CREATE TABLE, its foreign keys and uniques, the audit trigger and the grants."""
     name = quote_ident(table.name)
-    lines = [_column_sql(c) for c in table.columns]
+    lines = [column_sql(c) for c in table.columns]
     if table.primary_key:
         lines.append(f"PRIMARY KEY ({_keys(table.primary_key)})")
     for unique in table.unique:
         lines.append(f"UNIQUE ({_keys(unique)})")
-    for column in table.references:
-        assert column.ref is not None
-        lines.append(
-            f"FOREIGN KEY ({quote_ident(column.name)}) REFERENCES"
-            f" {quote_ident(column.ref.table)} ({quote_ident(column.ref.key)})"
-            f" ON DELETE {column.ref.on_delete} DEFERRABLE INITIALLY IMMEDIATE"
-        )
+    lines += [foreign_key_sql(column) for column in table.references]
     secrets = ", ".join(quote_literal(c.name) for c in table.columns if c.secret)
     statements = [
         f"CREATE TABLE {name} (\n    " + ",\n    ".join(lines) + "\n)",

@@ -10,9 +10,9 @@ from engine.database import Database
 from engine.sync import sync_tables
 from engine.transaction import kept_since
 from modules import account_module
-from modules.spec import ModuleSpec
+from modules.spec import ModuleSpec, Table
 
-_INSTALL_LOCK = 0x1A5C2  # one install or uninstall at a time per database
+INSTALL_LOCK = 0x1A5C2  # one install or uninstall at a time per database
 
 
 def _known(names: list[str]) -> list[ModuleSpec]:
@@ -53,7 +53,7 @@ async def install(db: Database, ctx: CallContext, names: list[str]) -> list[Row]
         raise EngineError("22023", "name at least one module", hint="iasql_install('aws_s3')")
     wanted = with_dependencies(_known(names))
     async with db.pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", _INSTALL_LOCK)
+        await conn.execute("SELECT pg_advisory_lock($1)", INSTALL_LOCK)
         try:
             installed = await db.installed(conn)
             new = [m for m in wanted if m.name not in installed]
@@ -63,9 +63,10 @@ async def install(db: Database, ctx: CallContext, names: list[str]) -> list[Row]
                     for module in new:
                         await _create(conn, module)
                 ctx.notify(f"installed {', '.join(m.name for m in new)}")
-            counts = await _import(db, conn, ctx, new)
+            tables = [t for m in new for t in m.tables]
+            counts = await import_tables(db, conn, ctx, tables, only_new_changes=True)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _INSTALL_LOCK)
+            await conn.execute("SELECT pg_advisory_unlock($1)", INSTALL_LOCK)
     return [
         {"module_name": m.name, "created_table_name": t.name, "record_count": counts.get(t.name, 0)}
         for m in new
@@ -100,9 +101,11 @@ async def _create(conn: asyncpg.Connection, module: ModuleSpec) -> None:
     for statement in module.after_tables_sql:
         await conn.execute(statement)
     await conn.execute(
-        "INSERT INTO iasql_module (name, version, installed_at) VALUES ($1, $2, clock_timestamp())",
+        "INSERT INTO iasql_module (name, version, installed_at, schema_version)"
+        " VALUES ($1, $2, clock_timestamp(), $3)",
         module.name,
         module.version,
+        module.schema_version,
     )
     for dependency in module.dependencies:
         await conn.execute(
@@ -112,11 +115,18 @@ async def _create(conn: asyncpg.Connection, module: ModuleSpec) -> None:
         await conn.execute("INSERT INTO iasql_tables VALUES ($1, $2)", table.name, module.name)
 
 
-async def _import(
-    db: Database, conn: asyncpg.Connection, ctx: CallContext, modules: list[ModuleSpec]
+async def import_tables(
+    db: Database,
+    conn: asyncpg.Connection,
+    ctx: CallContext,
+    new: list[Table],
+    *,
+    only_new_changes: bool,
 ) -> dict[str, int]:
-    """Imports every existing cloud resource of the new tables (when there are credentials)."""
-    tables = [t for m in modules for t in m.tables if t.mapper is not None]
+    """Imports every existing cloud resource of new tables (or of tables with new columns)
+    when there are credentials. It leaves alone the rows of user changes no commit applied
+    yet; with `only_new_changes`, of changes made from now on only."""
+    tables = [t for t in new if t.mapper is not None]
     account = account_module()[1]
     credentials, regions_table = account.credentials.name, account.regions.name
     if not tables or not await conn.fetchval(
@@ -133,7 +143,7 @@ async def _import(
     # The new tables are the import's to fill; what users write into them from now on
     # (even while the import runs) is theirs, and the import leaves it alone. Changes from
     # before, of a table of the same name uninstalled since, are no longer about these rows.
-    since = await audit.settled_last_id(conn)
+    since = await audit.settled_last_id(conn) if only_new_changes else None
     ctx.notify(f"importing from {len(regions)} regions")
     counts.update(
         await sync_tables(conn, cloud, rest, regions, kept=kept_since(db, since), notify=ctx.notify)
@@ -161,11 +171,11 @@ async def uninstall(db: Database, ctx: CallContext, names: list[str]) -> list[Ro
             " modules by name, or drop the whole database with: iasql db drop NAME",
         )
     async with db.pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", _INSTALL_LOCK)
+        await conn.execute("SELECT pg_advisory_lock($1)", INSTALL_LOCK)
         try:
             return await _uninstall(db, conn, ctx, modules)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _INSTALL_LOCK)
+            await conn.execute("SELECT pg_advisory_unlock($1)", INSTALL_LOCK)
 
 
 async def _uninstall(
@@ -216,19 +226,29 @@ async def _uninstall(
 
 async def modules_installed(db: Database) -> list[Row]:
     rows = await db.pool.fetch(
-        "SELECT m.name, m.version, coalesce(array_agg(d.dependency ORDER BY d.dependency)"
-        " FILTER (WHERE d.dependency IS NOT NULL), '{}') AS deps"
+        "SELECT m.name, m.version, m.schema_version, coalesce(array_agg(d.dependency ORDER BY"
+        " d.dependency) FILTER (WHERE d.dependency IS NOT NULL), '{}') AS deps"
         " FROM iasql_module m LEFT JOIN iasql_dependencies d ON d.module = m.name"
-        " GROUP BY m.name, m.version ORDER BY m.name"
+        " GROUP BY m.name ORDER BY m.name"
     )
     installed = [
-        {"module_name": r["name"], "module_version": r["version"], "dependencies": list(r["deps"])}
+        {
+            "module_name": r["name"],
+            "module_version": r["version"],
+            "dependencies": list(r["deps"]),
+            "schema_version": r["schema_version"],
+        }
         for r in rows
         if r["name"] not in platform.BUILTIN_MODULES  # a row from before they were built in
     ]
     # The built-in modules have no row, and are always there.
     installed += [
-        {"module_name": m.name, "module_version": m.version, "dependencies": list(m.dependencies)}
+        {
+            "module_name": m.name,
+            "module_version": m.version,
+            "dependencies": list(m.dependencies),
+            "schema_version": m.schema_version,
+        }
         for m in platform.BUILTIN_MODULES.values()
     ]
     return sorted(installed, key=lambda row: row["module_name"])

@@ -60,18 +60,23 @@ CHANGE_TYPES = (
     "START_REVERT",
     "END_REVERT",
     "SET_COMMIT_MESSAGE",
+    "UPGRADE",
 )
 
 _TABLES = f"""
 DO $$ BEGIN
     CREATE TYPE iasql_change_type AS ENUM ({", ".join(f"'{t}'" for t in CHANGE_TYPES)});
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+-- Made by a version before the value was there (usable once this transaction commits).
+ALTER TYPE iasql_change_type ADD VALUE IF NOT EXISTS 'UPGRADE';
 
 CREATE TABLE IF NOT EXISTS iasql_module (
     name text PRIMARY KEY,
     version text NOT NULL,
     installed_at timestamptz NOT NULL DEFAULT now()
 );
+-- The version of the module's tables' schema (ModuleSpec.schema_version).
+ALTER TABLE iasql_module ADD COLUMN IF NOT EXISTS schema_version integer NOT NULL DEFAULT 1;
 CREATE TABLE IF NOT EXISTS iasql_dependencies (
     module text NOT NULL REFERENCES iasql_module (name) ON DELETE CASCADE,
     dependency text NOT NULL REFERENCES iasql_module (name),
@@ -91,6 +96,9 @@ CREATE TABLE IF NOT EXISTS iasql_audit_log (
     message text,
     transaction_id text
 );
+-- The schema version of the module whose table a row change is of, when it was written
+-- (NULL: 1, or not a module table): iasql_get_sql_since() translates older entries.
+ALTER TABLE iasql_audit_log ADD COLUMN IF NOT EXISTS schema_version integer;
 CREATE INDEX IF NOT EXISTS iasql_audit_log_ts ON iasql_audit_log (ts);
 CREATE INDEX IF NOT EXISTS iasql_audit_log_transaction ON iasql_audit_log (transaction_id);
 
@@ -142,8 +150,12 @@ DECLARE
     secrets text[] := coalesce(TG_ARGV, ARRAY[]::text[]);  -- NULL when no column is secret
     entry jsonb;
     written jsonb;
+    version integer;
 BEGIN
     SELECT t.transaction_id INTO tx FROM public.iasql_transaction t WHERE t.closed_at IS NULL;
+    SELECT m.schema_version INTO version FROM public.iasql_tables t
+        JOIN public.iasql_module m ON m.name OPERATOR(pg_catalog.=) t.module
+        WHERE t.table_name OPERATOR(pg_catalog.=) TG_TABLE_NAME;
     IF TG_OP = 'INSERT' THEN
         entry := pg_catalog.jsonb_build_object(
             'change', pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) secrets);
@@ -180,9 +192,18 @@ BEGIN
         entry := entry OPERATOR(pg_catalog.||)
             pg_catalog.jsonb_build_object('depth', pg_catalog.pg_trigger_depth());
     END IF;
-    INSERT INTO public.iasql_audit_log ("user", table_name, change_type, change, transaction_id)
-    VALUES (session_user, TG_TABLE_NAME, TG_OP::public.iasql_change_type, entry, tx);
+    INSERT INTO public.iasql_audit_log
+        ("user", table_name, change_type, change, transaction_id, schema_version)
+    VALUES (session_user, TG_TABLE_NAME, TG_OP::public.iasql_change_type, entry, tx, version);
     RETURN NULL;
+END $$;
+
+-- The tables of a module whose upgrade failed (engine/upgrade.py) refuse writes with this,
+-- until an upgrade succeeds: the server's code no longer matches them.
+CREATE OR REPLACE FUNCTION iasql_refuse_write() RETURNS trigger
+LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '25006', MESSAGE = TG_ARGV[0], HINT = TG_ARGV[1];
 END $$;
 """
 
@@ -228,6 +249,25 @@ def function_stubs(functions: list[FunctionSpec]) -> list[str]:
     return [_stub_sql(spec) for spec in functions if not spec.admin_only]
 
 
+async def _drop_stale_stubs(conn: asyncpg.Connection, functions: list[FunctionSpec]) -> None:
+    """Stubs an earlier version made with other parameters (CREATE OR REPLACE would keep
+    them beside the new ones, as overloads). One a user's view uses is left in place."""
+    arity = {spec.name: len(spec.params) for spec in functions if not spec.admin_only}
+    stale = await conn.fetch(
+        "SELECT p.oid::regprocedure::text AS signature, p.proname, p.pronargs FROM pg_proc p"
+        " WHERE p.pronamespace = 'public'::regnamespace AND p.proname = ANY($1::text[])"
+        " AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+        list(arity),
+    )
+    for row in stale:
+        if row["pronargs"] != arity[row["proname"]]:
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"DROP FUNCTION {row['signature']}")
+            except asyncpg.DependentObjectsStillExistError:
+                log.warning("kept the old stub %s: other objects use it", row["signature"])
+
+
 async def ensure(conn: asyncpg.Connection, functions: list[FunctionSpec]) -> None:
     """Creates or upgrades the platform schema in the connected database (idempotent)."""
     stubs = function_stubs(functions)
@@ -245,6 +285,7 @@ async def ensure(conn: asyncpg.Connection, functions: list[FunctionSpec]) -> Non
             return
         await conn.execute(_TABLES)
         await conn.execute(promotion.RULES_DDL)
+        await _drop_stale_stubs(conn, functions)
         for stub in stubs:
             await conn.execute(stub)
         await conn.execute(f"REVOKE ALL ON {', '.join(_PLATFORM_TABLES)} FROM PUBLIC")

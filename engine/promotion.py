@@ -29,6 +29,8 @@ from pglast.parser import ParseError, parse_sql_json, scan
 
 from engine.contract import EngineError, Row
 from engine.ddl import quote_literal
+from modules import migration
+from modules.spec import Table
 
 KINDS = ("value", "cidr", "region", "pattern", "exclude")  # in the order they are tried
 MAX_SQL_BYTES = 4 * 2**20  # what iasql_promotion_sql() parses at once
@@ -463,6 +465,64 @@ def _terminated(statement: str) -> str:
     return statement + ("\n;" if ends_in_comment else ";")
 
 
+# --- SQL from an environment on an older module schema ------------------------------------
+
+# The steps that change SQL text (engine/schema_sql.py), as JSON for the worker process.
+_TEXT_STEPS = {
+    "RenameColumn": migration.RenameColumn,
+    "DropColumn": migration.DropColumn,
+    "ChangeType": migration.ChangeType,
+    "SplitTable": migration.SplitTable,
+}
+
+
+def steps_to_json(steps: list[migration.Step]) -> list[dict[str, Any]]:
+    found = []
+    for step in steps:
+        kind = type(step).__name__
+        if kind not in _TEXT_STEPS:
+            continue
+        fields = {f.name: getattr(step, f.name) for f in dataclasses.fields(step)}
+        if isinstance(step, migration.SplitTable):
+            fields["table"] = step.table.name
+        found.append({"kind": kind, **fields})
+    return found
+
+
+def steps_from_json(found: list[dict[str, Any]]) -> list[migration.Step]:
+    steps: list[migration.Step] = []
+    for fields in found:
+        fields = dict(fields)
+        kind = _TEXT_STEPS[fields.pop("kind")]
+        if kind is migration.SplitTable:
+            # Only its name is needed to say where the columns went.
+            fields["table"] = Table(fields["table"], (), None, ())
+            fields["columns"] = tuple(fields["columns"])
+        steps.append(kind(**fields))
+    return steps
+
+
+def translate_then_rewrite(text: str, rules: Rules, steps: list[migration.Step]) -> list[Rewritten]:
+    """Each statement, written for an older schema of the modules, translated through `steps`
+    into this database's, then rewritten by the rules; `source_sql` stays the source's."""
+    if not steps:
+        return rewrite(text, rules)
+    from engine.schema_sql import SchemaTranslationError, translate_statement  # in the worker
+
+    result = []
+    for statement in rewrite(text, Rules([])):
+        try:
+            translated = translate_statement(statement.source_sql, steps)
+        except SchemaTranslationError as exc:
+            raise EngineError("0A000", str(exc)) from None
+        if translated is None:  # nothing of it exists in this schema (a dropped column)
+            result.append(Rewritten(statement.source_sql, None))
+            continue
+        [done] = rewrite(translated, rules)
+        result.append(dataclasses.replace(done, source_sql=statement.source_sql))
+    return result
+
+
 def rewrite(text: str, rules: Rules) -> list[Rewritten]:
     """Each statement of `text` with the rules applied, in order."""
     raw = text.encode()
@@ -567,7 +627,9 @@ class RewriteWorker:
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
-    async def rewrite(self, text: str, rules: Rules) -> list[Rewritten]:
+    async def rewrite(
+        self, text: str, rules: Rules, steps: list[migration.Step] | None = None
+    ) -> list[Rewritten]:
         size = len(text.encode())
         if size > MAX_SQL_BYTES:
             raise EngineError(
@@ -575,7 +637,11 @@ class RewriteWorker:
                 f"the SQL to promote is {size} bytes; at most {MAX_SQL_BYTES} are parsed at once",
                 hint="promote one transaction at a time",
             )
-        request = {"text": text, "rules": [dataclasses.asdict(r) for r in rules.rules]}
+        request = {
+            "text": text,
+            "rules": [dataclasses.asdict(r) for r in rules.rules],
+            "steps": steps_to_json(steps or []),
+        }
         async with self._lock:
             line = await self._ask(json.dumps(request).encode() + b"\n")
         answer = json.loads(line)

@@ -2,7 +2,8 @@
 
 Parsing holds the GIL for as long as it runs and can take many times the text's size in
 memory, so it runs here, away from the server's event loop, under a memory limit. One JSON
-request per line on stdin ({"text", "rules"}), one JSON answer per line on stdout
+request per line on stdin ({"text", "rules", "steps"}: steps translate SQL of an older module
+schema first), one JSON answer per line on stdout
 ({"statements"} or {"sqlstate", "error"}).
 """
 
@@ -14,14 +15,15 @@ import resource
 import sys
 
 from engine.contract import EngineError
-from engine.promotion import WORKER_MEMORY, Rule, Rules, rewrite
+from engine.promotion import WORKER_MEMORY, Rule, Rules, steps_from_json, translate_then_rewrite
 
 
 def answer(line: str) -> dict[str, object]:
     request = json.loads(line)
     rules = Rules([Rule(**rule) for rule in request["rules"]])
     try:
-        statements = rewrite(request["text"], rules)
+        steps = steps_from_json(request.get("steps") or [])
+        statements = translate_then_rewrite(request["text"], rules, steps)
     except EngineError as exc:
         return {"sqlstate": exc.sqlstate, "error": exc.message}
     except RecursionError:

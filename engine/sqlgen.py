@@ -22,6 +22,7 @@ from engine.audit import Change
 from engine.contract import EngineError
 from engine.database import Database
 from engine.ddl import quote_ident, quote_literal
+from engine.translation import translate_history
 from modules.spec import Column, Record, Table
 
 Image = dict[str, Any]
@@ -274,12 +275,18 @@ def generate(tables: dict[str, Table], history: list[Change], wanted: set[int]) 
 _WRITTEN = "AND change_type IN ('INSERT', 'UPDATE', 'DELETE') AND NOT change ? 'depth'"
 
 
-async def _history(conn: asyncpg.Connection) -> list[Change]:
+async def _history(conn: asyncpg.Connection, db: Database) -> list[Change]:
+    """Every row change, in the schema this server's modules declare (entries written in an
+    older schema version are translated: renamed columns renamed, dropped ones dropped)."""
     rows = await conn.fetch(
-        "SELECT id, table_name, change_type::text, change FROM iasql_audit_log"
+        "SELECT id, table_name, change_type::text, change, schema_version FROM iasql_audit_log"
         " WHERE change_type IN ('INSERT', 'UPDATE', 'DELETE') ORDER BY id"
     )
-    return [Change(r["id"], r["table_name"], r["change_type"], r["change"]) for r in rows]
+    written = [
+        (Change(r["id"], r["table_name"], r["change_type"], r["change"]), r["schema_version"])
+        for r in rows
+    ]
+    return await translate_history(conn, written, (await db.installed(conn)).values())
 
 
 async def _generate(
@@ -287,7 +294,7 @@ async def _generate(
 ) -> list[tuple[str, Check]]:
     tables = {t.name: t for t in await db.installed_tables(conn)}
     try:
-        return generate_checked(tables, await _history(conn), user_ids)
+        return generate_checked(tables, await _history(conn, db), user_ids)
     except LookupError as exc:
         raise EngineError("XX001", f"cannot write the SQL: {exc}") from exc
 

@@ -29,6 +29,7 @@ from iasql.certs import ensure_certificate, names_for
 from iasql.postgres import LocalPostgres, PostgresError
 from iasql.promote import PromotionError, add_promote
 from iasql.sandbox import MotoServer, SandboxError, read_json, require_sandbox, stop_stale
+from modules import add_module_path
 from proxy.limits import ConnectionLimits
 from proxy.server import BackendAddress, ProxyServer
 from proxy.tls import TlsConfigError, backend_tls, server_context
@@ -151,6 +152,11 @@ def add_serve(commands: Any) -> None:
         default=int(env_default("COMMIT_CONCURRENCY", 16)),
         help="cloud operations a commit runs at once",
     )
+    serve.add_argument(
+        "--module-path",
+        default=env_default("MODULE_PATH"),
+        help=f"more folders of module packages, separated by {os.pathsep!r} (modules of your own)",
+    )
     serve.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
     serve.add_argument(
         "--log-format", choices=("text", "json"), default=env_default("LOG_FORMAT", "text")
@@ -160,6 +166,8 @@ def add_serve(commands: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
+    if args.module_path:
+        add_module_path(args.module_path.split(os.pathsep))
     # Until the event loop takes over, SIGTERM unwinds like Ctrl-C so that the ExitStack
     # stops the children already started (the embedded Postgres runs in its own session).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -475,14 +483,65 @@ def add_db(commands: Any) -> None:
     drop = actions.add_parser("drop", parents=[where], help="drop a database and its role")
     drop.add_argument("name")
     db.set_defaults(run=lambda args: run_loop(run_db(args)))
+    upgrade = commands.add_parser(
+        "upgrade",
+        parents=[where],
+        help="migrate every environment database's module tables to this server's schemas",
+    )
+    upgrade.add_argument("--dry-run", action="store_true", help="print the SQL, change nothing")
+    upgrade.set_defaults(run=lambda args: run_loop(run_upgrade(args)))
+
+
+async def _admin(args: argparse.Namespace) -> asyncpg.Connection:
+    url = args.url or local_admin_url(args.data_dir or default_data_dir())
+    try:
+        return await asyncpg.connect(url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StartupError(f"cannot reach the iasql server at {describe_dsn(url)}: {exc}") from exc
+
+
+def _one_line(exc: asyncpg.PostgresError) -> str:
+    hint = getattr(exc, "hint", None)
+    first_line = str(exc).splitlines()[0]
+    return f"{first_line} (hint: {hint})" if hint else first_line
+
+
+async def run_upgrade(args: argparse.Namespace) -> int:
+    """`iasql upgrade`: the server upgrades each environment database (it does so at start,
+    too); a dry run prints each database's SQL."""
+    conn = await _admin(args)
+    try:
+        rows = await conn.fetch("SELECT * FROM iasql_upgrade($1)", args.dry_run)
+    except asyncpg.PostgresError as exc:
+        raise StartupError(_one_line(exc)) from exc
+    finally:
+        await conn.close()
+    if not rows:
+        print("every environment database is on this server's module schemas")
+        return 0
+    shown: set[tuple[str, str]] = set()
+    for row in rows:
+        if row["module_name"] is None:  # the database could not be opened
+            print(f"{row['database']}: {row['status']}: {row['detail']}")
+        elif args.dry_run:
+            key = (row["database"], row["module_name"])
+            if key not in shown:
+                shown.add(key)
+                print(
+                    f"-- {row['database']}: {row['module_name']} schema {row['from_version']}"
+                    f" -> {row['to_version']}"
+                )
+            print(f"{row['detail']};")
+        else:
+            print(
+                f"{row['database']}: {row['module_name']} schema {row['from_version']} ->"
+                f" {row['to_version']}: {row['status']} ({row['detail']})"
+            )
+    return 1 if any(r["status"] != "upgraded" for r in rows) and not args.dry_run else 0
 
 
 async def run_db(args: argparse.Namespace) -> int:
-    url = args.url or local_admin_url(args.data_dir or default_data_dir())
-    try:
-        conn = await asyncpg.connect(url)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise StartupError(f"cannot reach the iasql server at {describe_dsn(url)}: {exc}") from exc
+    conn = await _admin(args)
     try:
         if args.action == "create":
             row = await conn.fetchrow("SELECT * FROM iasql_connect($1)", args.name)
@@ -495,9 +554,7 @@ async def run_db(args: argparse.Namespace) -> int:
             for row in await conn.fetch("SELECT alias, url FROM iasql_db_list()"):
                 print(f"{row['alias']}\t{row['url']}")
     except asyncpg.PostgresError as exc:
-        hint = getattr(exc, "hint", None)
-        first_line = str(exc).splitlines()[0]
-        raise StartupError(f"{first_line} (hint: {hint})" if hint else first_line) from exc
+        raise StartupError(_one_line(exc)) from exc
     finally:
         await conn.close()
     return 0

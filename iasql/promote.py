@@ -84,10 +84,13 @@ async def run_promote(args: argparse.Namespace) -> int:
         await Promotion(args).run()
         return 0
     name = args.source_name
+    versions: dict[str, int] = {}
     if args.sql_in is not None:
         statements = split_statements(args.sql_in.read_text())
     else:
-        source_name, statements = await source_sql(args.source, args.transaction, args.since)
+        source_name, statements, versions = await source_sql(
+            args.source, args.transaction, args.since
+        )
         name = name or source_name
     if args.sql_out is not None:
         args.sql_out.write_text("".join(s + "\n" for s in statements))
@@ -97,7 +100,8 @@ async def run_promote(args: argparse.Namespace) -> int:
         raise PromotionError("name the target with --to URL (or write the SQL with --sql-out)")
     target = await _connect(args.target, "target")
     try:
-        steps = await apply_rules(target, [Step(s) for s in statements], name)
+        schema = source_schema(versions, await schema_versions(target)) if versions else None
+        steps = await apply_rules(target, [Step(s) for s in statements], name, schema)
         await Target(target).apply_plain(steps, commit=args.commit)
     finally:
         await target.close()
@@ -128,11 +132,39 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-async def source_sql(url: str, transaction: str | None, since: str | None) -> tuple[str, list[str]]:
-    """The source's name (its database's) and its SQL."""
+async def schema_versions(conn: asyncpg.Connection) -> dict[str, int]:
+    """A server's module schema versions (a server older than them has 1 for each)."""
+    rows = await conn.fetch("SELECT * FROM iasql_modules_list()")
+    return {r["module_name"]: r.get("schema_version") or 1 for r in rows}
+
+
+def source_schema(source: dict[str, int], target: dict[str, int]) -> dict[str, int] | None:
+    """What the target needs to translate the source's SQL: the source's module schema
+    versions when some are older than the target's, else None. Newer ones are refused: the
+    target cannot know what changed in them."""
+    newer = [
+        f"{name} (source {version}, target {target[name]})"
+        for name, version in sorted(source.items())
+        if name in target and version > target[name]
+    ]
+    if newer:
+        raise PromotionError(
+            "the source's iasql writes newer module schemas than the target's: "
+            + ", ".join(newer)
+            + "; upgrade the target's iasql server first, then promote"
+        )
+    older = any(name in target and version < target[name] for name, version in source.items())
+    return source if older else None
+
+
+async def source_sql(
+    url: str, transaction: str | None, since: str | None
+) -> tuple[str, list[str], dict[str, int]]:
+    """The source's name (its database's), its SQL, and its server's module schema versions."""
     conn = await _connect(url, "source")
     try:
         name = str(await conn.fetchval("SELECT current_database()"))
+        versions = await schema_versions(conn)
         if since is not None:
             rows = await conn.fetch("SELECT sql FROM iasql_get_sql_since($1)", since)
         else:
@@ -143,7 +175,7 @@ async def source_sql(url: str, transaction: str | None, since: str | None) -> tu
         raise PromotionError(f"reading the source's SQL failed: {_first_line(exc)}") from exc
     finally:
         await conn.close()
-    return name, [r["sql"] for r in rows]
+    return name, [r["sql"] for r in rows], versions
 
 
 # --- one statement, one source transaction -----------------------------------------------
@@ -187,9 +219,13 @@ class SourceTransaction:
 
 
 async def apply_rules(
-    target: asyncpg.Connection, steps: list[Step], source: str | None
+    target: asyncpg.Connection,
+    steps: list[Step],
+    source: str | None,
+    schema: dict[str, int] | None = None,
 ) -> list[Step]:
-    """The steps with the target's rules applied to their statements and checks."""
+    """The steps with the target's rules applied to their statements and checks (translated
+    first from the source's older module `schema`, when given)."""
     texts = [s.source_sql for s in steps]
     checked = all(s.check_sql is not None for s in steps)
     if checked:
@@ -198,9 +234,10 @@ async def apply_rules(
         return steps
     try:
         rows = await target.fetch(
-            "SELECT sql, rewrites FROM iasql_promotion_sql($1, $2) ORDER BY position",
+            "SELECT sql, rewrites FROM iasql_promotion_sql($1, $2, $3) ORDER BY position",
             "\n".join(str(t) for t in texts),
             source,
+            None if schema is None else json.dumps(schema),
         )
     except asyncpg.PostgresError as exc:
         raise PromotionError(f"applying the target's rules failed: {_first_line(exc)}") from exc
@@ -219,7 +256,12 @@ async def apply_rules(
 
 
 async def load_transaction(
-    source: asyncpg.Connection, target: asyncpg.Connection, row: Any, name: str, rules: Rules
+    source: asyncpg.Connection,
+    target: asyncpg.Connection,
+    row: Any,
+    name: str,
+    rules: Rules,
+    schema: dict[str, int] | None,
 ) -> SourceTransaction:
     try:
         found = await source.fetch(
@@ -240,7 +282,7 @@ async def load_transaction(
         )
         for r in found
     ]
-    steps = await apply_rules(target, steps, name)
+    steps = await apply_rules(target, steps, name, schema)
     return SourceTransaction(row["transaction_id"], row["closed_at"], steps)
 
 
@@ -395,6 +437,7 @@ class Promotion:
         self.args = args
         self.review: list[str] = []  # per transaction (a dry run that skips starts it over)
         self.conflicts: list[str] = []  # every conflict reported, for the review
+        self.schema: dict[str, int] | None = None  # the source's, when older (source_schema)
 
     async def run(self) -> None:
         source = await _connect(self.args.source, "source")
@@ -406,6 +449,9 @@ class Promotion:
         target = Target(target_conn)
         try:
             name = self.args.source_name or await source.fetchval("SELECT current_database()")
+            self.schema = source_schema(
+                await schema_versions(source), await schema_versions(target_conn)
+            )
             pending = await self.pending(source, target_conn, name)
             if self.args.status:
                 await self.print_status(target_conn, name, pending)
@@ -450,7 +496,7 @@ class Promotion:
         for row in committed:
             if row["transaction_id"] in done:
                 continue
-            loaded = await load_transaction(source, target, row, name, rules)
+            loaded = await load_transaction(source, target, row, name, rules, self.schema)
             if loaded.steps:  # a transaction of module functions only has nothing to replay
                 found.append(loaded)
         return found

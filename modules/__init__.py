@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from functools import cache
 
 from modules.spec import AccountCapability, ModuleSpec
 
 VERSION = "0.1.0"
+
+# Folders of more module packages (a module of your own, a test's), searched after the
+# built-in ones: IASQL_MODULE_PATH at import, or add_module_path().
+MODULE_PATH_VARIABLE = "IASQL_MODULE_PATH"
+
+
+def add_module_path(folders: list[str]) -> None:
+    """Makes the module packages in `folders` available (a built-in module's name wins)."""
+    for folder in folders:
+        path = os.path.abspath(folder)
+        if folder and path not in __path__:
+            __path__.append(path)
+    available_modules.cache_clear()
 
 
 @cache
@@ -30,3 +44,6 @@ def account_module() -> tuple[ModuleSpec, AccountCapability]:
         if spec.account is not None:
             return spec, spec.account
     raise LookupError("no module declares the AWS account capability")
+
+
+add_module_path(os.environ.get(MODULE_PATH_VARIABLE, "").split(os.pathsep))

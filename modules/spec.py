@@ -14,7 +14,10 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from modules.migration import Migration
 
 Record = dict[str, Any]
 
@@ -273,9 +276,19 @@ class ModuleSpec:
     functions: Sequence[ModuleFunction] = field(default_factory=tuple)
     # Set by the one module that holds the AWS account (credentials, regions).
     account: AccountCapability | None = None
+    # The version of its tables' schema, raised by one with each release that changes them,
+    # and the migrations from 1 up to it (modules/migration.py): migrations[i] leads to i + 2.
+    schema_version: int = 1
+    migrations: tuple[Migration, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tables", tuple(dependency_order(self.tables)))
+        versions = [m.version for m in self.migrations]
+        if versions != list(range(2, self.schema_version + 1)):
+            raise ValueError(
+                f"module {self.name}: schema version {self.schema_version} needs migrations to"
+                f" versions {list(range(2, self.schema_version + 1))}, not {versions}"
+            )
 
 
 class FunctionRun(Protocol):

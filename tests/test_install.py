@@ -17,7 +17,10 @@ from iasql.sandbox import MotoServer
 from tests.support.env import RunningServer, add_credentials, only_regions, rows
 
 # What iasql_modules_installed() lists in every environment database, as IaSQL does.
-BUILT_IN = [("iasql_functions", "0.1.0", ["iasql_platform"]), ("iasql_platform", "0.1.0", [])]
+BUILT_IN = [
+    ("iasql_functions", "0.1.0", ["iasql_platform"], 1),
+    ("iasql_platform", "0.1.0", [], 1),
+]
 
 
 def logs_client(moto: MotoServer, region: str) -> object:
@@ -45,8 +48,8 @@ def test_install_resolves_dependencies_and_imports_existing_resources(
     arn = rows(envdb, "SELECT log_group_arn FROM log_group WHERE region = 'eu-west-1'")[0][0]
     assert arn.startswith("arn:aws:logs:eu-west-1:")
     assert rows(envdb, "SELECT * FROM iasql_modules_installed() ORDER BY 1") == [
-        ("aws_account", "0.1.0", []),
-        ("aws_cloudwatch", "0.1.0", ["aws_account"]),
+        ("aws_account", "0.1.0", [], 1),
+        ("aws_cloudwatch", "0.1.0", ["aws_account"], 1),
         *BUILT_IN,
     ]
     # The audit log never holds the secret.

@@ -21,7 +21,12 @@ async def test_from_clause_where_order_by_and_count(iasql: RunningServer) -> Non
     try:
         rows = await conn.fetch("SELECT * FROM iasql_modules_list() ORDER BY module_name DESC")
         assert [r["module_name"] for r in rows] == sorted(MODULES, reverse=True)
-        assert list(rows[0].keys()) == ["module_name", "module_version", "dependencies"]
+        assert list(rows[0].keys()) == [
+            "module_name",
+            "module_version",
+            "dependencies",
+            "schema_version",
+        ]
         count = await conn.fetchval(
             "SELECT count(*) FROM iasql_modules_list() WHERE module_name LIKE 'iasql%'"
         )
@@ -124,6 +129,7 @@ def test_psycopg_describe_before_execute(iasql: RunningServer) -> None:
             "module_name",
             "module_version",
             "dependencies",
+            "schema_version",
         ]
 
 
