@@ -29,6 +29,7 @@ from pglast.parser import ParseError, parse_sql_json, scan
 
 from engine.contract import EngineError, Row
 from engine.ddl import quote_literal
+from engine.sql_translation import SchemaTranslationError, translate_statement
 from modules import migration
 from modules.spec import Table
 
@@ -507,8 +508,6 @@ def translate_then_rewrite(text: str, rules: Rules, steps: list[migration.Step])
     into this database's, then rewritten by the rules; `source_sql` stays the source's."""
     if not steps:
         return rewrite(text, rules)
-    from engine.schema_sql import SchemaTranslationError, translate_statement  # in the worker
-
     result = []
     for statement in rewrite(text, Rules([])):
         try:
