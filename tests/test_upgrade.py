@@ -294,8 +294,13 @@ def test_an_upgrade_stands_when_the_cloud_is_dark_for_its_import(
         old.close()
     moto.stop()  # the account's endpoint now refuses connections
 
-    new, _admin = serve(workdir, "dark", V2, moto, port=old.port)
+    new, admin = serve(workdir, "dark", V2, moto, port=old.port)
     try:
+        done = upgrade_cli(admin)
+        assert (done.returncode, done.stdout) == (
+            0,
+            "every environment database is on this server's module schemas\n",
+        ), done.stderr
         with psycopg.connect(url, autocommit=True) as conn:
             [(message,)] = rows(conn, "SELECT message FROM iasql_get_errors() LIMIT 1")
             assert message.startswith(
