@@ -29,7 +29,7 @@ from pglast.parser import ParseError, parse_sql_json, scan
 
 from engine.contract import EngineError, Row
 from engine.ddl import quote_literal
-from engine.sql_translation import SchemaTranslationError, translate_statement
+from engine.schema_sql import SchemaTranslationError, translate_statement
 from modules import migration
 from modules.spec import Table
 
