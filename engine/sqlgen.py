@@ -266,8 +266,16 @@ def generate_checked(
 
 
 def generate(tables: dict[str, Table], history: list[Change], wanted: set[int]) -> list[str]:
-    """The statements of generate_checked() alone."""
-    return [statement for statement, _check in generate_checked(tables, history, wanted)]
+    """The statements of generate_checked() alone (the checks cost as much again)."""
+    generator = SqlGenerator(tables)
+    statements = []
+    for change in history:
+        if change.id in wanted:
+            statement = generator.statement(change)
+            if statement is not None:
+                statements.append(statement)
+        generator.remember(change)
+    return statements
 
 
 # Row changes a statement made itself: not those of the triggers or cascades it set off,
@@ -290,11 +298,15 @@ async def _history(conn: asyncpg.Connection, db: Database) -> list[Change]:
 
 
 async def _generate(
-    db: Database, conn: asyncpg.Connection, user_ids: set[int]
-) -> list[tuple[str, Check]]:
+    db: Database, conn: asyncpg.Connection, user_ids: set[int], *, checks: bool
+) -> list[tuple[str, Check | None]]:
+    """The statements of the changes `user_ids`, with their checks when `checks`."""
     tables = {t.name: t for t in await db.installed_tables(conn)}
+    history = await _history(conn, db)
     try:
-        return generate_checked(tables, await _history(conn, db), user_ids)
+        if checks:
+            return list(generate_checked(tables, history, user_ids))
+        return [(statement, None) for statement in generate(tables, history, user_ids)]
     except LookupError as exc:
         raise EngineError("XX001", f"cannot write the SQL: {exc}") from exc
 
@@ -309,11 +321,21 @@ async def default_transaction(conn: asyncpg.Connection) -> str | None:
 
 
 async def sql_for_transaction(db: Database, transaction_id: str | None) -> list[str]:
-    return [statement for statement, _check in await checked_sql(db, transaction_id)]
+    return [s for s, _check in await _transaction_sql(db, transaction_id, checks=False)]
 
 
 async def checked_sql(db: Database, transaction_id: str | None) -> list[tuple[str, Check]]:
     """A transaction's statements with their promotion checks."""
+    return [
+        (statement, check)
+        for statement, check in await _transaction_sql(db, transaction_id, checks=True)
+        if check is not None
+    ]
+
+
+async def _transaction_sql(
+    db: Database, transaction_id: str | None, *, checks: bool
+) -> list[tuple[str, Check | None]]:
     async with db.pool.acquire() as conn:
         if transaction_id is None:
             transaction_id = await default_transaction(conn)
@@ -331,7 +353,7 @@ async def checked_sql(db: Database, transaction_id: str | None) -> list[tuple[st
             transaction_id,
             db.engine_user,
         )
-        return await _generate(db, conn, {r["id"] for r in ids})
+        return await _generate(db, conn, {r["id"] for r in ids}, checks=checks)
 
 
 async def sql_since(db: Database, limit_date: Any) -> list[str]:
@@ -342,7 +364,7 @@ async def sql_since(db: Database, limit_date: Any) -> list[str]:
             db.engine_user,
             None if limit_date is None else str(limit_date),
         )
-        return [s for s, _check in await _generate(db, conn, {r["id"] for r in ids})]
+        return [s for s, _check in await _generate(db, conn, {r["id"] for r in ids}, checks=False)]
 
 
 def _cell(value: Any) -> str:
