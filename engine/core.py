@@ -210,6 +210,8 @@ class Engine:
     async def _check_upgraded(self, db: Database) -> None:
         async with db.pool.acquire() as conn:
             error = upgrade.problem(await upgrade.pending_upgrades(conn), db.name)
+            if error is None:  # guarded by a newer server that failed to upgrade it: not here
+                await upgrade.lift_guards(conn)
         if error is None:
             self._not_upgraded.pop(db.name, None)
         else:

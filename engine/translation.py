@@ -39,6 +39,10 @@ class Translator:
 
     converted: dict[tuple[ChangeType, str], Any] = field(default_factory=dict)
     missing: dict[ChangeType, set[str]] = field(default_factory=dict)
+    # A value the conversion refuses fails the translation; otherwise (history) it is kept
+    # as written, so that one old value does not keep the rest of the log from being read:
+    # a statement replaying it fails where it is replayed, with Postgres's own error.
+    strict: bool = True
 
     def convert(self, step: ChangeType, value: Any) -> Any:
         key = json.dumps(value, sort_keys=True)
@@ -53,10 +57,24 @@ class Translator:
             return False
         for step, keys in self.missing.items():
             values = sorted(keys)
-            for key, new in zip(values, await convert_values(conn, step, values), strict=True):
+            try:
+                converted = await convert_values(conn, step, values)
+            except EngineError:
+                if self.strict:
+                    raise
+                converted = [await self._one(conn, step, key) for key in values]
+            for key, new in zip(values, converted, strict=True):
                 self.converted[(step, key)] = new
         self.missing = {}
         return True
+
+    @staticmethod
+    async def _one(conn: asyncpg.Connection, step: ChangeType, key: str) -> Any:
+        try:
+            [new] = await convert_values(conn, step, [key])
+        except EngineError:
+            return json.loads(key)
+        return new
 
     def image(self, table: str, image: Image, steps: Sequence[Step]) -> Image:
         """A record or row image through the steps (a split's moved columns left out)."""
@@ -186,7 +204,7 @@ async def translate_history(
     """Audit entries, each with the schema version it was written in (None: 1), in the
     schema of `modules` (the installed ones, on this server's versions)."""
     module_of = {t.name: m for m in modules for t in m.tables}
-    translator = Translator()
+    translator = Translator(strict=False)
     while True:
         translated: list[Change] = []
         for change, version in changes:

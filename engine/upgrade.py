@@ -376,8 +376,9 @@ async def _check_columns(conn: asyncpg.Connection, module: ModuleSpec) -> None:
 
 
 async def _carry(db: Database, conn: asyncpg.Connection, upgrades: list[ModuleUpgrade]) -> None:
-    """The open transaction's changes not applied yet, and the commit journal, are what the
-    engine acts on next (commit, rollback, recovery): rewritten here in the new schema."""
+    """The user changes no commit has applied yet (the open transaction's), and the commit
+    journal, are what the engine acts on next (commit, rollback, recovery): rewritten here in
+    the new schema. The rest of the log is history, translated when read."""
     since = await audit.applied_through(conn)
     translator = Translator()
     for upgrade in upgrades:
@@ -385,10 +386,11 @@ async def _carry(db: Database, conn: asyncpg.Connection, upgrades: list[ModuleUp
         names = _table_names(upgrade)
         entries = await conn.fetch(
             "SELECT id, table_name, change_type::text, change FROM iasql_audit_log"
-            " WHERE id > $1 AND table_name = ANY($2::text[])"
+            " WHERE id > $1 AND table_name = ANY($2::text[]) AND \"user\" <> $3"
             " AND change_type IN ('INSERT', 'UPDATE', 'DELETE') ORDER BY id",
             since,
             names,
+            db.engine_user,
         )
         journal = await conn.fetch(
             "SELECT id, table_name, before, after FROM iasql_commit_journal"
@@ -453,6 +455,17 @@ async def _guard(
                 f" ON {quote_ident(name)} FOR EACH STATEMENT EXECUTE FUNCTION"
                 f" iasql_refuse_write({quote_literal(error.message)}, {quote_literal(error.hint or '')})"
             )
+
+
+async def lift_guards(conn: asyncpg.Connection) -> None:
+    """Drops every guard: for a database whose modules are on this server's versions."""
+    guarded = await conn.fetch(
+        "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+        " WHERE t.tgname = $1 AND c.relnamespace = 'public'::regnamespace",
+        GUARD_TRIGGER,
+    )
+    if guarded:
+        await _unguard(conn, [r["relname"] for r in guarded])
 
 
 async def _unguard(conn: asyncpg.Connection, names: list[str]) -> None:

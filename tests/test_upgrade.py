@@ -157,6 +157,48 @@ def test_upgrade_in_place(workdir: Path, moto_accounts: Callable[[], MotoServer]
             assert rows(alpha, "SELECT * FROM iasql_upgrade()") == []
             statements = [s for (s,) in rows(alpha, "SELECT sql FROM iasql_get_sql_since()")]
         replay_in_another_account(create_db(admin, "beta"), statements, alpha_url, other_moto)
+        new.stop(signal.SIGTERM)
+    finally:
+        new.close()
+    go_back_fix_and_upgrade_again(workdir, moto, new.port, alpha_url, gamma_url)
+
+
+def go_back_fix_and_upgrade_again(
+    workdir: Path, moto: MotoServer, port: int, alpha_url: str, gamma_url: str
+) -> None:
+    """What the README says to do about gamma: back on v1, roll the bad row back; on v2 again,
+    gamma upgrades. Meanwhile v1 refuses to touch alpha, which v2 upgraded."""
+    old, _admin = serve(workdir, "data", V1, moto, port=port)
+    try:
+        with psycopg.connect(gamma_url, autocommit=True) as gamma:
+            gamma.execute("SELECT * FROM iasql_rollback()")
+            assert rows(gamma, "SELECT count(*) FROM test_queue") == [(0,)]
+        with (
+            psycopg.connect(alpha_url, autocommit=True) as alpha,
+            pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="by a newer iasql"),
+        ):
+            alpha.execute("DELETE FROM test_queue")
+        old.stop(signal.SIGTERM)
+    finally:
+        old.close()
+    new, _admin = serve(workdir, "data", V2, moto, port=port)
+    try:
+        with psycopg.connect(gamma_url, autocommit=True) as gamma:
+            assert rows(
+                gamma,
+                "SELECT schema_version FROM iasql_modules_installed()"
+                " WHERE module_name = 'test_queues'",
+            ) == [(2,)]
+            # Its log holds a value schema 2 cannot hold: kept as written, the rest is read.
+            statements = [s for (s,) in rows(gamma, "SELECT sql FROM iasql_get_sql_since()")]
+            assert statements == [
+                'INSERT INTO "test_queue" ("queue_name", "visibility_timeout", "delay_seconds",'
+                " \"region\") VALUES ('odd', '30 seconds', 0, 'us-east-1');"
+            ]
+        with psycopg.connect(alpha_url, autocommit=True) as alpha:
+            alpha.execute("SELECT * FROM iasql_begin()")
+            alpha.execute("UPDATE test_queue SET delay_seconds = 1 WHERE queue_name = 'billing'")
+            alpha.execute("SELECT * FROM iasql_rollback()")
     finally:
         new.close()
 
