@@ -34,11 +34,11 @@ BACKEND_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # What runs on a database whose modules are not on this server's schema versions (see
 # engine/upgrade.py): nothing else reads or writes module tables there.
+# SQL from the audit log is written in this server's schemas: the log is translated from
+# older ones (not from newer ones: those databases are refused it).
+READ_THE_LOG = {"iasql_get_sql_for_transaction", "iasql_get_sql_since", "iasql_get_promotion_sql"}
 RUN_WHEN_NOT_UPGRADED = {
-    # SQL from the audit log is written in this server's schemas: the log is translated.
-    "iasql_get_sql_for_transaction",
-    "iasql_get_sql_since",
-    "iasql_get_promotion_sql",
+    *READ_THE_LOG,
     "iasql_version",
     "iasql_modules_list",
     "iasql_modules_installed",
@@ -158,8 +158,10 @@ class Engine:
         self._recovery: asyncio.Future[None] | None = None
         # Commits running in this process, by database.
         self._committing: collections.Counter[str] = collections.Counter()
-        # Databases whose modules are not on this server's schema versions: why not.
+        # Databases whose modules are not on this server's schema versions: why not; and
+        # those of them that a newer server upgraded.
         self._not_upgraded: dict[str, EngineError] = {}
+        self._upgraded_by_newer: set[str] = set()
 
     async def start(self) -> None:
         """Checks the backing Postgres and prepares the admin database."""
@@ -196,6 +198,9 @@ class Engine:
                     continue
                 ctx = CallContext(alias, db.engine_user, notify=lambda text: log.info("%s", text))
                 rows += await self._upgrade(db, ctx, dry_run=dry_run)
+            except EngineError as exc:  # busy, or upgraded by a newer server: it says why
+                status = "busy" if exc.sqlstate == "55006" else "failed"
+                rows.append({"database": alias, "status": status, "detail": exc.message})
             except Exception as exc:  # one broken database must not stop the others
                 log.warning("could not upgrade %s: %s", alias, _one_line(exc))
                 rows.append({"database": alias, "status": "failed", "detail": _one_line(exc)})
@@ -209,13 +214,17 @@ class Engine:
 
     async def _check_upgraded(self, db: Database) -> None:
         async with db.pool.acquire() as conn:
-            error = upgrade.problem(await upgrade.pending_upgrades(conn), db.name)
+            pending = await upgrade.pending_upgrades(conn)
+            error = upgrade.problem(pending, db.name)
             if error is None:  # guarded by a newer server that failed to upgrade it: not here
                 await upgrade.lift_guards(conn)
+        self._upgraded_by_newer.discard(db.name)
         if error is None:
             self._not_upgraded.pop(db.name, None)
         else:
             self._not_upgraded[db.name] = error
+            if any(u.newer for u in pending):
+                self._upgraded_by_newer.add(db.name)
 
     async def _watch_backend(self) -> None:
         """For the server's life: recovers interrupted commits now, then watches the backing
@@ -288,7 +297,13 @@ class Engine:
             return
         # A commit still running here lost its lock with the old connection, but not its
         # steps in flight: it is recovered later, once it has stopped.
-        aliases = [r["alias"] for r in rows if self._committing[r["alias"]] <= 0]
+        # A database not on this server's schemas is left alone: its journal is in the terms
+        # of another version of the modules.
+        aliases = [
+            r["alias"]
+            for r in rows
+            if self._committing[r["alias"]] <= 0 and r["alias"] not in self._not_upgraded
+        ]
         for alias in aliases:
             try:
                 db = await self.database(alias)
@@ -374,10 +389,13 @@ class Engine:
                 " asyncpg outside conn.transaction(); psql outside BEGIN",
             )
         if (
-            spec.name not in RUN_WHEN_NOT_UPGRADED
+            ctx.database in self._not_upgraded
             and not spec.admin_only
             and ctx.database != admin.ADMIN_DATABASE
-            and ctx.database in self._not_upgraded
+            and (
+                spec.name not in RUN_WHEN_NOT_UPGRADED
+                or (spec.name in READ_THE_LOG and ctx.database in self._upgraded_by_newer)
+            )
         ):
             raise self._not_upgraded[ctx.database]
         try:

@@ -31,6 +31,10 @@ def steps_between(module: ModuleSpec, installed: int) -> list[Step]:
 Image = dict[str, Any]
 
 
+class _Pending:
+    """A value whose conversion Postgres has not answered yet: the pass is run again."""
+
+
 @dataclass
 class Translator:
     """Rewrites audit entries (and journal records) from the schema they were written in to
@@ -45,11 +49,13 @@ class Translator:
     strict: bool = True
 
     def convert(self, step: ChangeType, value: Any) -> Any:
+        if isinstance(value, _Pending):  # an earlier step's conversion comes first
+            return value
         key = json.dumps(value, sort_keys=True)
         if (step, key) in self.converted:
             return self.converted[(step, key)]
         self.missing.setdefault(step, set()).add(key)
-        return value
+        return _Pending()
 
     async def fetch_missing(self, conn: asyncpg.Connection) -> bool:
         """Converts what `convert` missed; False when nothing was missing."""
@@ -72,7 +78,9 @@ class Translator:
     async def _one(conn: asyncpg.Connection, step: ChangeType, key: str) -> Any:
         try:
             [new] = await convert_values(conn, step, [key])
-        except EngineError:
+        except EngineError as exc:
+            if not exc.sqlstate.startswith("22"):  # not the value's fault: the migration's
+                raise
             return json.loads(key)
         return new
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import asyncpg
 
@@ -80,7 +81,7 @@ def steps_from(source: dict[str, int], installed: Iterable[ModuleSpec]) -> list[
         version = source.get(module.name)
         if version is None:
             continue
-        if not isinstance(version, int) or version < 1:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise EngineError(
                 "22023", f"source_schema: {module.name}'s version must be a number from 1"
             )
@@ -112,12 +113,11 @@ def problem(upgrades: list[ModuleUpgrade], database: str) -> EngineError | None:
     """Why the engine must not act on a database with these modules, or None."""
     if not upgrades:
         return None
-    first = upgrades[0]
     which = ", ".join(
         f"{u.module.name} is on schema {u.installed} (this server's: {u.module.schema_version})"
         for u in upgrades
     )
-    if first.newer:
+    if any(u.newer for u in upgrades):
         return EngineError(
             "55000",
             f"database {database} was upgraded by a newer iasql: {which}",
@@ -213,18 +213,19 @@ def _unique_check(step: ChangeNaturalKey) -> str:
 
 
 def upgrade_sql(upgrade: ModuleUpgrade) -> list[str]:
-    """Every statement of one module's upgrade: its steps, then its tables' audit triggers
-    and grants as the spec now declares them (a new secret column), and its version."""
+    """Every statement of one module's upgrade: its version, its steps, then its tables'
+    audit triggers and grants as the spec now declares them (a new secret column)."""
     module = upgrade.module
-    statements = [s for step in upgrade.steps for s in step_sql(step, module)]
+    # First: what the steps write is audited as the new schema's (a RunSql UPDATE).
+    statements = [
+        f"UPDATE iasql_module SET schema_version = {module.schema_version},"
+        f" version = {quote_literal(module.version)} WHERE name = {quote_literal(module.name)}"
+    ]
+    statements += [s for step in upgrade.steps for s in step_sql(step, module)]
     for table in module.tables:
         name = quote_ident(table.name)
         statements.append(f"DROP TRIGGER IF EXISTS {quote_ident(table.name + '_audit')} ON {name}")
         statements += [s for s in ddl.create_table(table)[1:] if s not in table.extra_ddl]
-    statements.append(
-        f"UPDATE iasql_module SET schema_version = {module.schema_version},"
-        f" version = {quote_literal(module.version)} WHERE name = {quote_literal(module.name)}"
-    )
     return statements
 
 
@@ -233,35 +234,50 @@ def upgrade_sql(upgrade: ModuleUpgrade) -> list[str]:
 
 async def upgrade_database(db: Database, ctx: CallContext, *, dry_run: bool) -> list[Row]:
     """Upgrades the database's modules to this server's schema versions, all in one database
-    transaction; returns a row per module (per statement for a dry run). A failure leaves
-    the database as it was, its module tables read-only, and the error in the audit log."""
+    transaction; returns a row per module (per statement for a dry run). A failed migration
+    leaves the database as it was, its module tables read-only, and the error in the audit
+    log; a busy database (a commit running, a lock held) is left as it was, to try again."""
     async with db.pool.acquire() as conn:
-        upgrades = await pending_upgrades(conn)
-        newer = problem([u for u in upgrades if u.newer], db.name)
-        if newer is not None:  # this server's code does not know those tables
-            await _guard(conn, [u for u in upgrades if u.newer], newer)
-            raise newer
         if dry_run:
-            return [
-                _row(db, u, "planned", statement) for u in upgrades for statement in upgrade_sql(u)
-            ]
-        if not upgrades:
-            return []
+            upgrades = await pending_upgrades(conn)
+            newer = problem([u for u in upgrades if u.newer], db.name)
+            if newer is not None:
+                raise newer
+            return [_row(db, u, "planned", sql) for u in upgrades for sql in upgrade_sql(u)]
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", COMMIT_LOCK):
-            raise EngineError(
-                "55006",
-                f"a commit, rollback or sync of {db.name} is running: the upgrade waits for no"
-                " cloud operation",
-                hint="try again when it has ended (SELECT * FROM iasql_upgrade())",
-            )
+            return await _busy(db, conn, f"a commit, rollback or sync of {db.name} is running")
         try:
             await conn.execute("SELECT pg_advisory_lock($1)", INSTALL_LOCK)
             try:
+                # Read under the locks: another server may have upgraded it meanwhile.
+                upgrades = await pending_upgrades(conn)
+                newer = problem([u for u in upgrades if u.newer], db.name)
+                if newer is not None:  # this server's code does not know those tables
+                    await _guard(conn, [u for u in upgrades if u.newer], newer)
+                    raise newer
+                if not upgrades:
+                    await lift_guards(conn)
+                    return []
                 return await _upgrade(db, conn, ctx, upgrades)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", INSTALL_LOCK)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", COMMIT_LOCK)
+
+
+# Failures that say nothing about the migration: the database is left as it was, unguarded,
+# to try again (a lock another session holds, a deadlock, a cancel, a lost connection).
+_TRANSIENT = ("40", "55P03", "57014", "08")
+LOCK_TIMEOUT = "5s"
+
+
+async def _busy(db: Database, conn: asyncpg.Connection, reason: str) -> NoReturn:
+    message = (
+        f"upgrade of {db.name} not started: {reason}; SELECT * FROM iasql_upgrade() tries again"
+    )
+    log.warning("%s", message)
+    await audit.log_event(conn, "ERROR", db.engine_user, None, message)
+    raise EngineError("55006", message, hint="the database is left as it was")
 
 
 async def _upgrade(
@@ -270,6 +286,9 @@ async def _upgrade(
     current: tuple[ModuleUpgrade, str] | None = None
     try:
         async with conn.transaction():
+            # A tenant's idle transaction on a table must not hold the upgrade (and every
+            # database after it) forever: past the timeout, the database is busy.
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             await _unguard(conn, [t for u in upgrades for t in _table_names(u)])
             for upgrade in upgrades:
                 for statement in upgrade_sql(upgrade):
@@ -284,6 +303,9 @@ async def _upgrade(
             )
             await audit.log_event(conn, "UPGRADE", db.engine_user, None, f"upgraded {summary}")
     except (asyncpg.PostgresError, EngineError) as exc:
+        state = exc.sqlstate if isinstance(exc, EngineError) else exc.sqlstate or ""
+        if state.startswith(_TRANSIENT):
+            await _busy(db, conn, _first_line(exc))
         failed = current[0] if current is not None else upgrades[0]
         message = (
             f"upgrade of {failed.module.name} from schema {failed.installed} to"
@@ -386,7 +408,7 @@ async def _carry(db: Database, conn: asyncpg.Connection, upgrades: list[ModuleUp
         names = _table_names(upgrade)
         entries = await conn.fetch(
             "SELECT id, table_name, change_type::text, change FROM iasql_audit_log"
-            " WHERE id > $1 AND table_name = ANY($2::text[]) AND \"user\" <> $3"
+            ' WHERE id > $1 AND table_name = ANY($2::text[]) AND "user" <> $3'
             " AND change_type IN ('INSERT', 'UPDATE', 'DELETE') ORDER BY id",
             since,
             names,
@@ -445,16 +467,24 @@ async def _guard(
 ) -> None:
     """Makes the modules' tables refuse writes, with the error's message."""
     names = [t for u in upgrades for t in _table_names(u)]
-    async with conn.transaction():
-        await _unguard(conn, names)
-        for name in names:
-            if await conn.fetchval("SELECT to_regclass($1) IS NULL", quote_ident(name)):
-                continue
-            await conn.execute(
-                f"CREATE TRIGGER {GUARD_TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE"
-                f" ON {quote_ident(name)} FOR EACH STATEMENT EXECUTE FUNCTION"
-                f" iasql_refuse_write({quote_literal(error.message)}, {quote_literal(error.hint or '')})"
-            )
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            await _guarded(conn, names, error)
+    except asyncpg.LockNotAvailableError:  # the engine refuses the database all the same
+        log.warning("could not make the tables of %s read-only: a lock is held", names)
+
+
+async def _guarded(conn: asyncpg.Connection, names: list[str], error: EngineError) -> None:
+    await _unguard(conn, names)
+    for name in names:
+        if await conn.fetchval("SELECT to_regclass($1) IS NULL", quote_ident(name)):
+            continue
+        await conn.execute(
+            f"CREATE TRIGGER {GUARD_TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE"
+            f" ON {quote_ident(name)} FOR EACH STATEMENT EXECUTE FUNCTION"
+            f" iasql_refuse_write({quote_literal(error.message)}, {quote_literal(error.hint or '')})"
+        )
 
 
 async def lift_guards(conn: asyncpg.Connection) -> None:

@@ -144,6 +144,15 @@ def test_upgrade_in_place(workdir: Path, moto_accounts: Callable[[], MotoServer]
     try:
         check_upgraded(alpha_url, before, audit, moto)
         check_not_upgraded(gamma_url)
+        # A tenant's transaction holding gamma's table: the upgrade gives up within its lock
+        # timeout, leaves gamma as it was, and says so.
+        with psycopg.connect(gamma_url) as holder:
+            holder.execute("SELECT * FROM test_queue")
+            busy = upgrade_cli(admin)
+        assert busy.returncode == 1, busy.stderr
+        assert busy.stdout.startswith(
+            "gamma: busy: upgrade of gamma not started: canceling statement due to lock timeout"
+        ), busy.stdout
         # Twice does nothing; the dry run lists what gamma still needs.
         again = upgrade_cli(admin)
         assert again.returncode == 1, again.stderr
