@@ -291,3 +291,36 @@ async def _convert(conn: asyncpg.Connection, step: ChangeType) -> None:
     translator = Translator()
     translator.convert(step, "big")
     await translator.fetch_missing(conn)
+
+
+def test_chained_type_changes_convert_in_order_and_a_bad_using_is_not_hidden(
+    database: str,
+) -> None:
+    digits = ChangeType(
+        "app", "size", "text", "integer", using="regexp_replace(size, '[^0-9]', '', 'g')::integer"
+    )
+    wider = ChangeType("app", "size", "integer", "bigint")
+    change = _change(1, "INSERT", change={"id": 1, "name": "a", "size": "30s"})
+    # Names a column the conversion cannot see: the migration's fault, not the value's.
+    other = ChangeType("app", "size", "text", "integer", using="size::integer + width")
+    module = ModuleSpec(
+        "apps", "2", tables=(APP_V2,), schema_version=2, migrations=(Migration(2, (other,)),)
+    )
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(database)
+        await _init_connection(conn)
+        try:
+            translator = Translator()  # strict, as an upgrade carries the open transaction
+            while True:
+                [translated] = translator.change(change, (digits, wider))
+                if not await translator.fetch_missing(conn):
+                    break
+            assert translated.change["change"]["size"] == 30
+            with pytest.raises(EngineError, match='column "width" does not exist') as bad:
+                await translate_history(conn, [(change, 1)], [module])
+            assert bad.value.sqlstate == "42703"
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
