@@ -158,10 +158,8 @@ class Engine:
         self._recovery: asyncio.Future[None] | None = None
         # Commits running in this process, by database.
         self._committing: collections.Counter[str] = collections.Counter()
-        # Databases whose modules are not on this server's schema versions: why not; and
-        # those of them that a newer server upgraded.
-        self._not_upgraded: dict[str, EngineError] = {}
-        self._upgraded_by_newer: set[str] = set()
+        # Databases whose modules are not on this server's schema versions: those modules.
+        self._not_upgraded: dict[str, list[upgrade.ModuleUpgrade]] = {}
 
     async def start(self) -> None:
         """Checks the backing Postgres and prepares the admin database."""
@@ -215,16 +213,12 @@ class Engine:
     async def _check_upgraded(self, db: Database) -> None:
         async with db.pool.acquire() as conn:
             pending = await upgrade.pending_upgrades(conn)
-            error = upgrade.problem(pending, db.name)
-            if error is None:  # guarded by a newer server that failed to upgrade it: not here
+            if not pending:  # guarded by a newer server that failed to upgrade it: not here
                 await upgrade.lift_guards(conn)
-        self._upgraded_by_newer.discard(db.name)
-        if error is None:
-            self._not_upgraded.pop(db.name, None)
+        if pending:
+            self._not_upgraded[db.name] = pending
         else:
-            self._not_upgraded[db.name] = error
-            if any(u.newer for u in pending):
-                self._upgraded_by_newer.add(db.name)
+            self._not_upgraded.pop(db.name, None)
 
     async def _watch_backend(self) -> None:
         """For the server's life: recovers interrupted commits now, then watches the backing
@@ -388,16 +382,17 @@ class Engine:
                 ' SQLAlchemy isolation_level="AUTOCOMMIT"; JDBC setAutoCommit(true);'
                 " asyncpg outside conn.transaction(); psql outside BEGIN",
             )
+        pending = self._not_upgraded.get(ctx.database)
         if (
-            ctx.database in self._not_upgraded
+            pending
             and not spec.admin_only
             and ctx.database != admin.ADMIN_DATABASE
             and (
                 spec.name not in RUN_WHEN_NOT_UPGRADED
-                or (spec.name in READ_THE_LOG and ctx.database in self._upgraded_by_newer)
+                or (spec.name in READ_THE_LOG and any(u.newer for u in pending))
             )
         ):
-            raise self._not_upgraded[ctx.database]
+            raise upgrade.problem(pending, ctx.database) or AssertionError(pending)
         try:
             return await spec.handler(ctx, arguments)
         except EngineError:

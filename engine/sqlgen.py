@@ -23,7 +23,7 @@ from engine.contract import EngineError
 from engine.database import Database
 from engine.ddl import quote_ident, quote_literal
 from engine.translation import translate_history
-from modules.spec import Column, Record, Table
+from modules.spec import Column, ModuleSpec, Record, Table
 
 Image = dict[str, Any]
 
@@ -253,27 +253,25 @@ def generate_checked(
     """Statements for the changes whose ids are `wanted`, in order, each with its promotion
     check; `history` is every row change of the log, oldest first (the engine's too, for
     the row images)."""
-    generator = SqlGenerator(tables)
-    statements = []
-    for change in history:
-        if change.id in wanted:
-            statement = generator.statement(change)
-            check = generator.check(change)
-            if statement is not None and check is not None:
-                statements.append((statement, check))
-        generator.remember(change)
-    return statements
+    checked = _statements(tables, history, wanted, checks=True)
+    return [(statement, check) for statement, check in checked if check is not None]
 
 
 def generate(tables: dict[str, Table], history: list[Change], wanted: set[int]) -> list[str]:
     """The statements of generate_checked() alone (the checks cost as much again)."""
+    return [statement for statement, _ in _statements(tables, history, wanted, checks=False)]
+
+
+def _statements(
+    tables: dict[str, Table], history: list[Change], wanted: set[int], *, checks: bool
+) -> list[tuple[str, Check | None]]:
     generator = SqlGenerator(tables)
-    statements = []
+    statements: list[tuple[str, Check | None]] = []
     for change in history:
         if change.id in wanted:
             statement = generator.statement(change)
             if statement is not None:
-                statements.append(statement)
+                statements.append((statement, generator.check(change) if checks else None))
         generator.remember(change)
     return statements
 
@@ -283,7 +281,7 @@ def generate(tables: dict[str, Table], history: list[Change], wanted: set[int]) 
 _WRITTEN = "AND change_type IN ('INSERT', 'UPDATE', 'DELETE') AND NOT change ? 'depth'"
 
 
-async def _history(conn: asyncpg.Connection, db: Database) -> list[Change]:
+async def _history(conn: asyncpg.Connection, modules: list[ModuleSpec]) -> list[Change]:
     """Every row change, in the schema this server's modules declare (entries written in an
     older schema version are translated: renamed columns renamed, dropped ones dropped)."""
     rows = await conn.fetch(
@@ -294,19 +292,18 @@ async def _history(conn: asyncpg.Connection, db: Database) -> list[Change]:
         (Change(r["id"], r["table_name"], r["change_type"], r["change"]), r["schema_version"])
         for r in rows
     ]
-    return await translate_history(conn, written, (await db.installed(conn)).values())
+    return await translate_history(conn, written, modules)
 
 
 async def _generate(
     db: Database, conn: asyncpg.Connection, user_ids: set[int], *, checks: bool
 ) -> list[tuple[str, Check | None]]:
     """The statements of the changes `user_ids`, with their checks when `checks`."""
-    tables = {t.name: t for t in await db.installed_tables(conn)}
-    history = await _history(conn, db)
+    modules = list((await db.installed(conn)).values())
+    tables = {t.name: t for m in modules for t in m.tables}
+    history = await _history(conn, modules)
     try:
-        if checks:
-            return list(generate_checked(tables, history, user_ids))
-        return [(statement, None) for statement in generate(tables, history, user_ids)]
+        return _statements(tables, history, user_ids, checks=checks)
     except LookupError as exc:
         raise EngineError("XX001", f"cannot write the SQL: {exc}") from exc
 

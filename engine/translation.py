@@ -12,7 +12,7 @@ import copy
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -29,6 +29,7 @@ def steps_between(module: ModuleSpec, installed: int) -> list[Step]:
 
 
 Image = dict[str, Any]
+T = TypeVar("T")
 
 
 class _Pending:
@@ -56,6 +57,14 @@ class Translator:
             return self.converted[(step, key)]
         self.missing.setdefault(step, set()).add(key)
         return _Pending()
+
+    async def until_converted(self, conn: asyncpg.Connection, translate: Callable[[], T]) -> T:
+        """`translate()`'s result once every value it converts is known: each pass asks
+        Postgres for the values the pass before missed."""
+        while True:
+            result = translate()
+            if not await self.fetch_missing(conn):
+                return result
 
     async def fetch_missing(self, conn: asyncpg.Connection) -> bool:
         """Converts what `convert` missed; False when nothing was missing."""
@@ -199,7 +208,7 @@ async def convert_values(conn: asyncpg.Connection, step: ChangeType, keys: list[
         raise EngineError(
             exc.sqlstate or "22000",
             f"cannot convert {step.table}.{step.column} of older audit entries from {old} to"
-            f" {step.new_type}: {_first_line(exc)}",
+            f" {step.new_type}: {first_line(exc)}",
         ) from exc
     return [r["value"] for r in rows]
 
@@ -213,17 +222,19 @@ async def translate_history(
     schema of `modules` (the installed ones, on this server's versions)."""
     module_of = {t.name: m for m in modules for t in m.tables}
     translator = Translator(strict=False)
-    while True:
+
+    def translate() -> list[Change]:
         translated: list[Change] = []
         for change, version in changes:
             module = module_of.get(change.table_name)
             written_in = version or 1
             if module is None or written_in >= module.schema_version:
                 translated.append(change)
-                continue
-            translated += translator.change(change, steps_between(module, written_in))
-        if not await translator.fetch_missing(conn):
-            return translated
+            else:
+                translated += translator.change(change, steps_between(module, written_in))
+        return translated
+
+    return await translator.until_converted(conn, translate)
 
 
 def using(step: ChangeType) -> str:
@@ -231,6 +242,7 @@ def using(step: ChangeType) -> str:
     return step.using or f"{quote_ident(step.column)}::{step.new_type}"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error's message, its first line only."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -26,7 +26,7 @@ from engine.database import Database
 from engine.ddl import quote_ident, quote_literal
 from engine.install import INSTALL_LOCK, import_tables
 from engine.transaction import COMMIT_LOCK
-from engine.translation import Translator, steps_between, using
+from engine.translation import Image, Translator, first_line, steps_between, using
 from modules import available_modules
 from modules.migration import (
     AddColumn,
@@ -239,10 +239,7 @@ async def upgrade_database(db: Database, ctx: CallContext, *, dry_run: bool) -> 
     log; a busy database (a commit running, a lock held) is left as it was, to try again."""
     async with db.pool.acquire() as conn:
         if dry_run:
-            upgrades = await pending_upgrades(conn)
-            newer = problem([u for u in upgrades if u.newer], db.name)
-            if newer is not None:
-                raise newer
+            upgrades = await _known_upgrades(db, conn, guard=False)
             return [_row(db, u, "planned", sql) for u in upgrades for sql in upgrade_sql(u)]
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", COMMIT_LOCK):
             return await _busy(db, conn, f"a commit, rollback or sync of {db.name} is running")
@@ -250,11 +247,7 @@ async def upgrade_database(db: Database, ctx: CallContext, *, dry_run: bool) -> 
             await conn.execute("SELECT pg_advisory_lock($1)", INSTALL_LOCK)
             try:
                 # Read under the locks: another server may have upgraded it meanwhile.
-                upgrades = await pending_upgrades(conn)
-                newer = problem([u for u in upgrades if u.newer], db.name)
-                if newer is not None:  # this server's code does not know those tables
-                    await _guard(conn, [u for u in upgrades if u.newer], newer)
-                    raise newer
+                upgrades = await _known_upgrades(db, conn, guard=True)
                 if not upgrades:
                     await lift_guards(conn)
                     return []
@@ -263,6 +256,21 @@ async def upgrade_database(db: Database, ctx: CallContext, *, dry_run: bool) -> 
                 await conn.execute("SELECT pg_advisory_unlock($1)", INSTALL_LOCK)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", COMMIT_LOCK)
+
+
+async def _known_upgrades(
+    db: Database, conn: asyncpg.Connection, *, guard: bool
+) -> list[ModuleUpgrade]:
+    """The pending upgrades; refused (its tables guarded, with `guard`) where a module is on
+    a newer schema than this server knows."""
+    upgrades = await pending_upgrades(conn)
+    newer = [u for u in upgrades if u.newer]
+    error = problem(newer, db.name)
+    if error is not None:
+        if guard:
+            await _guard(conn, newer, error)
+        raise error
+    return upgrades
 
 
 # Failures that say nothing about the migration: the database is left as it was, unguarded,
@@ -283,6 +291,7 @@ async def _busy(db: Database, conn: asyncpg.Connection, reason: str) -> NoReturn
 async def _upgrade(
     db: Database, conn: asyncpg.Connection, ctx: CallContext, upgrades: list[ModuleUpgrade]
 ) -> list[Row]:
+    statements = {u.module.name: upgrade_sql(u) for u in upgrades}
     current: tuple[ModuleUpgrade, str] | None = None
     try:
         async with conn.transaction():
@@ -291,7 +300,7 @@ async def _upgrade(
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             await _unguard(conn, [t for u in upgrades for t in _table_names(u)])
             for upgrade in upgrades:
-                for statement in upgrade_sql(upgrade):
+                for statement in statements[upgrade.module.name]:
                     current = (upgrade, statement)
                     await conn.execute(statement)
                 current = None
@@ -303,13 +312,12 @@ async def _upgrade(
             )
             await audit.log_event(conn, "UPGRADE", db.engine_user, None, f"upgraded {summary}")
     except (asyncpg.PostgresError, EngineError) as exc:
-        state = exc.sqlstate if isinstance(exc, EngineError) else exc.sqlstate or ""
-        if state.startswith(_TRANSIENT):
-            await _busy(db, conn, _first_line(exc))
+        if (exc.sqlstate or "").startswith(_TRANSIENT):
+            await _busy(db, conn, first_line(exc))
         failed = current[0] if current is not None else upgrades[0]
         message = (
             f"upgrade of {failed.module.name} from schema {failed.installed} to"
-            f" {failed.module.schema_version} failed: {_first_line(exc)}"
+            f" {failed.module.schema_version} failed: {first_line(exc)}"
         )
         if current is not None:
             message += f" (while running: {_clip(current[1])})"
@@ -319,7 +327,9 @@ async def _upgrade(
         return [_row(db, u, "failed" if u is failed else "not upgraded", message) for u in upgrades]
     ctx.notify(f"upgraded {db.name}: {summary}")
     await _import_new(db, conn, ctx, upgrades)
-    return [_row(db, u, "upgraded", f"{len(upgrade_sql(u))} statements") for u in upgrades]
+    return [
+        _row(db, u, "upgraded", f"{len(statements[u.module.name])} statements") for u in upgrades
+    ]
 
 
 async def _import_new(
@@ -342,7 +352,7 @@ async def _import_new(
         await import_tables(db, conn, ctx, tables, only_new_changes=False)
     except Exception as exc:  # the upgrade stands; the import is for iasql_sync() to redo
         failure = cloud_failure(exc)
-        reason = failure.message if failure is not None else _first_line(exc)
+        reason = failure.message if failure is not None else first_line(exc)
         message = (
             f"upgraded, but reading the new columns and tables from the cloud failed: {reason};"
             " SELECT * FROM iasql_sync() reads them"
@@ -404,59 +414,60 @@ async def _carry(db: Database, conn: asyncpg.Connection, upgrades: list[ModuleUp
     since = await audit.applied_through(conn)
     translator = Translator()
     for upgrade in upgrades:
-        steps = upgrade.steps
-        names = _table_names(upgrade)
-        entries = await conn.fetch(
-            "SELECT id, table_name, change_type::text, change FROM iasql_audit_log"
-            ' WHERE id > $1 AND table_name = ANY($2::text[]) AND "user" <> $3'
-            " AND change_type IN ('INSERT', 'UPDATE', 'DELETE') ORDER BY id",
-            since,
-            names,
-            db.engine_user,
-        )
-        journal = await conn.fetch(
-            "SELECT id, table_name, before, after FROM iasql_commit_journal"
-            " WHERE table_name = ANY($1::text[])",
-            names,
-        )
-        while True:
-            changes = [
-                Change(r["id"], r["table_name"], r["change_type"], r["change"]) for r in entries
-            ]
-            translated = [translator.change(c, steps) for c in changes]
-            records = [
-                (
-                    r["id"],
-                    *(
-                        None if r[s] is None else translator.image(r["table_name"], r[s], steps)
-                        for s in ("before", "after")
-                    ),
-                )
-                for r in journal
-            ]
-            if not await translator.fetch_missing(conn):
-                break
-        for original, result in zip(changes, translated, strict=True):
-            if len(result) != 1:
-                raise EngineError(
-                    "55006",
-                    f"the open infrastructure transaction changed {original.table_name} values"
-                    " that this upgrade moves into another table",
-                    hint="commit or roll it back, then upgrade",
-                )
-            await conn.execute(
-                "UPDATE iasql_audit_log SET change = $2, schema_version = $3 WHERE id = $1",
-                original.id,
-                result[0].change,
-                upgrade.module.schema_version,
+        await _carry_module(db, conn, translator, upgrade, since)
+
+
+async def _carry_module(
+    db: Database,
+    conn: asyncpg.Connection,
+    translator: Translator,
+    upgrade: ModuleUpgrade,
+    since: int,
+) -> None:
+    steps = upgrade.steps
+    names = _table_names(upgrade)
+    entries = await conn.fetch(
+        "SELECT id, table_name, change_type::text, change FROM iasql_audit_log"
+        ' WHERE id > $1 AND table_name = ANY($2::text[]) AND "user" <> $3'
+        " AND change_type IN ('INSERT', 'UPDATE', 'DELETE') ORDER BY id",
+        since,
+        names,
+        db.engine_user,
+    )
+    journal = await conn.fetch(
+        "SELECT id, table_name, before, after FROM iasql_commit_journal"
+        " WHERE table_name = ANY($1::text[])",
+        names,
+    )
+    changes = [Change(r["id"], r["table_name"], r["change_type"], r["change"]) for r in entries]
+
+    def image(row: asyncpg.Record, side: str) -> Image | None:
+        return None if row[side] is None else translator.image(row["table_name"], row[side], steps)
+
+    translated = await translator.until_converted(
+        conn, lambda: [translator.change(c, steps) for c in changes]
+    )
+    records = await translator.until_converted(
+        conn, lambda: [(r["id"], image(r, "before"), image(r, "after")) for r in journal]
+    )
+    for original, result in zip(changes, translated, strict=True):
+        if len(result) != 1:
+            raise EngineError(
+                "55006",
+                f"the open infrastructure transaction changed {original.table_name} values"
+                " that this upgrade moves into another table",
+                hint="commit or roll it back, then upgrade",
             )
-        for record_id, before, after in records:
-            await conn.execute(
-                "UPDATE iasql_commit_journal SET before = $2, after = $3 WHERE id = $1",
-                record_id,
-                before,
-                after,
-            )
+    await conn.executemany(
+        "UPDATE iasql_audit_log SET change = $2, schema_version = $3 WHERE id = $1",
+        [
+            (c.id, t[0].change, upgrade.module.schema_version)
+            for c, t in zip(changes, translated, strict=True)
+        ],
+    )
+    await conn.executemany(
+        "UPDATE iasql_commit_journal SET before = $2, after = $3 WHERE id = $1", records
+    )
 
 
 # --- read-only while not upgraded ---------------------------------------------------------
@@ -502,11 +513,6 @@ async def _unguard(conn: asyncpg.Connection, names: list[str]) -> None:
     for name in names:
         if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", quote_ident(name)):
             await conn.execute(f"DROP TRIGGER IF EXISTS {GUARD_TRIGGER} ON {quote_ident(name)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = exc.message if isinstance(exc, EngineError) else str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _clip(statement: str, limit: int = 200) -> str:

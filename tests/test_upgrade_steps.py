@@ -312,10 +312,9 @@ def test_chained_type_changes_convert_in_order_and_a_bad_using_is_not_hidden(
         await _init_connection(conn)
         try:
             translator = Translator()  # strict, as an upgrade carries the open transaction
-            while True:
-                [translated] = translator.change(change, (digits, wider))
-                if not await translator.fetch_missing(conn):
-                    break
+            [translated] = await translator.until_converted(
+                conn, lambda: translator.change(change, (digits, wider))
+            )
             assert translated.change["change"]["size"] == 30
             with pytest.raises(EngineError, match='column "width" does not exist') as bad:
                 await translate_history(conn, [(change, 1)], [module])
