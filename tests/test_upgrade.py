@@ -263,6 +263,13 @@ def check_not_upgraded(url: str) -> None:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as refused:
             gamma.execute("DELETE FROM test_queue")
         assert "gamma is not upgraded: test_queues is on schema 1" in str(refused.value)
+        # The tenant cannot lift the guard itself: the table is the engine's.
+        for lift in (
+            "DROP TRIGGER iasql_outdated ON test_queue",
+            "ALTER TABLE test_queue DISABLE TRIGGER iasql_outdated",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                gamma.execute(lift)
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as engine_refused:
             gamma.execute("SELECT * FROM iasql_rollback()")
         assert "not upgraded" in str(engine_refused.value)
