@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 # requirements.lock pins the runtime, the `sandbox` extra (moto[server], which `make run`'s
 # --local-cloud needs) and the `test` extra: `make run` and `make test` both get all three.
-$(VENV)/.installed: requirements.lock pyproject.toml setup.py proxy/_frames.c
+$(VENV)/.installed: requirements.lock pyproject.toml setup.py proxy/_frames.c proxy/_relay.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .

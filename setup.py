@@ -1,6 +1,12 @@
-"""Builds the optional C frame walker; everything else is in pyproject.toml."""
+"""Builds the optional C parts of the relay; everything else is in pyproject.toml."""
+
+import sys
 
 from setuptools import Extension, setup
 
-# optional: without a C compiler the install still succeeds and proxy/frames.py walks in Python.
-setup(ext_modules=[Extension("proxy._frames", ["proxy/_frames.c"], optional=True)])
+# Both optional: without a C compiler the install still succeeds, proxy/frames.py walks frames in
+# Python and every session stays on the asyncio relay. proxy._relay (epoll) is Linux-only.
+extensions = [Extension("proxy._frames", ["proxy/_frames.c"], optional=True)]
+if sys.platform.startswith("linux"):
+    extensions.append(Extension("proxy._relay", ["proxy/_relay.c"], optional=True))
+setup(ext_modules=extensions)

@@ -115,6 +115,13 @@ def add_serve(commands: Any) -> None:
         help="largest client message accepted, in bytes",
     )
     serve.add_argument(
+        "--relay",
+        choices=("auto", "native", "python"),
+        default=env_default("RELAY", "auto"),
+        help="who relays established sessions: the native C thread, the asyncio loop, or"
+        " auto (native where it was built)",
+    )
+    serve.add_argument(
         "--auth-timeout",
         type=float,
         default=float(env_default("AUTH_TIMEOUT", 10)),
@@ -244,6 +251,7 @@ async def serve_forever(
         require_tls=args.require_tls,
         auth_timeout=args.auth_timeout,
         limits=limits,
+        relay=args.relay,
     )
     try:
         await server.listen(args.host, args.port)

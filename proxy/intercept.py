@@ -208,18 +208,24 @@ class Statement:
 Prefilter = Callable[[bytes, int, int], bool]
 
 
+def needles(names: Iterable[str]) -> tuple[bytes, ...]:
+    """What the prefilter searches for: "iasql_" and the names, lower-case, leaving out a name
+    that holds a shorter one. The native relay (proxy/native.py) searches for the same."""
+    found: list[bytes] = []
+    for name in sorted({"iasql_", *(n.lower() for n in names)}, key=len):
+        encoded = name.encode()
+        if not any(needle in encoded for needle in found):
+            found.append(encoded)
+    return tuple(found)
+
+
 def prefilter(names: Iterable[str]) -> Prefilter:
     """A cheap byte-level test run before parsing: might data[start:end] name a function?
 
-    It runs on every Query and Parse, so it is a case-insensitive search for the names (one per
-    name not already covered by a shorter one), in C where proxy/frames.py has it. A
-    case-insensitive regex alternation of the names cost about 14 µs per query."""
-    needles: list[bytes] = []
-    for name in sorted({"iasql_", *(n.lower() for n in names)}, key=len):
-        encoded = name.encode()
-        if not any(needle in encoded for needle in needles):
-            needles.append(encoded)
-    return functools.partial(find_any, tuple(needles))
+    It runs on every Query and Parse, so it is a case-insensitive search for the names, in C
+    where proxy/frames.py has it. A case-insensitive regex alternation of the names cost about
+    14 µs per query."""
+    return functools.partial(find_any, needles(names))
 
 
 def split_statements(sql: str, catalog: Mapping[str, FunctionSpec]) -> list[Statement] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import struct
 import traceback
@@ -14,8 +15,9 @@ import asyncpg
 
 from engine import CallContext, Engine, EngineError
 from engine.admin import ADMIN_DATABASE
+from proxy import native
 from proxy import protocol as pg
-from proxy.intercept import prefilter
+from proxy.intercept import needles, prefilter
 from proxy.limits import ConnectionLimits
 from proxy.roles import RoleDirectory
 from proxy.session import (
@@ -126,6 +128,7 @@ class ProxyServer:
         auth_timeout: float = 10.0,
         limits: ConnectionLimits | None = None,
         verify_passwords: bool = True,
+        relay: str | None = None,
     ) -> None:
         self.engine = engine
         self.backend = backend
@@ -140,6 +143,14 @@ class ProxyServer:
             RoleDirectory(engine.config.backend_dsn, ADMIN_DATABASE) if verify_passwords else None
         )
         self.prefilter = prefilter(engine.functions)
+        relay = relay or os.environ.get("IASQL_RELAY") or "auto"  # as `iasql serve --relay`
+        if relay not in native.MODES:
+            raise ValueError(f"relay must be one of {', '.join(native.MODES)}, not {relay!r}")
+        if relay == "native" and not native.AVAILABLE:
+            raise ValueError("the native relay (proxy._relay) is not built: use relay='python'")
+        # Established sessions go to the native data plane (proxy/native.py), started by listen().
+        self.relay = "native" if relay == "auto" and native.AVAILABLE else relay
+        self.native: native.NativePlane | None = None
         self.by_cancel_key: dict[tuple[int, bytes], ClientConnection] = {}
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.Server | None = None
@@ -147,6 +158,8 @@ class ProxyServer:
     async def listen(self, host: str, port: int) -> int:
         """Starts listening; returns the port (useful when `port` is 0)."""
         loop = asyncio.get_running_loop()
+        if self.relay == "native" and self.native is None:
+            self.native = native.NativePlane(needles(self.engine.functions), self.max_message)
         self._server = await loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True, backlog=512
         )
@@ -159,6 +172,9 @@ class ProxyServer:
             conn.close()
         if self._server is not None:
             await self._server.wait_closed()
+        if self.native is not None:
+            self.native.close()
+            self.native = None
         if self.roles is not None:
             await self.roles.close()
 
@@ -198,6 +214,10 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.backend_full = False  # the backend socket's write buffer is over its limit
+        # The two sockets' descriptors, when the native plane may relay them (no TLS in this
+        # process), and its handle while it does: then nothing here reads or writes them.
+        self.native_fds: tuple[int, int] | None = None
+        self.native_handle: int | None = None
 
     # --- client socket ------------------------------------------------------------------
 
@@ -218,6 +238,16 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
+
+    def server_data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.client is not None and self.session.relay_server(data):
+            self.client.write(data)
+        else:
+            self.apply(self.session.server_data(data))
+        if self.native_fds is not None:  # an answer came: maybe the end of an exchange
+            self.go_native()
 
     def pause_writing(self) -> None:  # the client reads slower than the backend answers
         if self.backend is not None:
@@ -271,6 +301,95 @@ class ClientConnection(asyncio.Protocol):
         elif not should_pause and self.reading_paused:
             self.client.resume_reading()
             self.reading_paused = False
+
+    # --- the native data plane ------------------------------------------------------------
+
+    def _plain_fds(self) -> tuple[int, int] | None:
+        """The sockets' descriptors if the native plane can relay them: both plaintext."""
+        if self.server.native is None or self.client is None or self.backend is None:
+            return None
+        if self.session.encrypted or any(
+            t.get_extra_info("sslcontext") is not None for t in (self.client, self.backend)
+        ):
+            return None
+        sockets = [t.get_extra_info("socket") for t in (self.client, self.backend)]
+        if any(s is None for s in sockets):
+            return None
+        return sockets[0].fileno(), sockets[1].fileno()
+
+    def go_native(self) -> None:
+        """Hands the session to the native plane if it is between exchanges, with nothing
+        waiting to be written or read here."""
+        plane = self.server.native
+        if (
+            plane is None
+            or self.native_fds is None
+            or self.native_handle is not None
+            or self.closed
+            or self.engine_task is not None
+            or self.reading_paused
+            or self.backend_full
+            or self.client is None
+            or self.backend is None
+            or self.client.get_write_buffer_size()
+            or self.backend.get_write_buffer_size()
+        ):
+            return
+        state = self.session.native_state()
+        if state is None:
+            return
+        names, syncs = state
+        self.client.pause_reading()
+        self.backend.pause_reading()
+        try:
+            client_fd, server_fd = self.native_fds
+            self.native_handle = plane.adopt(
+                self, client_fd, server_fd, names, syncs, self.session.status
+            )
+        except OSError as exc:  # not adopted: stay here
+            log.warning("the native relay could not take a session: %s", exc)
+            self.native_fds = None
+            self.client.resume_reading()
+            self.backend.resume_reading()
+
+    def native_returned(self, handback: native.Handback) -> None:
+        """The native plane handed the session back: send what it had cleared, let the session
+        look at what it had not, and read the sockets here again."""
+        self.native_handle = None
+        if self.closed or self.client is None or self.backend is None:
+            return
+        self._resume(handback)
+        if handback.ended:  # the transports would find the socket ended too
+            self.close()
+            return
+        self.client.resume_reading()
+        self.backend.resume_reading()
+        if handback.server_rest:
+            self.server_data_received(handback.server_rest)
+        if handback.client_rest:
+            self.data_received(handback.client_rest)
+        if not handback.server_rest and not handback.client_rest:
+            self.go_native()
+
+    def take_back_from_native(self) -> None:
+        """The connection closes: the native plane lets go of its sockets first."""
+        plane, handle = self.server.native, self.native_handle
+        self.native_handle = None
+        if plane is None or handle is None:
+            return
+        handback = plane.release(handle)
+        if handback is not None and self.client is not None and self.backend is not None:
+            self._resume(handback)
+
+    def _resume(self, handback: native.Handback) -> None:
+        assert self.client is not None and self.backend is not None
+        if handback.to_server:
+            self.backend.write(handback.to_server)
+        if handback.to_client:
+            self.client.write(handback.to_client)
+        self.session.resume_after_native(
+            handback.syncs, handback.status, handback.client_skip, handback.server_skip
+        )
 
     async def start_tls(self) -> None:
         """The client got 'S': the handshake, on the same socket. The session is blocked
@@ -341,6 +460,7 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             return
         self.backend = transport
+        self.native_fds = self._plain_fds()
         transport.write(event.startup_packet)
         for data in self.to_backend:
             transport.write(data)
@@ -416,6 +536,8 @@ class ClientConnection(asyncio.Protocol):
             self.server.by_cancel_key.pop(self.cancel_key, None)
         if self.engine_task is not None:
             self.engine_task.cancel()
+        if self.native_handle is not None:
+            self.take_back_from_native()
         if self.client is not None:
             self.client.close()
         if self.backend is not None:
@@ -436,13 +558,7 @@ class BackendConnection(asyncio.Protocol):
         self.owner = owner
 
     def data_received(self, data: bytes) -> None:
-        owner = self.owner
-        if owner.closed:
-            return
-        if owner.client is not None and owner.session.relay_server(data):
-            owner.client.write(data)
-        else:
-            owner.apply(owner.session.server_data(data))
+        self.owner.server_data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.close()

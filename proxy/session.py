@@ -266,6 +266,44 @@ class Session:
             self._inflight and self._inflight[0] is _EXTENDED
         )
 
+    # --- the native data plane (proxy/native.py) -------------------------------------------
+    # Between two exchanges the proxy takes part in, a session's state is small: how many
+    # Queries and Syncs await a ReadyForQuery, the last status, and which statements it
+    # rewrote. The native relay keeps that state while it relays; these two methods hand it
+    # over and take it back.
+
+    def native_state(self) -> tuple[tuple[bytes, ...], int] | None:
+        """(the rewritten statements' names, requests awaiting a ReadyForQuery) when the
+        session is between exchanges and its state is that small; else None."""
+        if (
+            not self._authenticated
+            or self.blocked
+            or self._login is not None
+            or self.encrypted
+            or self._backlog
+            or self._client_skip
+            or self._server_partial
+            or self._server_skip
+            or self._server_discard
+            or self._plan is not None
+            or self._pending_bind is not None
+            or self._notices
+        ):
+            return None
+        if any(entry is not _SYNC for entry in self._inflight):
+            return None
+        return tuple(name.encode() for name in self._prepared), len(self._inflight)
+
+    def resume_after_native(
+        self, syncs: int, status: bytes, client_skip: int, server_skip: int
+    ) -> None:
+        """The native relay handed the session back with this state (see native_state); the
+        bytes it read and did not relay are fed next, through client_data and server_data."""
+        self._inflight = deque([_SYNC] * syncs)
+        self.status = status
+        self._client_skip = client_skip
+        self._server_skip = server_skip
+
     # --- client -> server ---------------------------------------------------------------
 
     def client_data(self, data: bytes) -> list[Event]:
@@ -421,9 +459,13 @@ class Session:
         while size - pos >= 5:
             code = data[pos]
             length = _unpack_length(data, pos + 1)[0]
-            if code not in frontend_types:
-                return events + self._violation(f"invalid frontend message type {code}")
-            if not 4 <= length <= limit:
+            if code not in frontend_types or not 4 <= length <= limit:
+                # The frames before it go on, as they would have had they come in a read of
+                # their own (and as the native relay sends them).
+                if pos > relay_from:
+                    events.append(ToServer(data[relay_from:pos]))
+                if code not in frontend_types:
+                    return events + self._violation(f"invalid frontend message type {code}")
                 return events + self._violation(f"invalid message length {length}")
             end = pos + 1 + length
             if code in _CLIENT_INSPECTED and self._authenticated:
@@ -853,11 +895,12 @@ class Session:
     ) -> tuple[bytes | None, Sequence[Event]]:
         """One whole server frame of interest: (replacement bytes or None to relay, events)."""
         if code == _READY:
-            self.status = data[pos + 5 : pos + 6]
+            self.status = data[pos + 5 : min(pos + 6, end)]
             self._authenticated = True
+            answered = bool(self._inflight)  # else a stray one, relayed and forgotten
             while self._inflight and not isinstance(self._inflight.popleft(), _Sync):
                 pass
-            if self._plan is not None and not self._inflight:
+            if answered and self._plan is not None and not self._inflight:
                 relay, events = self._plan_ready()
                 return (None if relay else b""), events
             return None, _NO_EVENTS

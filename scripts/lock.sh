@@ -10,7 +10,7 @@ trap 'rm -rf "$tmp"' EXIT
 # Installed from a copy of its metadata, so that nothing is built in this tree.
 mkdir -p "$tmp/src/proxy"
 cp pyproject.toml setup.py README.md "$tmp/src/"
-cp proxy/_frames.c "$tmp/src/proxy/"
+cp proxy/_frames.c proxy/_relay.c "$tmp/src/proxy/"
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check "$tmp/src[sandbox,test]"
 {

@@ -1,0 +1,113 @@
+"""The native data plane: a C thread (proxy/_relay.c) that relays established sessions.
+
+The asyncio server (proxy/server.py) is the control plane: it accepts, negotiates TLS, logs
+clients in, runs engine calls. Once a session is between exchanges it hands the two sockets to
+the relay thread, which moves bytes between them with epoll, frame by frame, and never enters
+Python for ordinary SQL. When a frame needs the session (a Query or Parse naming an iasql
+function, a Describe of a statement, a use of a statement the proxy rewrote), or a socket ends,
+the thread stops relaying that session and hands it back with the bytes it had not relayed;
+the asyncio side carries on from there, and hands it over again at the next quiet moment.
+
+Without a C compiler at install (or off Linux) `proxy._relay` is missing, AVAILABLE is False,
+and every session stays on the asyncio relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+try:
+    from proxy import _relay  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler: the asyncio relay does everything
+    _relay = None
+
+AVAILABLE = _relay is not None
+BUFFER_SIZE: int = _relay.BUFFER_SIZE if _relay is not None else 0  # bytes, each way, per session
+MODES = ("auto", "native", "python")  # iasql serve --relay
+
+
+@dataclass(frozen=True, slots=True)
+class Handback:
+    """A session the relay thread no longer relays, and what the asyncio side needs to go on."""
+
+    ended: bool  # a socket ended or failed: the connection closes
+    to_server: bytes  # relayed by the walk, not yet sent: to be sent first
+    to_client: bytes
+    client_rest: bytes  # read, not walked: the session's to look at
+    server_rest: bytes
+    client_skip: int  # bytes of a frame half relayed, still to come
+    server_skip: int
+    syncs: int  # Queries and Syncs awaiting a ReadyForQuery
+    status: bytes  # the last ReadyForQuery's
+
+
+class Owner(Protocol):
+    def native_returned(self, handback: Handback) -> None: ...
+
+
+def Walk(
+    needles: tuple[bytes, ...],
+    names: tuple[bytes, ...],
+    max_message: int,
+    capacity: int,
+    syncs: int,
+    status: bytes,
+) -> Any:
+    """The relay thread's walk over Python bytes, for tests: .client(data) and .server(data)
+    return (bytes that may be relayed, stop), .state() (client_skip, server_skip, syncs,
+    status)."""
+    assert _relay is not None
+    return _relay.Walk(needles, names, max_message, capacity, syncs, status)
+
+
+class NativePlane:
+    """The relay thread, and which connection owns each session it relays."""
+
+    def __init__(self, needles: tuple[bytes, ...], max_message: int) -> None:
+        assert _relay is not None, "proxy._relay is not built"
+        self._relay = _relay.Relay(needles, max_message)
+        self._owners: dict[int, Owner] = {}
+        self.handbacks = 0  # sessions the thread handed back so far
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._relay.notify_fd, self._returned)
+
+    @property
+    def sessions(self) -> int:
+        """How many sessions the thread relays now."""
+        return len(self._owners)
+
+    def adopt(
+        self,
+        owner: Owner,
+        client_fd: int,
+        server_fd: int,
+        names: tuple[bytes, ...],
+        syncs: int,
+        status: bytes,
+    ) -> int:
+        """The thread relays these sockets from now on; the caller must neither read nor write
+        them until it is handed back (Owner.native_returned) or calls release(). OSError: not
+        adopted."""
+        handle: int = self._relay.adopt(client_fd, server_fd, names, syncs, status)
+        self._owners[handle] = owner
+        return handle
+
+    def release(self, handle: int) -> Handback | None:
+        """Takes a session back at once (its connection closes); None if it was already."""
+        self._owners.pop(handle, None)
+        state = self._relay.release(handle)
+        return None if state is None else Handback(*state)
+
+    def _returned(self) -> None:
+        for handle, state in self._relay.take():
+            owner = self._owners.pop(handle, None)
+            self.handbacks += 1
+            if owner is not None:
+                owner.native_returned(Handback(*state))
+
+    def close(self) -> None:
+        """Stops the thread; call after every session was released."""
+        self._loop.remove_reader(self._relay.notify_fd)
+        self._relay.close()
