@@ -30,8 +30,16 @@ clients:
 # The suite's tests mostly wait (on moto, on timeouts of faults they inject): three workers,
 # each with its own Postgres cluster and iasql server, one test file per worker at a time.
 TEST_WORKERS ?= 3
+# The suite runs with the native data plane where it was built (--relay auto); then the relay's
+# own test files run again with every session on the asyncio relay (IASQL_RELAY=python). The
+# second pass is left out when PYTEST_ARGS picks tests.
+RELAY_TESTS := tests/test_relay.py tests/test_interception.py tests/test_nested_calls.py \
+	tests/test_clients.py tests/test_fuzz.py tests/test_connection_abuse.py tests/test_tls.py
 test: deps clients lint
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+ifeq ($(PYTEST_ARGS),)
+	IASQL_RELAY=python $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile $(RELAY_TESTS)
+endif
 
 # Re-resolves requirements.lock from pyproject.toml (newest allowed versions), in a temporary venv.
 lock:

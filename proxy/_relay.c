@@ -426,7 +426,7 @@ typedef struct {
     PyObject_HEAD
     pthread_mutex_t lock;
     pthread_t thread;
-    int started, stopping;
+    int initialized, started, stopping;
     int epfd, notify_fd, wake_fd;
     strings_t needles;
     int64_t max_message;
@@ -495,7 +495,7 @@ static int pump(RelayObject *r, pair_t *p, Py_ssize_t handle, int side) {
     if (d->len < BUFFER_SIZE) {
         ssize_t n = recv(p->fd[side], d->buf + d->len, (size_t)(BUFFER_SIZE - d->len), MSG_DONTWAIT);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-            hand_back(r, p, handle, ENDED); /* the asyncio transport sees the end itself */
+            hand_back(r, p, handle, ENDED); /* the asyncio transport finds the end too */
             return -1;
         }
         if (n > 0) d->len += n;
@@ -527,7 +527,9 @@ static void on_event(RelayObject *r, uint64_t tag, uint32_t events) {
         }
         /* Bytes that waited for room may have a walk to finish: room is made, read on. */
     }
-    if (events & (EPOLLHUP | EPOLLERR)) { /* reported unasked: the transport will see why */
+    if (events & (EPOLLHUP | EPOLLERR)) {
+        /* Reported unasked, and on a unix socket before its last bytes are read: the asyncio
+         * transport reads those, then finds the end itself. */
         hand_back(r, p, handle, ENDED);
         return;
     }
@@ -579,14 +581,16 @@ static int Relay_init(RelayObject *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"needles", "max_message", NULL};
     PyObject *needles;
     long long max_message;
-    if (self->started) {
-        PyErr_SetString(PyExc_RuntimeError, "the relay is already running");
+    if (self->initialized) {
+        PyErr_SetString(PyExc_RuntimeError, "the relay is already set up");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OL", keywords, &needles, &max_message))
         return -1;
     if (strings_from(needles, &self->needles) < 0) return -1;
     self->max_message = max_message;
+    self->initialized = 1; /* from here on, dealloc closes what was opened */
+    pthread_mutex_init(&self->lock, NULL);
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     self->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -599,7 +603,6 @@ static int Relay_init(RelayObject *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    pthread_mutex_init(&self->lock, NULL);
     if (pthread_create(&self->thread, NULL, relay_main, self) != 0) {
         PyErr_SetString(PyExc_OSError, "cannot start the relay thread");
         return -1;
@@ -628,9 +631,12 @@ static void Relay_dealloc(RelayObject *self) {
     free(self->pairs);
     free(self->returned);
     strings_free(&self->needles);
-    if (self->epfd > 0) close(self->epfd);
-    if (self->notify_fd > 0) close(self->notify_fd);
-    if (self->wake_fd > 0) close(self->wake_fd);
+    if (self->initialized) {
+        if (self->epfd >= 0) close(self->epfd);
+        if (self->notify_fd >= 0) close(self->notify_fd);
+        if (self->wake_fd >= 0) close(self->wake_fd);
+        pthread_mutex_destroy(&self->lock);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

@@ -15,6 +15,7 @@ and every session stays on the asyncio relay.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ try:
 except ImportError:  # built without a C compiler: the asyncio relay does everything
     _relay = None
 
+log = logging.getLogger("iasql.proxy")
 AVAILABLE = _relay is not None
 BUFFER_SIZE: int = _relay.BUFFER_SIZE if _relay is not None else 0  # bytes, each way, per session
 MODES = ("auto", "native", "python")  # iasql serve --relay
@@ -45,6 +47,8 @@ class Handback:
 
 class Owner(Protocol):
     def native_returned(self, handback: Handback) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def Walk(
@@ -101,11 +105,17 @@ class NativePlane:
         return None if state is None else Handback(*state)
 
     def _returned(self) -> None:
-        for handle, state in self._relay.take():
-            owner = self._owners.pop(handle, None)
-            self.handbacks += 1
-            if owner is not None:
+        # Every owner first: a callback may adopt a session again, into a slot freed here.
+        returned = [(self._owners.pop(handle, None), state) for handle, state in self._relay.take()]
+        self.handbacks += len(returned)
+        for owner, state in returned:
+            if owner is None:
+                continue
+            try:
                 owner.native_returned(Handback(*state))
+            except Exception:  # one connection's bug must not strand the others in the list
+                log.exception("a session handed back by the native relay failed")
+                owner.close()
 
     def close(self) -> None:
         """Stops the thread; call after every session was released."""

@@ -218,6 +218,7 @@ class ClientConnection(asyncio.Protocol):
         # process), and its handle while it does: then nothing here reads or writes them.
         self.native_fds: tuple[int, int] | None = None
         self.native_handle: int | None = None
+        self.resuming = False  # feeding the session what the native plane handed back
 
     # --- client socket ------------------------------------------------------------------
 
@@ -325,6 +326,7 @@ class ClientConnection(asyncio.Protocol):
             plane is None
             or self.native_fds is None
             or self.native_handle is not None
+            or self.resuming
             or self.closed
             or self.engine_task is not None
             or self.reading_paused
@@ -346,7 +348,7 @@ class ClientConnection(asyncio.Protocol):
             self.native_handle = plane.adopt(
                 self, client_fd, server_fd, names, syncs, self.session.status
             )
-        except OSError as exc:  # not adopted: stay here
+        except Exception as exc:  # not adopted (out of descriptors, of memory): stay here
             log.warning("the native relay could not take a session: %s", exc)
             self.native_fds = None
             self.client.resume_reading()
@@ -358,18 +360,22 @@ class ClientConnection(asyncio.Protocol):
         self.native_handle = None
         if self.closed or self.client is None or self.backend is None:
             return
-        self._resume(handback)
-        if handback.ended:  # the transports would find the socket ended too
-            self.close()
-            return
-        self.client.resume_reading()
+        if handback.ended:
+            # A socket ended or failed: the transports read what it still holds, then find
+            # the end themselves, as they would have without the thread.
+            self.native_fds = None
+        self.client.resume_reading()  # before the writes, which may pause it again
         self.backend.resume_reading()
-        if handback.server_rest:
-            self.server_data_received(handback.server_rest)
-        if handback.client_rest:
-            self.data_received(handback.client_rest)
-        if not handback.server_rest and not handback.client_rest:
-            self.go_native()
+        self._resume(handback)
+        self.resuming = True  # no handing over before both directions are fed
+        try:
+            if handback.client_rest:
+                self.data_received(handback.client_rest)
+            if handback.server_rest:
+                self.server_data_received(handback.server_rest)
+        finally:
+            self.resuming = False
+        self.go_native()
 
     def take_back_from_native(self) -> None:
         """The connection closes: the native plane lets go of its sockets first."""

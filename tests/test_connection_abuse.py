@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import shutil
 import struct
@@ -37,6 +36,7 @@ from proxy import protocol as pg
 from proxy.login import UNVERIFIABLE
 from proxy.roles import RoleDirectory
 from proxy.server import BackendAddress, ProxyServer
+from tests.support.cli import cli_env
 from tests.support.env import PASSWORD, SUPERUSER, RunningServer
 
 AUTH_TIMEOUT = 1.0
@@ -357,7 +357,7 @@ def test_max_connections_must_leave_room_for_the_engine(postgres: LocalPostgres)
     """Against a backing Postgres of max_connections 200 (3 reserved), --max-connections over
     177 leaves the engine's 20 connections no room: a one-line failure at start."""
     folder = Path(tempfile.mkdtemp(prefix="iasql-limits-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "IASQL_"))}
+    env = cli_env()
     env["IASQL_MAX_CONNECTIONS"] = "178"
     try:
         out = subprocess.run(

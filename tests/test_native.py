@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -456,3 +458,63 @@ def test_tls_sessions_stay_on_the_asyncio_relay(iasql: RunningServer, tmp_path: 
             assert [c.native_fds for c in proxy.connections] == [None]
     finally:
         iasql.run(proxy.close())
+
+
+# --- the thread on socket pairs ---------------------------------------------------------------
+
+
+class Returned:
+    """An Owner for NativePlane.adopt that keeps what was handed back."""
+
+    def __init__(self) -> None:
+        self.handback: asyncio.Future[native.Handback] = asyncio.get_running_loop().create_future()
+
+    def native_returned(self, handback: native.Handback) -> None:
+        self.handback.set_result(handback)
+
+    def close(self) -> None:
+        pass
+
+
+def received(sock: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+async def test_the_thread_relays_and_loses_nothing_when_a_peer_closes() -> None:
+    plane = native.NativePlane(needles(CATALOG), 4096)
+    app, client_side = socket.socketpair()
+    server_side, postgres = socket.socketpair()  # unix sockets: hang-up comes before the data
+    for sock in (app, client_side, server_side, postgres):
+        sock.setblocking(False)
+    owner = Returned()
+    try:
+        plane.adopt(owner, client_side.fileno(), server_side.fileno(), (), 0, b"I")
+        query, answer = (
+            pg.query("SELECT 1"),
+            frame(b"C", b"SELECT 1\x00") + pg.ready_for_query(b"I"),
+        )
+        app.send(query)
+        deadline = time.monotonic() + 5
+        seen = b""
+        while len(seen) < len(query) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            seen += received(postgres)
+        assert seen == query
+        postgres.send(answer)
+        farewell = pg.error_response("57P01", "terminating connection", fatal=True)
+        postgres.send(farewell)
+        postgres.close()
+        handback = await asyncio.wait_for(owner.handback, 5)
+        assert handback.ended and handback.syncs in (0, 1)
+        # What the thread relayed, what it handed back, and what the socket still holds (the
+        # transport reads it) are the backend's bytes, whole and in order.
+        relayed = received(app) + handback.to_client + handback.server_rest
+        assert relayed + received(server_side) == answer + farewell
+    finally:
+        plane.close()
+        for sock in (app, client_side, server_side):
+            sock.close()

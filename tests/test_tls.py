@@ -40,6 +40,7 @@ from proxy.session import (
     ToClient,
 )
 from proxy.tls import TlsConfigError, backend_tls
+from tests.support.cli import cli_env
 from tests.support.env import (
     PASSWORD,
     SUPERUSER,
@@ -356,7 +357,7 @@ class Serve:
 
     def __init__(self, backend_url: str, data_dir: Path, *extra: str) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "IASQL_"))}
+        env = cli_env()
         cmd = [*IASQL, "serve", "--backend-url", backend_url, "--data-dir", str(data_dir)]
         self.proc = subprocess.Popen(
             [*cmd, "--port", str(self.port), *extra],
@@ -391,7 +392,7 @@ class Serve:
 
 
 def fail_to_start(backend_url: str, data_dir: Path, *extra: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "IASQL_"))}
+    env = cli_env()
     cmd = [*IASQL, "serve", "--backend-url", backend_url, "--data-dir", str(data_dir)]
     out = subprocess.run(
         [*cmd, "--port", str(free_port()), *extra],

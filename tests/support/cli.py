@@ -33,8 +33,13 @@ LAST_BANNER_LINE = "  create an environment database with: iasql db create NAME"
 
 
 def cli_env() -> dict[str, str]:
-    """No IASQL_* or PG* variables from the developer's shell may change what is tested."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("IASQL_", "PG"))}
+    """No IASQL_* or PG* variables from the developer's shell may change what is tested, but
+    IASQL_RELAY: the plane under test (`make test` runs the relay's tests on both)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("IASQL_", "PG")) or k == "IASQL_RELAY"
+    }
 
 
 def iasql(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
