@@ -64,6 +64,11 @@ def env_default(name: str, fallback: Any = None) -> Any:
 
 # --- serve ------------------------------------------------------------------------------------
 
+RELAY_BANNER = {
+    "native": "native (established plaintext sessions relayed by a C thread)",
+    "python": "python (every session relayed by the asyncio loop)",
+}
+
 
 def add_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the iasql server")
@@ -269,6 +274,7 @@ async def serve_forever(
         print(f"  default AWS endpoint: {args.cloud_endpoint}")
     print(f"  admin database: {admin_banner(backend_dsn, address, data_dir, args.backend_url)}")
     print(f"  TLS: {tls_banner}")
+    print(f"  relay: {RELAY_BANNER[server.relay]}")
     print("  create an environment database with: iasql db create NAME", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -27,6 +27,7 @@ from engine.platform import module_catalogue
 from iasql.cli import configure_logging
 from iasql.postgres import LocalPostgres, free_port
 from iasql.sandbox import MotoServer, SandboxError
+from proxy import native
 from tests.support.cli import (
     START_DEADLINE,
     STOP_DEADLINE,
@@ -184,6 +185,12 @@ def test_banner_names_address_admin_url_and_sandbox(shared: Running) -> None:
     assert unquote(admin.password) not in "\n".join(banner.lines)
     version = psql(banner.admin_url, "SELECT * FROM iasql_version()")
     assert (version.returncode, version.stdout) == (0, f"{banner.version}\n"), version.stderr
+    # The plane that relays sessions: native where proxy._relay was built (`make test` runs
+    # the relay's tests a second time with IASQL_RELAY=python).
+    relay = os.environ.get("IASQL_RELAY", "auto")
+    if relay == "auto":
+        relay = "native" if native.AVAILABLE else "python"
+    assert any(line.startswith(f"  relay: {relay} (") for line in banner.lines), banner.lines
 
 
 def test_secret_files_are_private(shared: Running) -> None:
