@@ -41,8 +41,8 @@ SCALE = 10
 # relay: bench/bare_relay.py; iasql: `iasql serve --relay native`, iasql-py: `--relay python`
 TARGETS = ("direct", "pgbouncer", "relay", "iasql", "iasql-py")
 PROXIES = ("iasql", "iasql-py", "pgbouncer", "relay")
-MODES = ("simple", "prepared")
-CLIENTS = (1, 8)
+MODES = ["simple", "prepared"]  # --modes narrows these two
+CLIENTS = [1, 8]  # --clients
 # iasql (native) at 8 clients: TPS >= 0.95x PgBouncer's; at 1 client: added latency and, at
 # both, CPU per transaction no more than PgBouncer's.
 TARGET_RATIO = 0.95
@@ -391,13 +391,13 @@ def table(samples: dict[Key, list[Sample]]) -> list[str]:
 
 def verdicts(samples: dict[Key, list[Sample]]) -> list[str]:
     lines = []
-    for mode in MODES:
+    for mode in MODES if 8 in CLIENTS else []:
         r = ratio(samples, "iasql", "pgbouncer", mode, 8)
         ok = "PASS" if r >= TARGET_RATIO else "FAIL"
         lines.append(
             f"- {ok}: 8 clients, {mode}: iasql/pgbouncer TPS = {r:.2f}x (target ≥ {TARGET_RATIO}x)"
         )
-    for mode in MODES:
+    for mode in MODES if 1 in CLIENTS else []:
         us, bouncer = added_us(samples, "iasql", mode), added_us(samples, "pgbouncer", mode)
         ok = "PASS" if us <= bouncer else "FAIL"
         lines.append(
@@ -450,9 +450,18 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=int, default=5, help="duration of each pgbench run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--modes", default="simple,prepared", help="pgbench protocols to run")
+    parser.add_argument("--clients", default="1,8", help="client counts to run: 1, 8 or both")
     args = parser.parse_args()
     if args.seconds < 1 or args.rounds < 1:
         parser.error("--seconds and --rounds must be at least 1")
+    modes, clients = args.modes.split(","), args.clients.split(",")
+    if not modes or not set(modes) <= {"simple", "prepared"}:
+        parser.error("--modes takes simple, prepared or both, separated by a comma")
+    if not clients or not set(clients) <= {"1", "8"}:
+        parser.error("--clients takes 1, 8 or both, separated by a comma")
+    MODES[:] = [m for m in ("simple", "prepared") if m in modes]
+    CLIENTS[:] = [c for c in (1, 8) if str(c) in clients]
     return args
 
 
