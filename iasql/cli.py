@@ -30,6 +30,7 @@ from iasql.postgres import LocalPostgres, PostgresError
 from iasql.promote import PromotionError, add_promote
 from iasql.sandbox import MotoServer, SandboxError, read_json, require_sandbox, stop_stale
 from modules import add_module_path
+from proxy import native
 from proxy.limits import ConnectionLimits
 from proxy.server import BackendAddress, ProxyServer
 from proxy.tls import TlsConfigError, backend_tls, server_context
@@ -186,6 +187,11 @@ def run_serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
     if args.local_cloud:
         require_sandbox()  # an extra (moto[server]): checked before anything is created
+    if args.relay == "native" and not native.AVAILABLE:
+        raise StartupError(
+            "--relay native: proxy._relay was not built (it needs Linux and a C compiler when"
+            " iasql is installed); use --relay auto or --relay python"
+        )
     check_port_free(args.host, args.port)
     with contextlib.ExitStack() as stack:
         if not args.backend_url or args.local_cloud:

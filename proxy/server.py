@@ -149,7 +149,9 @@ class ProxyServer:
         if relay == "native" and not native.AVAILABLE:
             raise ValueError("the native relay (proxy._relay) is not built: use relay='python'")
         # Established sessions go to the native data plane (proxy/native.py), started by listen().
-        self.relay = "native" if relay == "auto" and native.AVAILABLE else relay
+        if relay == "auto":
+            relay = "native" if native.AVAILABLE else "python"
+        self.relay = relay
         self.native: native.NativePlane | None = None
         self.by_cancel_key: dict[tuple[int, bytes], ClientConnection] = {}
         self.connections: set[ClientConnection] = set()
