@@ -288,8 +288,10 @@ class NativeServer(RunningServer):
             time.sleep(0.01)
 
 
-@pytest.fixture(scope="module")
-def server(postgres: LocalPostgres) -> Iterator[NativeServer]:
+@contextlib.contextmanager
+def native_server(postgres: LocalPostgres) -> Iterator[NativeServer]:
+    """A server of its own on the native plane, on its own loop thread. Its proxy may be
+    closed inside (a test of closing); the engine and loop are stopped on the way out."""
     loop = uvloop.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="iasql-native", daemon=True)
     thread.start()
@@ -305,11 +307,20 @@ def server(postgres: LocalPostgres) -> Iterator[NativeServer]:
         return proxy
 
     proxy = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    yield NativeServer("127.0.0.1", port, loop, proxy)
-    asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(30)
-    asyncio.run_coroutine_threadsafe(engine.close(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    try:
+        yield NativeServer("127.0.0.1", port, loop, proxy)
+    finally:
+        if proxy.native is not None:
+            asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(engine.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(postgres: LocalPostgres) -> Iterator[NativeServer]:
+    with native_server(postgres) as running:
+        yield running
 
 
 def test_sessions_go_native_between_iasql_calls(server: NativeServer) -> None:
@@ -404,34 +415,17 @@ def test_a_backend_that_dies_ends_the_session_and_frees_it(
 
 
 def test_closing_the_server_releases_native_sessions(postgres: LocalPostgres) -> None:
-    loop = uvloop.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    port = free_port()
-    engine = Engine(EngineConfig(postgres.dsn(), PublicAddress("127.0.0.1", port)))
-
-    async def start() -> ProxyServer:
-        await engine.start()
-        proxy = ProxyServer(
-            engine, BackendAddress("127.0.0.1", postgres.port), max_message=1 << 20, relay="native"
-        )
-        await proxy.listen("127.0.0.1", port)
-        return proxy
-
-    proxy = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    running = RunningServer("127.0.0.1", port, loop, proxy)
-    conns = [psycopg.connect(running.dsn(), autocommit=True) for _ in range(3)]
-    for conn in conns:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-    asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(30)
-    for conn in conns:  # closed by the server, not left hanging in the thread
-        with pytest.raises(psycopg.OperationalError):
-            conn.execute("SELECT 1")
-        conn.close()
-    asyncio.run_coroutine_threadsafe(engine.close(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    assert proxy.native is None
+    with native_server(postgres) as running:
+        conns = [psycopg.connect(running.dsn(), autocommit=True) for _ in range(3)]
+        for conn in conns:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        running.wait_native(3)
+        running.run(running.proxy.close())
+        for conn in conns:  # closed by the server, not left hanging in the thread
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+            conn.close()
+        assert running.proxy.native is None
 
 
 def test_tls_sessions_stay_on_the_asyncio_relay(iasql: RunningServer, tmp_path: Path) -> None:
