@@ -34,7 +34,7 @@ MODES = ("auto", "native", "python")  # iasql serve --relay
 class Handback:
     """A session the relay thread no longer relays, and what the asyncio side needs to go on."""
 
-    ended: bool  # a socket ended or failed: the connection closes
+    ended: bool  # a socket ended or failed: never adopted again; the transports find the end
     to_server: bytes  # relayed by the walk, not yet sent: to be sent first
     to_client: bytes
     client_rest: bytes  # read, not walked: the session's to look at
