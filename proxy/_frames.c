@@ -11,9 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline int64_t frame_length(const unsigned char *p) {
-    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3]);
-}
+#include "_text.h"
 
 /* A 256-byte table from Python: table[type] is non-zero for the types asked about. */
 static int table_arg(PyObject *obj, const unsigned char **table) {
@@ -85,63 +83,50 @@ static PyObject *scan_server(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
 }
 
-static int equal_ignoring_case(const unsigned char *text, const unsigned char *lower, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = text[i];
-        if (c >= 'A' && c <= 'Z') c += 'a' - 'A';
-        if (c != lower[i]) return 0;
-    }
-    return 1;
-}
+#define FEW_NEEDLES 256
 
 /* find_any(needles, data, start, end) -> bool
  * Does data[start:end] hold one of `needles` (a tuple of lower-case bytes), ignoring ASCII
- * case? Needles with an underscore are only tried where the text has one, lined up on the
- * needle's first underscore: SQL text has few underscores, so this is a memchr scan. */
+ * case? (holds_needle in _text.h.) */
 static PyObject *find_any(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyTuple_Check(args[0]) || !PyBytes_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "find_any(needles: tuple, data: bytes, start, end)");
         return NULL;
     }
-    PyObject *needles = args[0];
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[1]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
     Py_ssize_t start = PyLong_AsSsize_t(args[2]), end = PyLong_AsSsize_t(args[3]);
     if (PyErr_Occurred()) return NULL;
     if (start < 0) start = 0;
     if (end > size) end = size;
-    Py_ssize_t count = PyTuple_GET_SIZE(needles);
+    Py_ssize_t count = PyTuple_GET_SIZE(args[0]);
+    /* holds_needle takes C arrays: on the stack for the usual few dozen names */
+    const unsigned char *few[FEW_NEEDLES], **needles = few;
+    Py_ssize_t few_lens[FEW_NEEDLES], *lens = few_lens;
+    if (count > FEW_NEEDLES) {
+        needles = PyMem_Malloc((size_t)count * sizeof(*needles));
+        lens = PyMem_Malloc((size_t)count * sizeof(*lens));
+    }
+    PyObject *result = NULL;
+    if (needles == NULL || lens == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (!PyBytes_Check(PyTuple_GET_ITEM(needles, i))) {
+        PyObject *needle = PyTuple_GET_ITEM(args[0], i);
+        if (!PyBytes_Check(needle)) {
             PyErr_SetString(PyExc_TypeError, "needles must be bytes");
-            return NULL;
+            goto done;
         }
+        needles[i] = (const unsigned char *)PyBytes_AS_STRING(needle);
+        lens[i] = PyBytes_GET_SIZE(needle);
     }
-    for (Py_ssize_t pos = start; pos < end;) {
-        const unsigned char *u = memchr(data + pos, '_', (size_t)(end - pos));
-        if (u == NULL) break;
-        Py_ssize_t at = u - data;
-        for (Py_ssize_t i = 0; i < count; i++) {
-            PyObject *needle = PyTuple_GET_ITEM(needles, i);
-            const unsigned char *n = (const unsigned char *)PyBytes_AS_STRING(needle);
-            Py_ssize_t len = PyBytes_GET_SIZE(needle);
-            const unsigned char *first = memchr(n, '_', (size_t)len);
-            if (first == NULL) continue;
-            Py_ssize_t from = at - (first - n);
-            if (from >= start && from + len <= end && equal_ignoring_case(data + from, n, len))
-                Py_RETURN_TRUE;
-        }
-        pos = at + 1;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) { /* needles without an underscore: every place */
-        PyObject *needle = PyTuple_GET_ITEM(needles, i);
-        const unsigned char *n = (const unsigned char *)PyBytes_AS_STRING(needle);
-        Py_ssize_t len = PyBytes_GET_SIZE(needle);
-        if (memchr(n, '_', (size_t)len) != NULL) continue;
-        for (Py_ssize_t from = start; from + len <= end; from++)
-            if (equal_ignoring_case(data + from, n, len)) Py_RETURN_TRUE;
-    }
-    Py_RETURN_FALSE;
+    int found = end > start && holds_needle(needles, lens, count, data + start, end - start);
+    result = Py_NewRef(found ? Py_True : Py_False);
+done:
+    if (needles != few) PyMem_Free(needles);
+    if (lens != few_lens) PyMem_Free(lens);
+    return result;
 }
 
 static PyMethodDef methods[] = {

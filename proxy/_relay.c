@@ -30,6 +30,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "_text.h"
+
 /* --- the walk ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -92,48 +94,14 @@ fail:
     return -1;
 }
 
-static inline int64_t frame_length(const unsigned char *p) {
-    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3]);
-}
-
 static int is_frontend_type(unsigned char c) {
     return c != 0 && strchr("BCdcfDEHFPpQSX", c) != NULL;
 }
 
-static int equal_ignoring_case(const unsigned char *text, const unsigned char *lower, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = text[i];
-        if (c >= 'A' && c <= 'Z') c += 'a' - 'A';
-        if (c != lower[i]) return 0;
-    }
-    return 1;
-}
-
 /* proxy.frames.find_any over text[0:len]: does it hold a needle, ignoring ASCII case? */
 static int mentions(const strings_t *needles, const unsigned char *text, Py_ssize_t len) {
-    for (Py_ssize_t pos = 0; pos < len;) {
-        const unsigned char *u = memchr(text + pos, '_', (size_t)(len - pos));
-        if (u == NULL) break;
-        Py_ssize_t at = u - text;
-        for (Py_ssize_t i = 0; i < needles->count; i++) {
-            const unsigned char *n = needles->items[i];
-            Py_ssize_t n_len = needles->lens[i];
-            const unsigned char *first = memchr(n, '_', (size_t)n_len);
-            if (first == NULL) continue;
-            Py_ssize_t from = at - (first - n);
-            if (from >= 0 && from + n_len <= len && equal_ignoring_case(text + from, n, n_len))
-                return 1;
-        }
-        pos = at + 1;
-    }
-    for (Py_ssize_t i = 0; i < needles->count; i++) {
-        const unsigned char *n = needles->items[i];
-        Py_ssize_t n_len = needles->lens[i];
-        if (memchr(n, '_', (size_t)n_len) != NULL) continue;
-        for (Py_ssize_t from = 0; from + n_len <= len; from++)
-            if (equal_ignoring_case(text + from, n, n_len)) return 1;
-    }
-    return 0;
+    return holds_needle((const unsigned char *const *)needles->items, needles->lens,
+                        needles->count, text, len);
 }
 
 /* The length of the NUL-terminated ASCII string at body[pos:len], or -1 when it is not one
