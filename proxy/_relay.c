@@ -14,8 +14,8 @@
  *    written. The thread never closes a socket (the asyncio transports own them) and never
  *    touches a Python object (it runs without the GIL).
  *
- * A handback may come earlier than needed (a Describe of a statement, a frame over the buffer,
- * a name that is not ASCII): the Python session then does what it always did. Relaying, on the
+ * A handback may come earlier than needed (a Describe with 64 others unanswered, a frame over
+ * the buffer, a name that is not ASCII): the Python session then does what it always did. Relaying, on the
  * other hand, must be exactly what the session would do: tests/test_native.py checks it. */
 
 #define PY_SSIZE_T_CLEAN
@@ -40,6 +40,8 @@ typedef struct {
     Py_ssize_t count;
 } strings_t;
 
+#define MAX_DESCRIBES 64 /* more unanswered at once: the session takes them */
+
 typedef struct {
     const strings_t *needles; /* lower-case function names (proxy.intercept.needles) */
     strings_t names;          /* statements the session rewrote (Session._prepared) */
@@ -49,6 +51,11 @@ typedef struct {
     int64_t server_skip;
     int64_t syncs;       /* Queries and Syncs not yet answered by a ReadyForQuery */
     int status;          /* the last ReadyForQuery's status byte; -1: it had none */
+    /* Describes of statements the proxy did not rewrite, not yet answered, oldest first: for
+     * each, how many of `syncs` were sent before it (Session._inflight holds them in order, to
+     * tell their ParameterDescriptions from those of rewritten statements). */
+    int64_t ahead[MAX_DESCRIBES];
+    int describes;
 } walk_t;
 
 static void strings_free(strings_t *s) {
@@ -156,9 +163,9 @@ static int bind_is_plain(const walk_t *w, const unsigned char *b, Py_ssize_t len
     return pos == len && (formats == 0 || formats == 1 || formats == values);
 }
 
-/* A Close of a statement while `names` are rewritten: relayed when it is well formed (as
- * proxy.protocol.decode_target reads it) and names none of them. */
-static int close_is_plain(const walk_t *w, const unsigned char *b, Py_ssize_t len) {
+/* A Close or Describe of a statement while `names` are rewritten: relayed when it is well
+ * formed (as proxy.protocol.decode_target reads it) and names none of them. */
+static int statement_is_plain(const walk_t *w, const unsigned char *b, Py_ssize_t len) {
     Py_ssize_t name = ascii_cstring(b, 1, len);
     return name >= 0 && 1 + name + 1 == len && !is_name(&w->names, b + 1, name);
 }
@@ -177,10 +184,14 @@ static int client_frame_needs_python(walk_t *w, unsigned char code, const unsign
         return w->names.count && len > 0 && b[0] == 0 && is_name(&w->names, b, 0);
     case 'B':
         return !bind_is_plain(w, b, len);
-    case 'D': /* the session notes a Describe of a statement: it takes it over */
-        return len > 0 && b[0] == 'S';
+    case 'D': /* of a statement: noted, to match its ParameterDescription */
+        if (len == 0 || b[0] != 'S') return 0;
+        if (w->names.count && !statement_is_plain(w, b, len)) return 1;
+        if (w->describes == MAX_DESCRIBES) return 1;
+        w->ahead[w->describes++] = w->syncs;
+        return 0;
     case 'C':
-        return len > 0 && b[0] == 'S' && !close_is_plain(w, b, len);
+        return len > 0 && b[0] == 'S' && !statement_is_plain(w, b, len);
     }
     return 0;
 }
@@ -232,9 +243,34 @@ static Py_ssize_t walk_client(walk_t *w, const unsigned char *buf, Py_ssize_t le
     return pos;
 }
 
+/* Forgets up to `count` of the noted Describes sent after the last answered Query or Sync. */
+static void forget_describes(walk_t *w, int count) {
+    int n = 0;
+    while (n < w->describes && n < count && w->ahead[n] == 0) n++;
+    memmove(w->ahead, w->ahead + n, (size_t)(w->describes - n) * sizeof(w->ahead[0]));
+    w->describes -= n;
+}
+
+/* A whole ReadyForQuery, ErrorResponse or ParameterDescription: what it answers, as
+ * Session._server_frame counts it. */
+static void answered(walk_t *w, unsigned char code, const unsigned char *frame, int64_t length) {
+    if (code == 't') { /* answers the oldest Describe, if no Sync comes before it */
+        forget_describes(w, 1);
+        return;
+    }
+    forget_describes(w, MAX_DESCRIBES); /* an error skips the rest up to the Sync */
+    if (code != 'Z') return;
+    w->status = length > 4 ? frame[5] : -1;
+    if (w->syncs > 0) {
+        w->syncs--;
+        for (int i = 0; i < w->describes; i++) w->ahead[i]--;
+    }
+}
+
 /* The same for server bytes going to the client: every frame is relayed; a ReadyForQuery
- * answers the oldest Query or Sync. A BackendKeyData (the session registers cancel keys) or
- * a broken length is the session's. */
+ * answers the oldest Query or Sync, and with an ErrorResponse or a ParameterDescription, some
+ * noted Describes. A BackendKeyData (the session registers cancel keys) or a broken length is
+ * the session's. */
 static Py_ssize_t walk_server(walk_t *w, const unsigned char *buf, Py_ssize_t len, int *stop) {
     Py_ssize_t pos = 0;
     *stop = 0;
@@ -245,15 +281,15 @@ static Py_ssize_t walk_server(walk_t *w, const unsigned char *buf, Py_ssize_t le
     while (len - pos >= 5) {
         unsigned char code = buf[pos];
         int64_t length = frame_length(buf + pos + 1);
-        if (length < 4 || code == 'K' || (code == 'Z' && 1 + length > w->capacity)) {
+        int counted = code == 'Z' || code == 'E' || code == 't'; /* read whole */
+        if (length < 4 || code == 'K' || (counted && 1 + length > w->capacity)) {
             *stop = 1;
             break;
         }
         int64_t total = 1 + length, have = len - pos;
-        if (code == 'Z') {
+        if (counted) {
             if (total > have) break;
-            w->status = length > 4 ? buf[pos + 5] : -1;
-            if (w->syncs > 0) w->syncs--;
+            answered(w, code, buf + pos, length);
             pos += (Py_ssize_t)total;
             continue;
         }
@@ -281,36 +317,71 @@ typedef struct {
     strings_t needles;
 } WalkObject;
 
+/* The noted Describes from Python (Session.native_state): as many Syncs before each as
+ * before the one it follows, and no more than are pending. */
+static int describes_from(PyObject *obj, walk_t *w) {
+    PyObject *seq = PySequence_Fast(obj, "describes: expected a sequence of ints");
+    if (seq == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_DESCRIBES) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "more than %d describes", MAX_DESCRIBES);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long ahead = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (ahead == -1 && PyErr_Occurred()) break;
+        if (ahead < (i ? w->ahead[i - 1] : 0) || ahead > w->syncs) {
+            PyErr_SetString(PyExc_ValueError, "describes: out of order, or past the syncs");
+            break;
+        }
+        w->ahead[w->describes++] = ahead;
+    }
+    Py_DECREF(seq);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *describes_tuple(const walk_t *w) {
+    PyObject *t = PyTuple_New(w->describes);
+    for (int i = 0; t != NULL && i < w->describes; i++) {
+        PyObject *ahead = PyLong_FromLongLong((long long)w->ahead[i]);
+        if (ahead == NULL) Py_CLEAR(t);
+        else PyTuple_SET_ITEM(t, i, ahead);
+    }
+    return t;
+}
+
 static int walk_setup(walk_t *w, strings_t *needles_store, PyObject *needles, PyObject *names,
                       long long max_message, long long capacity, long long syncs,
-                      PyObject *status) {
+                      PyObject *describes, PyObject *status) {
     memset(w, 0, sizeof(*w));
     if (!PyBytes_Check(status) || PyBytes_GET_SIZE(status) > 1) {
         PyErr_SetString(PyExc_TypeError, "status must be bytes of length 0 or 1");
         return -1;
     }
+    w->syncs = syncs;
+    if (describes_from(describes, w) < 0) return -1;
     if (needles != NULL && strings_from(needles, needles_store) < 0) return -1;
     if (strings_from(names, &w->names) < 0) return -1;
     w->needles = needles_store;
     w->max_message = max_message;
     w->capacity = capacity;
-    w->syncs = syncs;
     w->status = PyBytes_GET_SIZE(status) ? (unsigned char)PyBytes_AS_STRING(status)[0] : -1;
     return 0;
 }
 
 static int Walk_init(WalkObject *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"needles", "names", "max_message", "capacity", "syncs", "status",
-                               NULL};
-    PyObject *needles, *names, *status;
+    static char *keywords[] = {"needles", "names",     "max_message", "capacity",
+                               "syncs",   "describes", "status",      NULL};
+    PyObject *needles, *names, *describes, *status;
     long long max_message, capacity, syncs;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLLLO", keywords, &needles, &names,
-                                     &max_message, &capacity, &syncs, &status))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLLLOO", keywords, &needles, &names,
+                                     &max_message, &capacity, &syncs, &describes, &status))
         return -1;
     strings_free(&self->needles);
     strings_free(&self->walk.names);
     return walk_setup(&self->walk, &self->needles, needles, names, max_message, capacity, syncs,
-                      status);
+                      describes, status);
 }
 
 static void Walk_dealloc(WalkObject *self) {
@@ -342,8 +413,8 @@ static PyObject *Walk_server(WalkObject *self, PyObject *data) {
 
 static PyObject *Walk_state(WalkObject *self, PyObject *unused) {
     walk_t *w = &self->walk;
-    return Py_BuildValue("(LLLN)", (long long)w->client_skip, (long long)w->server_skip,
-                         (long long)w->syncs, status_bytes(w->status));
+    return Py_BuildValue("(LLLNN)", (long long)w->client_skip, (long long)w->server_skip,
+                         (long long)w->syncs, describes_tuple(w), status_bytes(w->status));
 }
 
 static PyMethodDef walk_methods[] = {
@@ -351,7 +422,7 @@ static PyMethodDef walk_methods[] = {
      "client(data) -> (bytes to relay, stop): the walk over unrelayed client bytes"},
     {"server", (PyCFunction)Walk_server, METH_O, "server(data) -> (bytes to relay, stop)"},
     {"state", (PyCFunction)Walk_state, METH_NOARGS,
-     "state() -> (client_skip, server_skip, syncs, status)"},
+     "state() -> (client_skip, server_skip, syncs, describes, status)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -363,7 +434,8 @@ static PyTypeObject WalkType = {
     .tp_init = (initproc)Walk_init,
     .tp_dealloc = (destructor)Walk_dealloc,
     .tp_methods = walk_methods,
-    .tp_doc = "Walk(needles, names, max_message, capacity, syncs, status): the native walk",
+    .tp_doc = "Walk(needles, names, max_message, capacity, syncs, describes, status): the native "
+              "walk",
 };
 
 /* --- the relay thread --------------------------------------------------------------------- */
@@ -627,12 +699,13 @@ static Py_ssize_t free_slot(RelayObject *r) {
     return first;
 }
 
-/* adopt(client_fd, server_fd, names, syncs, status) -> handle */
+/* adopt(client_fd, server_fd, names, syncs, describes, status) -> handle */
 static PyObject *Relay_adopt(RelayObject *self, PyObject *args) {
     int client_fd, server_fd;
-    PyObject *names, *status;
+    PyObject *names, *describes, *status;
     long long syncs;
-    if (!PyArg_ParseTuple(args, "iiOLO", &client_fd, &server_fd, &names, &syncs, &status))
+    if (!PyArg_ParseTuple(args, "iiOLOO", &client_fd, &server_fd, &names, &syncs, &describes,
+                          &status))
         return NULL;
     if (!self->started) {
         PyErr_SetString(PyExc_RuntimeError, "the relay is stopped");
@@ -646,8 +719,8 @@ static PyObject *Relay_adopt(RelayObject *self, PyObject *args) {
         pair_free(p);
         return PyErr_NoMemory();
     }
-    if (walk_setup(&p->walk, NULL, NULL, names, self->max_message, BUFFER_SIZE, syncs, status) <
-        0) {
+    if (walk_setup(&p->walk, NULL, NULL, names, self->max_message, BUFFER_SIZE, syncs, describes,
+                   status) < 0) {
         pair_free(p);
         return NULL;
     }
@@ -680,17 +753,17 @@ static PyObject *Relay_adopt(RelayObject *self, PyObject *args) {
 }
 
 /* What Python needs to carry on: (ended, to_server, to_client, client_rest, server_rest,
- * client_skip, server_skip, syncs, status). to_*: relayed by the walk, not yet sent; *_rest:
- * read, not yet walked. */
+ * client_skip, server_skip, syncs, describes, status). to_*: relayed by the walk, not yet
+ * sent; *_rest: read, not yet walked. */
 static PyObject *handback_tuple(pair_t *p) {
     direction_t *up = &p->to[SERVER], *down = &p->to[CLIENT];
     walk_t *w = &p->walk;
     return Py_BuildValue(
-        "(Oy#y#y#y#LLLN)", p->state == ENDED ? Py_True : Py_False, up->buf + up->sent,
+        "(Oy#y#y#y#LLLNN)", p->state == ENDED ? Py_True : Py_False, up->buf + up->sent,
         up->walked - up->sent, down->buf + down->sent, down->walked - down->sent,
         up->buf + up->walked, up->len - up->walked, down->buf + down->walked,
         down->len - down->walked, (long long)w->client_skip, (long long)w->server_skip,
-        (long long)w->syncs, status_bytes(w->status));
+        (long long)w->syncs, describes_tuple(w), status_bytes(w->status));
 }
 
 static void forget_returned(RelayObject *r, Py_ssize_t handle) {
@@ -779,7 +852,7 @@ static PyObject *Relay_notify_fd(RelayObject *self, void *closure) {
 
 static PyMethodDef relay_methods[] = {
     {"adopt", (PyCFunction)Relay_adopt, METH_VARARGS,
-     "adopt(client_fd, server_fd, names, syncs, status) -> handle"},
+     "adopt(client_fd, server_fd, names, syncs, describes, status) -> handle"},
     {"release", (PyCFunction)Relay_release, METH_O, "release(handle) -> handback or None"},
     {"take", (PyCFunction)Relay_take, METH_NOARGS, "take() -> [(handle, handback)]"},
     {"close", (PyCFunction)Relay_close, METH_NOARGS, "stops the thread"},
@@ -813,7 +886,8 @@ PyMODINIT_FUNC PyInit__relay(void) {
     Py_INCREF(&RelayType);
     if (PyModule_AddObject(m, "Walk", (PyObject *)&WalkType) < 0 ||
         PyModule_AddObject(m, "Relay", (PyObject *)&RelayType) < 0 ||
-        PyModule_AddIntConstant(m, "BUFFER_SIZE", BUFFER_SIZE) < 0)
+        PyModule_AddIntConstant(m, "BUFFER_SIZE", BUFFER_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_DESCRIBES", MAX_DESCRIBES) < 0)
         return NULL;
     return m;
 }

@@ -4,7 +4,7 @@ The asyncio server (proxy/server.py) is the control plane: it accepts, negotiate
 clients in, runs engine calls. Once a session is between exchanges it hands the two sockets to
 the relay thread, which moves bytes between them with epoll, frame by frame, and never enters
 Python for ordinary SQL. When a frame needs the session (a Query or Parse naming an iasql
-function, a Describe of a statement, a use of a statement the proxy rewrote), or a socket ends,
+function, a use of a statement the proxy rewrote), or a socket ends,
 the thread stops relaying that session and hands it back with the bytes it had not relayed;
 the asyncio side carries on from there, and hands it over again at the next quiet moment.
 
@@ -27,6 +27,8 @@ except ImportError:  # built without a C compiler: the asyncio relay does everyt
 log = logging.getLogger("iasql.proxy")
 AVAILABLE = _relay is not None
 BUFFER_SIZE: int = _relay.BUFFER_SIZE if _relay is not None else 0  # bytes, each way, per session
+# Unanswered Describes of statements the thread can hold for a session (see Handback.describes)
+MAX_DESCRIBES: int = _relay.MAX_DESCRIBES if _relay is not None else 0
 MODES = ("auto", "native", "python")  # iasql serve --relay
 
 
@@ -42,6 +44,9 @@ class Handback:
     client_skip: int  # bytes of a frame half relayed, still to come
     server_skip: int
     syncs: int  # Queries and Syncs awaiting a ReadyForQuery
+    # Describes of statements awaiting their answer, oldest first: how many of `syncs` were
+    # sent before each (Session.native_state)
+    describes: tuple[int, ...]
     status: bytes  # the last ReadyForQuery's
 
 
@@ -57,13 +62,14 @@ def Walk(
     max_message: int,
     capacity: int,
     syncs: int,
+    describes: tuple[int, ...],
     status: bytes,
 ) -> Any:
     """The relay thread's walk over Python bytes, for tests: .client(data) and .server(data)
     return (bytes that may be relayed, stop), .state() (client_skip, server_skip, syncs,
-    status)."""
+    describes, status)."""
     assert _relay is not None
-    return _relay.Walk(needles, names, max_message, capacity, syncs, status)
+    return _relay.Walk(needles, names, max_message, capacity, syncs, describes, status)
 
 
 class NativePlane:
@@ -89,12 +95,13 @@ class NativePlane:
         server_fd: int,
         names: tuple[bytes, ...],
         syncs: int,
+        describes: tuple[int, ...],
         status: bytes,
     ) -> int:
         """The thread relays these sockets from now on; the caller must neither read nor write
         them until it is handed back (Owner.native_returned) or calls release(). OSError: not
         adopted."""
-        handle: int = self._relay.adopt(client_fd, server_fd, names, syncs, status)
+        handle: int = self._relay.adopt(client_fd, server_fd, names, syncs, describes, status)
         self._owners[handle] = owner
         return handle
 

@@ -340,15 +340,20 @@ class ClientConnection(asyncio.Protocol):
         ):
             return
         state = self.session.native_state()
-        if state is None:
+        if state is None or len(state.describes) > native.MAX_DESCRIBES:
             return
-        names, syncs = state
         self.client.pause_reading()
         self.backend.pause_reading()
         try:
             client_fd, server_fd = self.native_fds
             self.native_handle = plane.adopt(
-                self, client_fd, server_fd, names, syncs, self.session.status
+                self,
+                client_fd,
+                server_fd,
+                state.names,
+                state.syncs,
+                state.describes,
+                self.session.status,
             )
         except Exception as exc:  # not adopted (out of descriptors, of memory): stay here
             log.warning("the native relay could not take a session: %s", exc)
@@ -396,7 +401,11 @@ class ClientConnection(asyncio.Protocol):
         if handback.to_client:
             self.client.write(handback.to_client)
         self.session.resume_after_native(
-            handback.syncs, handback.status, handback.client_skip, handback.server_skip
+            handback.syncs,
+            handback.describes,
+            handback.status,
+            handback.client_skip,
+            handback.server_skip,
         )
 
     async def start_tls(self) -> None:

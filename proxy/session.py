@@ -17,7 +17,7 @@ import struct
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.contract import EngineError, FunctionSpec, Row, SqlArgument
 from proxy import protocol as pg
@@ -105,6 +105,17 @@ Event = (
     | LookupRole
 )
 _NO_EVENTS: tuple[Event, ...] = ()
+
+
+class NativeState(NamedTuple):
+    """What the native relay (proxy/native.py) takes over with a session."""
+
+    names: tuple[bytes, ...]  # the statements the proxy rewrote
+    syncs: int  # Queries and Syncs awaiting a ReadyForQuery
+    # Describes of other statements awaiting their answer, oldest first: how many of the
+    # syncs were sent before each (their ParameterDescriptions are relayed as they are)
+    describes: tuple[int, ...]
+
 
 # --- what the session remembers about requests in flight -------------------------------------
 
@@ -272,9 +283,9 @@ class Session:
     # rewrote. The native relay keeps that state while it relays; these two methods hand it
     # over and take it back.
 
-    def native_state(self) -> tuple[tuple[bytes, ...], int] | None:
-        """(the rewritten statements' names, requests awaiting a ReadyForQuery) when the
-        session is between exchanges and its state is that small; else None."""
+    def native_state(self) -> NativeState | None:
+        """What the native relay needs to take the session over, when it is between exchanges
+        and its state is that small; else None."""
         if (
             not self._authenticated
             or self.blocked
@@ -290,16 +301,34 @@ class Session:
             or self._notices
         ):
             return None
-        if any(entry is not _SYNC for entry in self._inflight):
-            return None
-        return tuple(name.encode() for name in self._prepared), len(self._inflight)
+        syncs, describes = 0, []
+        for entry in self._inflight:
+            if entry is _SYNC:
+                syncs += 1
+            elif isinstance(entry, _Describe) and entry.client_params is None:
+                describes.append(syncs)
+            else:
+                return None
+        names = tuple(name.encode() for name in self._prepared)
+        return NativeState(names, syncs, tuple(describes))
 
     def resume_after_native(
-        self, syncs: int, status: bytes, client_skip: int, server_skip: int
+        self,
+        syncs: int,
+        describes: tuple[int, ...],
+        status: bytes,
+        client_skip: int,
+        server_skip: int,
     ) -> None:
         """The native relay handed the session back with this state (see native_state); the
         bytes it read and did not relay are fed next, through client_data and server_data."""
-        self._inflight = deque([_SYNC] * syncs)
+        self._inflight = deque()
+        sent = 0
+        for ahead in describes:  # in order, each at most syncs
+            self._inflight.extend([_SYNC] * (ahead - sent))
+            self._inflight.append(_PLAIN_DESCRIBE)
+            sent = ahead
+        self._inflight.extend([_SYNC] * (syncs - sent))
         self.status = status
         self._client_skip = client_skip
         self._server_skip = server_skip

@@ -70,6 +70,9 @@ CLIENT_FRAMES = [
     frame(b"B", "\x00é\x00\x00\x00\x00\x00\x00\x00".encode()),  # a name that is not ASCII
     frame(b"D", b"P\x00"),
     frame(b"D", b"SP_0\x00"),
+    frame(b"D", b"Ss1\x00"),  # describes a statement the proxy rewrote
+    frame(b"D", b"S\x00"),
+    frame(b"D", b"SP_0"),  # malformed
     frame(b"D", b""),
     frame(b"C", b"Ss1\x00"),
     frame(b"C", b"SP_0\x00"),
@@ -99,6 +102,7 @@ SERVER_FRAMES = [
     pg.ready_for_query(b"T"),
     frame(b"Z", b""),
     pg.error_response("42P01", "relation does not exist"),
+    pg.error_response("26000", "x"),  # short enough for the smallest buffer
     frame(b"2", b""),
     frame(b"1", b""),
     frame(b"t", b"\x00\x01\x00\x00\x00\x17"),
@@ -151,13 +155,14 @@ class Output:
         )
 
 
-def prepared_session(rewritten: tuple[str, ...], pending: int) -> Session:
-    """A logged-in session that rewrote these statements and awaits `pending` answers."""
+def prepared_session(rewritten: tuple[str, ...], pending: str) -> Session:
+    """A logged-in session that rewrote these statements and awaits the answers to `pending`:
+    Q a Query, D a Describe of a statement it did not rewrite."""
     session = started_session()
     for name in rewritten:
         session.client_data(pg.parse(name, "SELECT * FROM iasql_version()", []))
-    for _ in range(pending):
-        session.client_data(pg.query("SELECT 1"))
+    for code in pending:
+        session.client_data(pg.query("SELECT 1") if code == "Q" else frame(b"D", b"SP_0\x00"))
     return session
 
 
@@ -186,17 +191,17 @@ part = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     parts=st.lists(part, max_size=10),
     rewritten=st.sampled_from([(), ("s1",), ("s1", "")]),
-    pending=st.integers(0, 2),
+    pending=st.text("QD", max_size=4),
     capacity=st.sampled_from([24, 64, 4096]),
 )
 def test_the_native_walk_relays_and_hands_back_what_the_session_would(
     parts: list[tuple[str, list[bytes], list[int]]],
     rewritten: tuple[str, ...],
-    pending: int,
+    pending: str,
     capacity: int,
 ) -> None:
     script = chunks_of(parts)
@@ -207,9 +212,12 @@ def test_the_native_walk_relays_and_hands_back_what_the_session_would(
 
     state = handed.native_state()
     assert state is not None
-    names, syncs = state
-    assert syncs == pending and set(names) == {n.encode() for n in rewritten}
-    walk = native.Walk(needles(CATALOG), names, handed.max_message, capacity, syncs, handed.status)
+    names, syncs, describes = state
+    assert syncs == pending.count("Q") and set(names) == {n.encode() for n in rewritten}
+    assert describes == tuple(pending[:i].count("Q") for i, c in enumerate(pending) if c == "D")
+    walk = native.Walk(
+        needles(CATALOG), names, handed.max_message, capacity, syncs, describes, handed.status
+    )
     unwalked = {CLIENT: b"", SERVER: b""}
     steps = iter(script)
     for side, chunk in steps:
@@ -224,8 +232,8 @@ def test_the_native_walk_relays_and_hands_back_what_the_session_would(
             break
     # Handed back: at a stop, or at the end (as when the connection closes): the session goes
     # on from the walk's state with the bytes it had not walked, then with the rest.
-    client_skip, server_skip, syncs, status = walk.state()
-    handed.resume_after_native(syncs, status, client_skip, server_skip)
+    client_skip, server_skip, syncs, describes, status = walk.state()
+    handed.resume_after_native(syncs, describes, status, client_skip, server_skip)
     if unwalked[SERVER]:
         ours.relay(handed, SERVER, unwalked[SERVER])
     if unwalked[CLIENT]:
@@ -243,19 +251,35 @@ def test_the_native_walk_relays_and_hands_back_what_the_session_would(
 def test_the_walk_stops_at_the_frames_the_session_needs() -> None:
     plain = pg.query("SELECT 1")
     call = pg.query("SELECT iasql_version()")
-    walk = native.Walk(needles(CATALOG), (), 4096, 4096, 0, b"I")
+    walk = native.Walk(needles(CATALOG), (), 4096, 4096, 0, (), b"I")
     assert walk.client(plain + plain) == (2 * len(plain), False)
     assert walk.client(plain + call + plain) == (len(plain), True)
     assert walk.client(plain[:-1]) == (0, False)  # a Query is walked whole
     assert walk.state()[2] == 3  # three Queries await their ReadyForQuery
     assert walk.server(pg.ready_for_query(b"T")) == (6, False)
-    assert walk.state()[2:] == (2, b"T")
+    assert walk.state()[2:] == (2, (), b"T")
     copy = frame(b"d", b"x" * 3000)
     assert walk.client(copy[:100]) == (100, False)  # streamed: the rest is skipped over
     assert walk.state()[0] == len(copy) - 100
-    rewritten = native.Walk(needles(CATALOG), (b"s1",), 4096, 4096, 0, b"I")
+    rewritten = native.Walk(needles(CATALOG), (b"s1",), 4096, 4096, 0, (), b"I")
     assert rewritten.client(pg.Bind("", "s1", [], [], []).encode())[1]
     assert not rewritten.client(pg.Bind("", "s2", [], [], []).encode())[1]
+    assert rewritten.client(frame(b"D", b"Ss1\x00"))[1]  # its parameters are trimmed
+
+
+def test_the_walk_matches_describes_to_their_answers() -> None:
+    describe, sync = frame(b"D", b"SP_0\x00"), frame(b"S", b"")
+    walk = native.Walk(needles(CATALOG), (), 4096, 4096, 0, (), b"I")
+    assert walk.client(describe + sync + describe + describe) == (3 * len(describe) + 5, False)
+    assert walk.state()[2:4] == (1, (0, 1, 1))  # the last two follow the Sync
+    walk.server(frame(b"t", b"\x00\x00"))
+    assert walk.state()[2:4] == (1, (1, 1))
+    walk.server(pg.ready_for_query(b"I"))
+    assert walk.state()[2:4] == (0, (0, 0))
+    walk.server(pg.error_response("26000", "no such statement"))  # answers both
+    assert walk.state()[2:4] == (0, ())
+    full = native.Walk(needles(CATALOG), (), 4096, 4096, 0, (0,) * native.MAX_DESCRIBES, b"I")
+    assert full.client(describe) == (0, True)  # one more: the session takes over
 
 
 # --- a server on the native plane -------------------------------------------------------------
@@ -355,6 +379,23 @@ async def test_prepared_iasql_statements_and_plain_ones_on_one_connection(
             await conn.execute("CREATE TEMP TABLE numbers (n int)")
             await conn.executemany("INSERT INTO numbers VALUES ($1)", [(n,) for n in range(500)])
         assert await conn.fetchval("SELECT sum(n) FROM numbers") == sum(range(500))
+    finally:
+        await conn.close()
+
+
+async def test_describes_of_plain_statements_stay_on_the_thread(server: NativeServer) -> None:
+    # No statement cache: asyncpg sends Parse, Describe and Sync before every query.
+    conn = await asyncpg.connect(server.dsn(), statement_cache_size=0)
+    try:
+        server.wait_native(1)
+        before = server.handbacks()
+        for i in range(50):
+            assert await conn.fetchval(f"SELECT $1::int + {i}", i) == 2 * i
+        assert (server.handbacks() - before, server.native_sessions()) == (0, 1)
+        # An iasql call in between goes to Python and back; the plain ones go on as before.
+        assert await conn.fetchval("SELECT iasql_version()") == "0.1.0"
+        server.wait_native(1)
+        assert await conn.fetchval("SELECT $1::text", "after") == "after"
     finally:
         await conn.close()
 
@@ -486,7 +527,7 @@ async def test_the_thread_relays_and_loses_nothing_when_a_peer_closes() -> None:
         sock.setblocking(False)
     owner = Returned()
     try:
-        plane.adopt(owner, client_side.fileno(), server_side.fileno(), (), 0, b"I")
+        plane.adopt(owner, client_side.fileno(), server_side.fileno(), (), 0, (), b"I")
         query, answer = (
             pg.query("SELECT 1"),
             frame(b"C", b"SELECT 1\x00") + pg.ready_for_query(b"I"),
