@@ -506,19 +506,28 @@ def raise_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwinds through the ExitStack like a Ctrl-C
 
 
-def main() -> int:
-    args = parse_args()
+def run(
+    name: str,
+    body: Callable[[argparse.Namespace, contextlib.ExitStack], None],
+    args: argparse.Namespace,
+) -> int:
+    """Runs a benchmark whose processes and files `body` puts on the stack: a failure is one
+    line, and a Ctrl-C or SIGTERM stops them in order. The exit code."""
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
         with contextlib.ExitStack() as stack:
-            bench(args, stack)
+            body(args, stack)
     except (BenchError, PostgresError) as exc:
-        print(f"proxy_overhead: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("proxy_overhead: interrupted; cleaned up", file=sys.stderr)
+        print(f"{name}: interrupted; cleaned up", file=sys.stderr)
         return 130
     return 0
+
+
+def main() -> int:
+    return run("proxy_overhead", bench, parse_args())
 
 
 if __name__ == "__main__":
