@@ -121,7 +121,7 @@ static PyObject *find_any(PyObject *self, PyObject *const *args, Py_ssize_t narg
         needles[i] = (const unsigned char *)PyBytes_AS_STRING(needle);
         lens[i] = PyBytes_GET_SIZE(needle);
     }
-    int found = end > start && holds_needle(needles, lens, count, data + start, end - start);
+    int found = holds_needle(needles, lens, count, data + start, end > start ? end - start : 0);
     result = Py_NewRef(found ? Py_True : Py_False);
 done:
     if (needles != few) PyMem_Free(needles);

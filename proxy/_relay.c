@@ -5,8 +5,10 @@
  *    direction has read and not yet relayed, how many of them may go on untouched, and does
  *    the next frame need the Python session? It reads frame headers, and the bodies of only
  *    the frames proxy/session.py would look into: a Query or Parse (does it name an iasql
- *    function?), and while statements are rewritten, a Bind, Describe or Close (of one of
- *    them?). The `Walk` type runs it on Python bytes, for the differential tests.
+ *    function?), a Describe, and while statements are rewritten, a Bind or Close (of one of
+ *    them?). From the server it reads whole the frames that answer what the session counts:
+ *    ReadyForQuery, ErrorResponse, ParameterDescription. The `Walk` type runs it on Python
+ *    bytes, for the differential tests.
  *  - the relay (`Relay`): one thread, one epoll set, moving bytes between the two sockets of
  *    each adopted session through the walk. When the walk stops, a socket ends or fails, the
  *    session goes back to Python ("handed back"): its socket file descriptors leave the epoll
@@ -269,8 +271,10 @@ static void answered(walk_t *w, unsigned char code, const unsigned char *frame, 
 
 /* The same for server bytes going to the client: every frame is relayed; a ReadyForQuery
  * answers the oldest Query or Sync, and with an ErrorResponse or a ParameterDescription, some
- * noted Describes. A BackendKeyData (the session registers cancel keys) or a broken length is
- * the session's. */
+ * noted Describes. Those three are read whole, always (were an ErrorResponse streamed while
+ * no Describe waits, one noted before its end would be forgotten by the session and kept
+ * here), so one over the buffer is the session's, as are a BackendKeyData (the session
+ * registers cancel keys) and a broken length. */
 static Py_ssize_t walk_server(walk_t *w, const unsigned char *buf, Py_ssize_t len, int *stop) {
     Py_ssize_t pos = 0;
     *stop = 0;
@@ -393,6 +397,10 @@ static void Walk_dealloc(WalkObject *self) {
 typedef Py_ssize_t (*walk_fn)(walk_t *, const unsigned char *, Py_ssize_t, int *);
 
 static PyObject *walk_call(WalkObject *self, PyObject *data, walk_fn fn) {
+    if (self->walk.needles == NULL) { /* never initialized, or a second __init__ failed */
+        PyErr_SetString(PyExc_RuntimeError, "the Walk is not set up");
+        return NULL;
+    }
     if (!PyBytes_Check(data)) {
         PyErr_SetString(PyExc_TypeError, "expected bytes");
         return NULL;
@@ -413,8 +421,10 @@ static PyObject *Walk_server(WalkObject *self, PyObject *data) {
 
 static PyObject *Walk_state(WalkObject *self, PyObject *unused) {
     walk_t *w = &self->walk;
+    PyObject *describes = describes_tuple(w);
+    if (describes == NULL) return NULL;
     return Py_BuildValue("(LLLNN)", (long long)w->client_skip, (long long)w->server_skip,
-                         (long long)w->syncs, describes_tuple(w), status_bytes(w->status));
+                         (long long)w->syncs, describes, status_bytes(w->status));
 }
 
 static PyMethodDef walk_methods[] = {
@@ -758,12 +768,14 @@ static PyObject *Relay_adopt(RelayObject *self, PyObject *args) {
 static PyObject *handback_tuple(pair_t *p) {
     direction_t *up = &p->to[SERVER], *down = &p->to[CLIENT];
     walk_t *w = &p->walk;
+    PyObject *describes = describes_tuple(w);
+    if (describes == NULL) return NULL;
     return Py_BuildValue(
         "(Oy#y#y#y#LLLNN)", p->state == ENDED ? Py_True : Py_False, up->buf + up->sent,
         up->walked - up->sent, down->buf + down->sent, down->walked - down->sent,
         up->buf + up->walked, up->len - up->walked, down->buf + down->walked,
         down->len - down->walked, (long long)w->client_skip, (long long)w->server_skip,
-        (long long)w->syncs, describes_tuple(w), status_bytes(w->status));
+        (long long)w->syncs, describes, status_bytes(w->status));
 }
 
 static void forget_returned(RelayObject *r, Py_ssize_t handle) {

@@ -4,6 +4,9 @@
 #ifndef IASQL_TEXT_H
 #define IASQL_TEXT_H
 
+#ifndef PY_SSIZE_T_CLEAN
+#error "define PY_SSIZE_T_CLEAN and include Python.h before _text.h"
+#endif
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>

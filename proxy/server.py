@@ -340,7 +340,8 @@ class ClientConnection(asyncio.Protocol):
         ):
             return
         state = self.session.native_state()
-        if state is None or len(state.describes) > native.MAX_DESCRIBES:
+        # Room for more Describes: a client pipelining over the limit would bounce back and forth.
+        if state is None or len(state.describes) > native.MAX_DESCRIBES // 2:
             return
         self.client.pause_reading()
         self.backend.pause_reading()

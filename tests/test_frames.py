@@ -139,6 +139,9 @@ def test_name_search_examples() -> None:
     assert not frames.find_any(names, b"x key_pair_name", 0, 15)
     assert frames.find_any(names, b"SELECT REFRESH()", 0, 16)  # no underscore in the needle
     assert not frames.find_any(names, b"__iasql", 0, 7)
+    many = tuple(f"fn_{i:03d}".encode() for i in range(300))  # past the C code's stack arrays
+    assert frames.find_any(many, b"select FN_299(1)", 0, 16)
+    assert not frames.find_any(many, b"select fn_300(1)", 0, 16)
 
 
 def relay_client(session: Session, data: bytes) -> bytes:

@@ -231,13 +231,14 @@ def test_the_native_walk_relays_and_hands_back_what_the_session_would(
         if stop:
             break
     # Handed back: at a stop, or at the end (as when the connection closes): the session goes
-    # on from the walk's state with the bytes it had not walked, then with the rest.
+    # on from the walk's state with the bytes it had not walked (client first, as
+    # ClientConnection.native_returned feeds them), then with the rest.
     client_skip, server_skip, syncs, describes, status = walk.state()
     handed.resume_after_native(syncs, describes, status, client_skip, server_skip)
-    if unwalked[SERVER]:
-        ours.relay(handed, SERVER, unwalked[SERVER])
     if unwalked[CLIENT]:
         ours.relay(handed, CLIENT, unwalked[CLIENT])
+    if unwalked[SERVER]:
+        ours.relay(handed, SERVER, unwalked[SERVER])
     for side, chunk in steps:
         ours.relay(handed, side, chunk)
 
