@@ -17,8 +17,9 @@
  *    touches a Python object (it runs without the GIL).
  *
  * A handback may come earlier than needed (a Describe with 64 others unanswered, a frame over
- * the buffer, a name that is not ASCII): the Python session then does what it always did. Relaying, on the
- * other hand, must be exactly what the session would do: tests/test_native.py checks it. */
+ * the buffer, a name that is not ASCII): the Python session then does what it always did.
+ * Relaying, on the other hand, must be exactly what the session would do: tests/test_native.py
+ * checks it. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -4,9 +4,9 @@ The asyncio server (proxy/server.py) is the control plane: it accepts, negotiate
 clients in, runs engine calls. Once a session is between exchanges it hands the two sockets to
 the relay thread, which moves bytes between them with epoll, frame by frame, and never enters
 Python for ordinary SQL. When a frame needs the session (a Query or Parse naming an iasql
-function, a use of a statement the proxy rewrote), or a socket ends,
-the thread stops relaying that session and hands it back with the bytes it had not relayed;
-the asyncio side carries on from there, and hands it over again at the next quiet moment.
+function, a use of a statement the proxy rewrote), or a socket ends, the thread stops relaying
+that session and hands it back with the bytes it had not relayed; the asyncio side carries on
+from there, and hands it over again at the next quiet moment.
 
 Without a C compiler at install (or off Linux) `proxy._relay` is missing, AVAILABLE is False,
 and every session stays on the asyncio relay.

@@ -280,8 +280,9 @@ class Session:
     # --- the native data plane (proxy/native.py) -------------------------------------------
     # Between two exchanges the proxy takes part in, a session's state is small: how many
     # Queries and Syncs await a ReadyForQuery, which Describes of statements it did not
-    # rewrite await their answer, the last status, and which statements it rewrote. The native relay keeps that state while it relays; these two methods hand it
-    # over and take it back.
+    # rewrite await their answer, the last status, and which statements it rewrote. The
+    # native relay keeps that state while it relays; these two methods hand it over and take
+    # it back.
 
     def native_state(self) -> NativeState | None:
         """What the native relay needs to take the session over, when it is between exchanges
