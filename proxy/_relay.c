@@ -205,16 +205,27 @@ static int read_whole(const walk_t *w, unsigned char code) {
            (w->names.count && (code == 'B' || code == 'C'));
 }
 
+/* Bytes at the start of a chunk that finish a frame relayed in part: they go on as they are. */
+static Py_ssize_t rest_of_frame(int64_t *skip, Py_ssize_t len) {
+    Py_ssize_t n = *skip < len ? (Py_ssize_t)*skip : len;
+    *skip -= n;
+    return n;
+}
+
+/* A frame of `total` bytes at buf[pos:len] relayed as it comes: where the walk goes on. What
+ * has not arrived yet is left in *skip, for the next chunks. */
+static Py_ssize_t stream_frame(int64_t *skip, int64_t total, Py_ssize_t pos, Py_ssize_t len) {
+    if (total <= len - pos) return pos + (Py_ssize_t)total;
+    *skip = total - (len - pos);
+    return len;
+}
+
 /* How many bytes of buf[0:len] (client bytes not yet relayed) may go to the server as they
  * are. *stop is set when the frame that follows them is the Python session's (or breaks the
  * protocol, which the session reports); otherwise what follows is a frame still incomplete. */
 static Py_ssize_t walk_client(walk_t *w, const unsigned char *buf, Py_ssize_t len, int *stop) {
-    Py_ssize_t pos = 0;
+    Py_ssize_t pos = rest_of_frame(&w->client_skip, len);
     *stop = 0;
-    if (w->client_skip) {
-        pos = w->client_skip < len ? (Py_ssize_t)w->client_skip : len;
-        w->client_skip -= pos;
-    }
     while (len - pos >= 5) {
         unsigned char code = buf[pos];
         int64_t length = frame_length(buf + pos + 1);
@@ -236,12 +247,7 @@ static Py_ssize_t walk_client(walk_t *w, const unsigned char *buf, Py_ssize_t le
             continue;
         }
         if (code == 'S' || code == 'F') w->syncs++; /* each answered by one ReadyForQuery */
-        if (total > have) {
-            w->client_skip = total - have;
-            pos = len;
-            break;
-        }
-        pos += (Py_ssize_t)total;
+        pos = stream_frame(&w->client_skip, total, pos, len);
     }
     return pos;
 }
@@ -277,12 +283,8 @@ static void answered(walk_t *w, unsigned char code, const unsigned char *frame, 
  * here), so one over the buffer is the session's, as are a BackendKeyData (the session
  * registers cancel keys) and a broken length. */
 static Py_ssize_t walk_server(walk_t *w, const unsigned char *buf, Py_ssize_t len, int *stop) {
-    Py_ssize_t pos = 0;
+    Py_ssize_t pos = rest_of_frame(&w->server_skip, len);
     *stop = 0;
-    if (w->server_skip) {
-        pos = w->server_skip < len ? (Py_ssize_t)w->server_skip : len;
-        w->server_skip -= pos;
-    }
     while (len - pos >= 5) {
         unsigned char code = buf[pos];
         int64_t length = frame_length(buf + pos + 1);
@@ -298,12 +300,7 @@ static Py_ssize_t walk_server(walk_t *w, const unsigned char *buf, Py_ssize_t le
             pos += (Py_ssize_t)total;
             continue;
         }
-        if (total > have) {
-            w->server_skip = total - have;
-            pos = len;
-            break;
-        }
-        pos += (Py_ssize_t)total;
+        pos = stream_frame(&w->server_skip, total, pos, len);
     }
     return pos;
 }
