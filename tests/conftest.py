@@ -4,29 +4,31 @@ Fixtures only; the helpers they and the tests share are in `tests/support/`."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import psycopg
 import pytest
-import uvloop
 
-from engine import Engine, EngineConfig
-from engine.admin import PublicAddress
 from engine.transaction import TransactionSettings
 from iasql.certs import ensure_certificate, names_for
-from iasql.postgres import LocalPostgres, free_port
+from iasql.postgres import LocalPostgres
 from iasql.sandbox import MotoServer
-from proxy.server import BackendAddress, ProxyServer
+from proxy.server import ProxyServer
 from proxy.tls import server_context
-from tests.support.env import PASSWORD, SUPERUSER, RunningServer, TlsServer, reachable_tempdir
+from tests.support.env import (
+    PASSWORD,
+    SUPERUSER,
+    RunningServer,
+    TlsServer,
+    in_process_server,
+    reachable_tempdir,
+)
 
 
 @pytest.fixture(scope="session")
@@ -47,28 +49,9 @@ def postgres() -> Iterator[LocalPostgres]:
 
 @pytest.fixture(scope="session")
 def iasql(postgres: LocalPostgres) -> Iterator[RunningServer]:
-    loop = uvloop.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="iasql-server", daemon=True)
-    thread.start()
-    port = free_port()
-    address = PublicAddress("127.0.0.1", port)
-    engine = Engine(
-        EngineConfig(postgres.dsn(), address, transactions=TransactionSettings(begin_timeout=1.0))
-    )
-
-    async def start() -> ProxyServer:
-        await engine.start()
-        proxy = ProxyServer(engine, BackendAddress("127.0.0.1", postgres.port), max_message=1 << 20)
-        await proxy.listen("127.0.0.1", port)
-        return proxy
-
-    proxy = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    server = RunningServer("127.0.0.1", port, loop, proxy)
-    yield server
-    asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(30)
-    asyncio.run_coroutine_threadsafe(engine.close(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    settings = {"transactions": TransactionSettings(begin_timeout=1.0)}
+    with in_process_server(postgres, "iasql-server", settings) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

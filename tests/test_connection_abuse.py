@@ -18,7 +18,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,17 +26,14 @@ from pathlib import Path
 import asyncpg
 import psycopg
 import pytest
-import uvloop
 
-from engine import Engine, EngineConfig
-from engine.admin import PublicAddress
 from iasql.postgres import LocalPostgres, free_port
 from proxy import protocol as pg
 from proxy.login import UNVERIFIABLE
 from proxy.roles import RoleDirectory
-from proxy.server import BackendAddress, ProxyServer
+from proxy.server import ProxyServer
 from tests.support.cli import cli_env
-from tests.support.env import PASSWORD, SUPERUSER, RunningServer
+from tests.support.env import PASSWORD, SUPERUSER, RunningServer, in_process_server
 
 AUTH_TIMEOUT = 1.0
 
@@ -68,29 +64,8 @@ class Guarded:
 
 @pytest.fixture(scope="module")
 def guarded(postgres: LocalPostgres) -> Iterator[Guarded]:
-    loop = uvloop.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="iasql-guarded", daemon=True)
-    thread.start()
-    port = free_port()
-    engine = Engine(EngineConfig(postgres.dsn(), PublicAddress("127.0.0.1", port)))
-
-    async def start() -> ProxyServer:
-        await engine.start()
-        proxy = ProxyServer(
-            engine,
-            BackendAddress("127.0.0.1", postgres.port),
-            max_message=1 << 20,
-            auth_timeout=AUTH_TIMEOUT,
-        )
-        await proxy.listen("127.0.0.1", port)
-        return proxy
-
-    proxy = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    yield Guarded(RunningServer("127.0.0.1", port, loop, proxy), proxy)
-    asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(30)
-    asyncio.run_coroutine_threadsafe(engine.close(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with in_process_server(postgres, "iasql-guarded", auth_timeout=AUTH_TIMEOUT) as server:
+        yield Guarded(server, server.proxy)
 
 
 def environment(guarded: Guarded) -> str:

@@ -25,21 +25,18 @@ from typing import Any, cast
 import asyncpg
 import psycopg
 import pytest
-import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import Engine, EngineConfig
-from engine.admin import PublicAddress
 from iasql.certs import ensure_certificate, names_for
-from iasql.postgres import LocalPostgres, free_port
+from iasql.postgres import LocalPostgres
 from proxy import native
 from proxy import protocol as pg
 from proxy.intercept import needles
-from proxy.server import BackendAddress, ProxyServer
+from proxy.server import ProxyServer
 from proxy.session import Session, ToClient, ToServer
 from proxy.tls import server_context
-from tests.support.env import RunningServer, TlsServer
+from tests.support.env import RunningServer, TlsServer, in_process_server
 from tests.support.wire import CATALOG, started_session
 
 COMPILER = next((cc for cc in ("cc", "gcc") if shutil.which(cc)), None)
@@ -315,31 +312,9 @@ class NativeServer(RunningServer):
 
 @contextlib.contextmanager
 def native_server(postgres: LocalPostgres) -> Iterator[NativeServer]:
-    """A server of its own on the native plane, on its own loop thread. Its proxy may be
-    closed inside (a test of closing); the engine and loop are stopped on the way out."""
-    loop = uvloop.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="iasql-native", daemon=True)
-    thread.start()
-    port = free_port()
-    engine = Engine(EngineConfig(postgres.dsn(), PublicAddress("127.0.0.1", port)))
-
-    async def start() -> ProxyServer:
-        await engine.start()
-        proxy = ProxyServer(
-            engine, BackendAddress("127.0.0.1", postgres.port), max_message=1 << 20, relay="native"
-        )
-        await proxy.listen("127.0.0.1", port)
-        return proxy
-
-    proxy = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    try:
-        yield NativeServer("127.0.0.1", port, loop, proxy)
-    finally:
-        if proxy.native is not None:
-            asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(30)
-        asyncio.run_coroutine_threadsafe(engine.close(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    """A server of its own on the native plane (its proxy may be closed inside)."""
+    with in_process_server(postgres, "iasql-native", relay="native") as running:
+        yield NativeServer(running.host, running.port, running.loop, running.proxy)
 
 
 @pytest.fixture(scope="module")

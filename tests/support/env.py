@@ -4,19 +4,25 @@ access pointed at moto. The pytest fixtures that start these are in `tests/conft
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
+import uvloop
 
+from engine import Engine, EngineConfig
+from engine.admin import PublicAddress
 from engine.cloud import AwsCloud, Credentials
+from iasql.postgres import LocalPostgres, free_port
 from iasql.sandbox import MotoServer
-from proxy.server import ProxyServer
+from proxy.server import BackendAddress, ProxyServer
 
 SUPERUSER = "iasql_test"
 PASSWORD = "test-pw-'\"-é"
@@ -47,6 +53,43 @@ class RunningServer:
 
     def run(self, coro: object) -> object:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def in_process_server(
+    postgres: LocalPostgres,
+    name: str,
+    engine_options: dict[str, Any] | None = None,
+    **proxy_options: Any,
+) -> Iterator[RunningServer]:
+    """An engine (EngineConfig options: `engine_options`) and a proxy (ProxyServer options:
+    `proxy_options`, max_message 1 MiB unless given) on the suite's Postgres, served by a
+    uvloop of their own on thread `name`. The proxy may be closed inside: its close on the way
+    out then does nothing."""
+    proxy_options.setdefault("max_message", 1 << 20)
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
+    thread.start()
+    port = free_port()
+    address = PublicAddress("127.0.0.1", port)
+    engine = Engine(EngineConfig(postgres.dsn(), address, **(engine_options or {})))
+    assert postgres.port is not None, "the cluster is not started"
+    backend = BackendAddress("127.0.0.1", postgres.port)
+
+    async def start() -> ProxyServer:
+        await engine.start()
+        proxy = ProxyServer(engine, backend, **proxy_options)
+        await proxy.listen("127.0.0.1", port)
+        return proxy
+
+    proxy = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        yield RunningServer("127.0.0.1", port, loop, proxy)
+    finally:
+        asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(engine.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 @dataclass
